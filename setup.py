@@ -1,0 +1,50 @@
+"""Installs tf_mha; the version is read from tf_mha/__init__.py."""
+
+import pathlib
+import re
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(r'^__version__ = "([^"]+)"',
+                     (_HERE / "tf_mha" / "__init__.py").read_text(), re.M).group(1)
+
+setuptools.setup(
+    name="tf_mha",
+    version=_VERSION,
+    description="Multi-head attention for TensorFlow (tf_keras): drop-in, "
+    "exact blockwise attention in linear memory, export to Serving and TFLite.",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["tf_mha", "tf_mha.*", "tools"]),
+    package_data={"tf_mha": ["demo/data/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow==2.21.0",
+        "tf-keras==2.21.0",
+        "tensorflow-text==2.21.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "tflite": ["ai-edge-litert>=2.0"],
+        "bench": ["matplotlib>=3.8", "psutil>=5.9", "keras>=3.10"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "h5py>=3.10",
+            "ai-edge-litert>=2.0",
+            "matplotlib>=3.8",
+            "psutil>=5.9",
+            "portpicker>=1.6",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "tf_mha_export=tools.export_saved_model:run",
+            "tf_mha_convert_tflite=tools.convert_tflite:run",
+            "tf_mha_train=tools.train:run",
+            "tf_mha_benchmark=tools.benchmark:run",
+        ],
+    },
+)

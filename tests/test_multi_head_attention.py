@@ -1,0 +1,376 @@
+"""MultiHeadAttention against the float64 reference and tf_keras' layer."""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import parameterized
+
+import tf_mha
+from tests import reference
+
+_RNG = np.random.default_rng(1234)
+
+
+def _normal(*shape):
+  return _RNG.normal(size=shape).astype(np.float32)
+
+
+def _pair(**kwargs):
+  """Our layer and tf_keras' on the same weights, both built."""
+  return tf_mha.MultiHeadAttention(**kwargs), tf_keras.layers.MultiHeadAttention(**kwargs)
+
+
+def _share(ours, theirs, query, value, key=None):
+  theirs(query, value, key)
+  ours(query, value, key)
+  ours.set_weights(theirs.get_weights())
+
+
+# name, layer kwargs, query shape, value shape, key shape (None: = value).
+# Sizes are distinct primes where they can be, so swapped axes show.
+_GRID = (
+    ("self_attention", dict(num_heads=2, key_dim=3), (2, 5, 7), None, None),
+    ("cross_t_ne_s", dict(num_heads=3, key_dim=5), (2, 5, 7), (2, 11, 7), None),
+    ("batch1_len1", dict(num_heads=2, key_dim=3), (1, 1, 7), (1, 3, 7), None),
+    ("value_dim", dict(num_heads=2, key_dim=3, value_dim=5), (2, 5, 7), (2, 3, 11), None),
+    ("separate_key", dict(num_heads=2, key_dim=3), (2, 5, 7), (2, 3, 11), (2, 3, 13)),
+    ("no_bias", dict(num_heads=2, key_dim=3, use_bias=False), (2, 5, 7), (2, 3, 7), None),
+    ("output_int", dict(num_heads=2, key_dim=3, output_shape=13), (2, 5, 7), (2, 3, 7), None),
+    ("output_tuple", dict(num_heads=2, key_dim=3, output_shape=(2, 3)), (2, 5, 7), (2, 3, 7), None),
+    ("4d_axis2", dict(num_heads=2, key_dim=3, attention_axes=(2,)), (2, 3, 5, 7), (2, 3, 11, 7), None),
+    ("5d_axes23", dict(num_heads=3, key_dim=2, attention_axes=(2, 3)), (2, 3, 5, 2, 7), (2, 3, 2, 3, 7), None),
+    ("5d_axes13", dict(num_heads=2, key_dim=3, attention_axes=(1, 3)), (2, 3, 5, 2, 7), (2, 2, 5, 3, 7), None),
+    ("6d_default", dict(num_heads=2, key_dim=2), (1, 2, 3, 2, 5), (1, 3, 2, 2, 5), None),
+    ("negative_axis", dict(num_heads=2, key_dim=3, attention_axes=-2), (2, 3, 5, 7), (2, 3, 11, 7), None),
+)
+
+
+class ParityTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(*_GRID)
+  def test_matches_reference_and_tf_keras(self, kwargs, q_shape, v_shape, k_shape):
+    query = _normal(*q_shape)
+    value = query if v_shape is None else _normal(*v_shape)
+    key = None if k_shape is None else _normal(*k_shape)
+    ours, theirs = _pair(**kwargs)
+    theirs_kwargs = dict(kwargs)
+    if "attention_axes" in kwargs and kwargs["attention_axes"] == -2:
+      theirs_kwargs["attention_axes"] = (q_shape.__len__() - 2,)
+      theirs = tf_keras.layers.MultiHeadAttention(**theirs_kwargs)
+    _share(ours, theirs, query, value, key)
+    out, scores = ours(query, value, key, return_attention_scores=True)
+    ref_out, ref_scores = reference.multi_head_attention(
+        ours.get_weights(), query, value, key, num_heads=kwargs["num_heads"],
+        attention_axes=kwargs.get("attention_axes"),
+        use_bias=kwargs.get("use_bias", True))
+    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    their_out, their_scores = theirs(query, value, key, return_attention_scores=True)
+    self.assertAllClose(out, their_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(scores, their_scores, rtol=1e-5, atol=1e-5)
+    self.assertEqual([w.shape for w in ours.weights], [w.shape for w in theirs.weights])
+    self.assertEqual([w.name.split("/", 1)[1] for w in ours.weights],
+                     [w.name.split("/", 1)[1] for w in theirs.weights])
+
+
+class MaskTest(tf.test.TestCase, parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.query = _normal(3, 5, 7)
+    self.value = _normal(3, 6, 7)
+    self.ours, self.theirs = _pair(num_heads=2, key_dim=4)
+    _share(self.ours, self.theirs, self.query, self.value)
+
+  def _ref(self, mask=None, causal=False, value=None):
+    value = self.value if value is None else value
+    return reference.multi_head_attention(
+        self.ours.get_weights(), self.query, value, num_heads=2, mask=mask,
+        causal=causal)
+
+  @parameterized.named_parameters(
+      ("full", (3, 5, 6)), ("batch_broadcast", (1, 5, 6)),
+      ("query_broadcast", (3, 1, 6)), ("rank2", (5, 6)))
+  def test_attention_mask_broadcasts(self, shape):
+    mask = _RNG.random(shape) > 0.4
+    out, scores = self.ours(self.query, self.value, attention_mask=mask,
+                            return_attention_scores=True)
+    ref_out, ref_scores = self._ref(mask=mask)
+    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(out, self.theirs(self.query, self.value, attention_mask=mask),
+                        rtol=1e-5, atol=1e-5)
+
+  def test_fully_masked_row_is_uniform_and_finite(self):
+    mask = np.ones((3, 5, 6), bool)
+    mask[0, 2, :] = False
+    query = tf.constant(self.query)
+    with tf.GradientTape() as tape:
+      tape.watch(query)
+      out, scores = self.ours(query, self.value, attention_mask=mask,
+                              return_attention_scores=True)
+      loss = tf.reduce_sum(out)
+    grads = tape.gradient(loss, [query] + self.ours.trainable_weights)
+    self.assertAllClose(scores[0, :, 2], np.full((2, 6), 1 / 6), atol=1e-6)
+    self.assertAllClose(out, self._ref(mask=mask)[0], rtol=1e-5, atol=1e-5)
+    for g in grads:
+      self.assertTrue(np.all(np.isfinite(g)))
+
+  def test_causal_self_attention(self):
+    query = self.query
+    ours, theirs = _pair(num_heads=2, key_dim=4)
+    _share(ours, theirs, query, query)
+    out = ours(query, query, use_causal_mask=True)
+    ref_out, _ = reference.multi_head_attention(
+        ours.get_weights(), query, query, num_heads=2, causal=True)
+    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(out, theirs(query, query, use_causal_mask=True), rtol=1e-5, atol=1e-5)
+
+  def test_causal_cross_attention_t_ne_s(self):
+    out, scores = self.ours(self.query, self.value, use_causal_mask=True,
+                            return_attention_scores=True)
+    ref_out, ref_scores = self._ref(causal=True)
+    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(out, self.theirs(self.query, self.value, use_causal_mask=True),
+                        rtol=1e-5, atol=1e-5)
+
+  def test_explicit_masks_match_keras_masks(self):
+    q_mask = _RNG.random((3, 5)) > 0.3
+    v_mask = _RNG.random((3, 6)) > 0.3
+    v_mask[:, 0] = True
+    explicit = self.ours(self.query, self.value, query_mask=q_mask,
+                         value_mask=v_mask, use_causal_mask=True)
+    query = tf.constant(self.query)
+    value = tf.constant(self.value)
+    query._keras_mask = tf.constant(q_mask)
+    value._keras_mask = tf.constant(v_mask)
+    implicit = self.ours(query, value, use_causal_mask=True)
+    theirs = self.theirs(query, value, use_causal_mask=True)
+    combined = q_mask[:, :, None] & v_mask[:, None, :]
+    ref_out, _ = self._ref(mask=combined, causal=True)
+    self.assertAllClose(explicit, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(implicit, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllClose(theirs, ref_out, rtol=1e-5, atol=1e-5)
+
+  def test_every_mask_combined(self):
+    key = _normal(3, 6, 7)
+    ours, theirs = _pair(num_heads=2, key_dim=4)
+    _share(ours, theirs, self.query, self.value, key)
+    masks = dict(attention_mask=_RNG.random((3, 5, 6)) > 0.2,
+                 query_mask=_RNG.random((3, 5)) > 0.2,
+                 value_mask=_RNG.random((3, 6)) > 0.2,
+                 key_mask=_RNG.random((3, 6)) > 0.2)
+    out = ours(self.query, self.value, key, use_causal_mask=True, **masks)
+    combined = (masks["attention_mask"] & masks["query_mask"][:, :, None] &
+                masks["value_mask"][:, None] & masks["key_mask"][:, None])
+    ref_out, _ = reference.multi_head_attention(
+        ours.get_weights(), self.query, self.value, key, num_heads=2,
+        mask=combined, causal=True)
+    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+
+  def test_embedding_mask_propagates_in_a_model(self):
+    tokens = tf_keras.Input((None,), dtype="int32")
+    x = tf_keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    y = tf_mha.MultiHeadAttention(2, 4, name="mha")(x, x)
+    model = tf_keras.Model(tokens, y)
+    ids = np.array([[3, 4, 5, 0, 0], [1, 2, 0, 0, 0]])
+    emb = model.layers[1](ids).numpy()
+    layer = model.get_layer("mha")
+    out = model(ids)
+    mask = ids != 0
+    ref_out, _ = reference.multi_head_attention(
+        layer.get_weights(), emb, emb, num_heads=2,
+        mask=mask[:, :, None] & mask[:, None, :])
+    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+    self.assertAllEqual(y._keras_mask.shape.as_list(), [None, None])
+
+
+class ModesTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(("plain", False), ("flash", True))
+  def test_eager_function_and_xla_agree(self, flash):
+    layer = tf_mha.MultiHeadAttention(2, 4, flash_attention=flash)
+    x = tf.constant(_normal(2, 9, 6))
+    mask = tf.constant(_RNG.random((2, 9, 9)) > 0.3)
+    eager = layer(x, x, attention_mask=mask, use_causal_mask=True)
+    fn = tf.function(lambda a, m: layer(a, a, attention_mask=m, use_causal_mask=True))
+    xla = tf.function(lambda a, m: layer(a, a, attention_mask=m, use_causal_mask=True),
+                      jit_compile=True)
+    self.assertAllClose(eager, fn(x, mask), rtol=1e-5, atol=1e-5)
+    self.assertAllClose(eager, xla(x, mask), rtol=1e-5, atol=1e-5)
+
+  def test_flash_matches_plain_in_layer(self):
+    x = _normal(2, 33, 8)
+    plain = tf_mha.MultiHeadAttention(2, 4, flash_attention=False)
+    flash = tf_mha.MultiHeadAttention(2, 4, flash_attention=True)
+    plain(x, x)
+    flash(x, x)
+    flash.set_weights(plain.get_weights())
+    self.assertAllClose(plain(x, x, use_causal_mask=True),
+                        flash(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
+
+  def test_flash_true_refuses_scores(self):
+    layer = tf_mha.MultiHeadAttention(2, 4, flash_attention=True)
+    x = _normal(1, 3, 4)
+    with self.assertRaisesRegex(ValueError, "flash_attention"):
+      layer(x, x, return_attention_scores=True)
+
+  def test_dropout_only_in_training_and_seeded(self):
+    x = _normal(2, 7, 6)
+    a = tf_mha.MultiHeadAttention(2, 4, dropout=0.5, seed=7)
+    a(x, x)
+    self.assertAllClose(a(x, x), a(x, x, training=False))
+    self.assertNotAllClose(a(x, x, training=True), a(x, x, training=False))
+    weights = a.get_weights()
+
+    def seeded_run():
+      # A fresh process is what `seed` reproduces; set_seed stands in for it.
+      tf.random.set_seed(0)
+      layer = tf_mha.MultiHeadAttention(2, 4, dropout=0.5, seed=7)
+      layer(x, x)
+      layer.set_weights(weights)
+      return [layer(x, x, training=True) for _ in range(2)]
+
+    first, second = seeded_run(), seeded_run()
+    self.assertAllClose(first, second)
+    self.assertNotAllClose(first[0], first[1])
+
+  def test_mixed_precision_softmax_in_float32(self):
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+      layer = tf_mha.MultiHeadAttention(2, 4)
+      x = _normal(2, 5, 8) * 100.0
+      out, scores = layer(x, x, return_attention_scores=True)
+      self.assertEqual(out.dtype, tf.float16)
+      self.assertEqual(layer.weights[0].dtype, tf.float32)
+      self.assertTrue(np.all(np.isfinite(out.numpy())))
+      self.assertAllClose(np.sum(scores.numpy().astype(np.float32), -1),
+                          np.ones((2, 2, 5)), atol=2e-3)
+    finally:
+      tf_keras.mixed_precision.set_global_policy("float32")
+
+  def test_graph_mode_v1(self):
+    x = _normal(2, 5, 6)
+    with tf.Graph().as_default():
+      layer = tf_mha.MultiHeadAttention(2, 3)
+      out = layer(tf.constant(x), tf.constant(x), use_causal_mask=True)
+      with tf.compat.v1.Session() as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        value, weights = sess.run([out, layer.weights])
+    ref_out, _ = reference.multi_head_attention(weights, x, x, num_heads=2, causal=True)
+    self.assertAllClose(value, ref_out, rtol=1e-5, atol=1e-5)
+
+  def test_ragged_query(self):
+    layer = tf_mha.MultiHeadAttention(2, 3)
+    rt = tf.ragged.constant([[[1.0, 2.0]] * 3, [[0.5, 1.0]] * 2], ragged_rank=1)
+    out = layer(rt, rt)
+    self.assertIsInstance(out, tf.RaggedTensor)
+    self.assertAllEqual(out.row_lengths(), [3, 2])
+
+
+class SerializationTest(tf.test.TestCase):
+
+  def _model(self, layer_cls):
+    inp = tf_keras.Input((6, 8))
+    out = layer_cls(num_heads=2, key_dim=4, name="mha")(inp, inp)
+    return tf_keras.Model(inp, tf_keras.layers.Dense(3, name="head")(out))
+
+  def test_config_round_trip_built_and_unbuilt(self):
+    layer = tf_mha.MultiHeadAttention(2, 4, value_dim=3, dropout=0.1,
+                                      output_shape=(5,), attention_axes=(1,),
+                                      seed=3, flash_attention=False)
+    clone = tf_mha.MultiHeadAttention.from_config(layer.get_config())
+    self.assertEqual(clone.get_config(), layer.get_config())
+    x = _normal(2, 4, 6)
+    layer(x, x)
+    built = tf_mha.MultiHeadAttention.from_config(layer.get_config())
+    self.assertEqual(len(built.weights), 8)
+    built.set_weights(layer.get_weights())
+    self.assertAllClose(built(x, x), layer(x, x))
+
+  def test_accepts_tf_keras_config(self):
+    theirs = tf_keras.layers.MultiHeadAttention(2, 4)
+    x = _normal(2, 3, 6)
+    theirs(x, x)
+    ours = tf_mha.MultiHeadAttention.from_config(theirs.get_config())
+    ours.set_weights(theirs.get_weights())
+    self.assertAllClose(ours(x, x), theirs(x, x), rtol=1e-5, atol=1e-5)
+
+  def test_save_formats_round_trip(self):
+    model = self._model(tf_mha.MultiHeadAttention)
+    x = _normal(2, 6, 8)
+    expected = model(x)
+    tmp = self.get_temp_dir()
+    for path in (os.path.join(tmp, "m.h5"), os.path.join(tmp, "m.keras"),
+                 os.path.join(tmp, "saved")):
+      model.save(path)
+      loaded = tf_keras.models.load_model(path)
+      self.assertAllClose(loaded(x), expected, rtol=1e-6, atol=1e-6, msg=path)
+
+  def test_tf_keras_weights_and_checkpoint_load_into_ours(self):
+    theirs = self._model(tf_keras.layers.MultiHeadAttention)
+    ours = self._model(tf_mha.MultiHeadAttention)
+    x = _normal(2, 6, 8)
+    tmp = self.get_temp_dir()
+    theirs.save_weights(os.path.join(tmp, "w.h5"))
+    ours.load_weights(os.path.join(tmp, "w.h5"))
+    self.assertAllClose(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    fresh = self._model(tf_mha.MultiHeadAttention)
+    path = tf.train.Checkpoint(model=theirs).save(os.path.join(tmp, "ckpt"))
+    tf.train.Checkpoint(model=fresh).restore(path).assert_existing_objects_matched()
+    self.assertAllClose(fresh(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+class TalkingHeads(tf_mha.MultiHeadAttention):
+  """Model Garden's TalkingHeadsAttention pattern, written for tf.keras."""
+
+  def _build_attention(self, qkv_rank):
+    super()._build_attention(qkv_rank)
+    self._pre_softmax_weight = self.add_weight(
+        "pre_softmax_weight", shape=(self._num_heads, self._num_heads),
+        initializer="identity")
+
+  def _compute_attention(self, query, key, value, attention_mask=None, training=None):
+    query = query * (1.0 / np.sqrt(float(self._key_dim)))
+    scores = tf.einsum(self._dot_product_equation, key, query)
+    scores = tf.einsum("abcd,be->aecd", scores, self._pre_softmax_weight)
+    scores = self._masked_softmax(scores, attention_mask)
+    dropped = self._dropout_layer(scores, training=training)
+    return tf.einsum(self._combine_equation, dropped, value), scores
+
+
+class SubclassTest(tf.test.TestCase):
+
+  def test_compute_attention_override_keeps_working(self):
+    x = _normal(2, 5, 6)
+    talking = TalkingHeads(2, 4)
+    plain = tf_mha.MultiHeadAttention(2, 4)
+    talking(x, x)
+    plain(x, x)
+    plain.set_weights([w.numpy() for w in talking.weights
+                       if "pre_softmax" not in w.name])
+    # With the identity head mix, the override equals plain attention.
+    self.assertAllClose(talking(x, x, use_causal_mask=True),
+                        plain(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
+
+
+class FitTest(tf.test.TestCase):
+
+  def test_model_fit_reduces_loss(self):
+    x = _normal(32, 6, 8)
+    y = x.mean(axis=1)[:, :2]
+    inp = tf_keras.Input((6, 8))
+    h = tf_mha.MultiHeadAttention(2, 4, dropout=0.1)(inp, inp)
+    out = tf_keras.layers.Dense(2)(tf_keras.layers.GlobalAveragePooling1D()(h))
+    model = tf_keras.Model(inp, out)
+    model.compile(tf_keras.optimizers.Adam(0.01), "mse")
+    history = model.fit(x, y, epochs=15, batch_size=8, verbose=0)
+    self.assertLess(history.history["loss"][-1], history.history["loss"][0] * 0.5)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,173 @@
+"""`Attention`: Luong-style dot-product attention, drop-in for tf.keras'.
+
+Shapes: `B` batch, `T` query length, `S` key/value length, `D` features.
+"""
+
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from tf_mha import _dropout
+from tf_mha import masks as masks_lib
+from tf_mha import ops
+
+_SCORE_MODES = ("dot", "concat")
+
+
+@tf_keras.utils.register_keras_serializable(package="tf_mha")
+class Attention(tf_keras.layers.Layer):
+  """Dot-product attention layer, a.k.a. Luong-style attention.
+
+  `scores = query @ key^T` ("dot", optionally times a learned `scale`) or
+  `concat_score_weight * sum(tanh(scale * (query + key)))` ("concat"); the
+  output is `softmax(scores) @ value`, zeroed where the query is masked.
+
+  >>> layer = Attention()
+  >>> q, v = tf.ones([2, 3, 4]), tf.ones([2, 5, 4])
+  >>> layer([q, v]).shape
+  TensorShape([2, 3, 4])
+
+  Args:
+    use_scale: learn a scalar `scale` that multiplies the scores.
+    score_mode: "dot" or "concat".
+    dropout: dropout rate on the attention probabilities, in `[0, 1)`.
+    seed: int seed for the dropout.
+    **kwargs: base `Layer` arguments; the deprecated `causal=True` is
+      accepted with a warning (use `use_causal_mask` in `call`).
+
+  Call arguments:
+    inputs: `[query [B, T, D], value [B, S, D]]` or `[query, value, key]`,
+      key `[B, S, D]` defaulting to value.
+    mask: `[query_mask [B, T], value_mask [B, S]]`; either may be `None`.
+    training: whether dropout applies.
+    return_attention_scores: also return the probabilities `[B, T, S]`.
+    use_causal_mask: query `t` attends only to keys `s <= t`.
+
+  Returns:
+    `[B, T, D_v]`, and the probabilities if `return_attention_scores`. A
+    query row with every key masked attends uniformly (finite output).
+  """
+
+  def __init__(self, use_scale=False, score_mode="dot", dropout=0.0, seed=None,
+               **kwargs):
+    causal = kwargs.pop("causal", None)
+    if causal is not None:
+      logging.warning("`causal` argument is deprecated. Please use "
+                      "`use_causal_mask` in call() method to specify causal "
+                      "masking.")
+    super().__init__(**kwargs)
+    if score_mode not in _SCORE_MODES:
+      raise ValueError(f"`score_mode` must be one of {list(_SCORE_MODES)}. "
+                       f"Received: score_mode={score_mode!r}")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+      raise ValueError(
+          f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
+    self.use_scale = use_scale
+    self.score_mode = score_mode
+    self.dropout = dropout
+    self.seed = seed
+    self.causal = bool(causal)
+    self.supports_masking = True
+    self._seeds = _dropout.SeedStream(seed)
+
+  def build(self, input_shape):
+    self.scale = None
+    self.concat_score_weight = None
+    if self.use_scale:
+      self.scale = self.add_weight(
+          name="scale", shape=(), initializer="ones", dtype=self.dtype,
+          trainable=True)
+    if self.score_mode == "concat":
+      self.concat_score_weight = self.add_weight(
+          name="concat_score_weight", shape=(), initializer="ones",
+          dtype=self.dtype, trainable=True)
+    super().build(input_shape)
+
+  def _calculate_scores(self, query, key):
+    """`[B, T, D]`, `[B, S, D]` -> `[B, T, S]`."""
+    if self.score_mode == "dot":
+      scores = tf.matmul(query, key, transpose_b=True)
+      return scores * self.scale if self.scale is not None else scores
+    summed = tf.expand_dims(query, -2) + tf.expand_dims(key, -3)  # [B, T, S, D]
+    if self.scale is not None:
+      summed = self.scale * summed
+    return self.concat_score_weight * tf.reduce_sum(tf.tanh(summed), axis=-1)
+
+  def call(self, inputs, mask=None, training=None,
+           return_attention_scores=False, use_causal_mask=False):
+    _check_inputs(self, inputs, mask)
+    query, value = inputs[0], inputs[1]
+    key = inputs[2] if len(inputs) > 2 else value
+    query_mask = mask[0] if mask else None
+    value_mask = mask[1] if mask else None
+    scores = self._calculate_scores(query, key)
+    keep = None
+    if value_mask is not None:
+      keep = tf.expand_dims(masks_lib.to_bool_mask(value_mask), -2)  # [B, 1, S]
+    if self.causal or use_causal_mask:
+      shape = tf.shape(scores)
+      keep = masks_lib.combine_masks(
+          keep, masks_lib.causal_mask(shape[-2], shape[-1]))
+    weights = masks_lib.masked_softmax(scores, keep)
+    used = weights
+    if self.dropout > 0:
+      used = _dropout.when_training(
+          training,
+          lambda: ops.dropout(weights, self.dropout, self._seeds.next()),
+          lambda: weights)
+    result = tf.matmul(tf.cast(used, value.dtype), value)
+    if query_mask is not None:
+      result *= tf.cast(tf.expand_dims(query_mask, -1), result.dtype)
+    return (result, weights) if return_attention_scores else result
+
+  def compute_mask(self, inputs, mask=None):
+    _check_inputs(self, inputs, mask)
+    if mask and mask[0] is not None:
+      return tf.convert_to_tensor(mask[0])
+    return None
+
+  def compute_output_shape(self, input_shape):
+    query_shape = tf.TensorShape(input_shape[0])
+    value_shape = tf.TensorShape(input_shape[1])
+    return query_shape[:-1].concatenate(value_shape[-1:])
+
+  def get_config(self):
+    config = {"use_scale": self.use_scale, "score_mode": self.score_mode,
+              "dropout": self.dropout, "seed": self.seed}
+    return {**super().get_config(), **config}
+
+
+def _check_inputs(layer, inputs, mask):
+  """Validates `[query, value(, key)]` and `[query_mask, value_mask]`."""
+  name = type(layer).__name__
+  if not isinstance(inputs, (list, tuple)):
+    raise ValueError(f"{name} layer must be called on a list of inputs, "
+                     "namely [query, value] or [query, value, key]. "
+                     f"Received: inputs={inputs!r}")
+  if not 2 <= len(inputs) <= 3:
+    raise ValueError(f"{name} layer accepts inputs list of length 2 or 3, "
+                     "namely [query, value] or [query, value, key]. "
+                     f"Received length: {len(inputs)}")
+  if mask:
+    if not isinstance(mask, (list, tuple)):
+      raise ValueError(f"{name} layer mask must be a list, namely "
+                       f"[query_mask, value_mask]. Received: mask={mask!r}")
+    if not 2 <= len(mask) <= len(inputs):
+      raise ValueError(f"{name} layer mask must be a list of length 2, namely "
+                       f"[query_mask, value_mask]. Received length: {len(mask)}")
+  query, value = inputs[0], inputs[1]
+  key = inputs[2] if len(inputs) > 2 else value
+  shapes = {n: getattr(t, "shape", None) for n, t in
+            (("query", query), ("value", value), ("key", key))}
+  q, v, k = shapes["query"], shapes["value"], shapes["key"]
+  if q is None or v is None or k is None:
+    return
+  if q[-1] is not None and k[-1] is not None and q[-1] != k[-1]:
+    raise ValueError(
+        f"{name}: `query` and `key` must have the same last dimension. "
+        f"Received: query.shape={q}, key.shape={k}")
+  if (v.rank and k.rank and v[-2] is not None and k[-2] is not None and
+      v[-2] != k[-2]):
+    raise ValueError(
+        f"{name}: `value` and `key` must have the same length. "
+        f"Received: value.shape={v}, key.shape={k}")

@@ -1,0 +1,288 @@
+"""Blockwise exact attention in linear memory (online softmax).
+
+Rabe & Staats (2021), "Self-attention Does Not Need O(n^2) Memory", and the
+FlashAttention recurrence: queries are processed in blocks of `bq` rows; for
+each, key/value blocks of `bk` rows are visited in a `tf.while_loop` while a
+running max `m`, normaliser `l` and accumulator are kept in float32. Causal
+attention visits only the key blocks at or below the diagonal. The gradient
+recomputes block scores from the saved log-sum-exp instead of storing them.
+
+Shapes (see `tf_mha.ops`): inputs `[B, T, N, H]`, `[B, S, N, H]`,
+`[B, S, N, V]`; blocks are indexed on a leading axis, `[nq, B, N, bq, H]`.
+Block sizes are static Python ints, so everything compiles under XLA.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from tf_mha import masks as masks_lib
+
+DEFAULT_BLOCK_SIZES = (512, 1024)
+# Score matrices at least this large ([T, S] per batch and head) go blockwise
+# when `flash_attention=None`; tools/benchmark.py measures the crossover.
+_PREFERRED_MIN_SCORES = 1024 * 1024
+
+_Plan = collections.namedtuple(
+    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal rate")
+
+
+def is_preferred(query, key):
+  """Whether the blockwise path should run for these (scaled) inputs."""
+  t, s = query.shape[1], key.shape[1]
+  return t is not None and s is not None and t * s >= _PREFERRED_MIN_SCORES
+
+
+def choose_block_sizes(query_length, key_length):
+  """Static `(bq, bk)`: the defaults, shrunk to short static lengths."""
+  bq, bk = DEFAULT_BLOCK_SIZES
+  if query_length is not None:
+    bq = min(bq, query_length)
+  if key_length is not None:
+    bk = min(bk, key_length)
+  return bq, bk
+
+
+def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
+                        dropout_rate=0.0, dropout_seed=None, block_sizes=None):
+  """Exact attention without the `[T, S]` scores; the query is pre-scaled.
+
+  Same contract as `tf_mha.dot_product_attention` (no `return_scores`).
+
+  Args:
+    query: `[B, T, N, H]`, already multiplied by the scale.
+    key: `[B, S, N, H]`.
+    value: `[B, S, N, V]`.
+    mask: boolean, broadcastable to `[B, N, T, S]`, or `None`.
+    is_causal: query `t` sees keys `s <= t`; blocks above the diagonal are
+      skipped.
+    dropout_rate: fraction of probabilities dropped (stateless, per block).
+    dropout_seed: shape-`[2]` int seed; required when `dropout_rate > 0`.
+    block_sizes: `(bq, bk)` static ints, or `None` to choose from shapes.
+
+  Returns:
+    `[B, T, N, V]` in the dtype of `query`.
+  """
+  bq, bk = block_sizes or choose_block_sizes(query.shape[1], key.shape[1])
+  if int(bq) < 1 or int(bk) < 1:
+    raise ValueError("`block_sizes` must be two positive integers. "
+                     f"Received: block_sizes={block_sizes!r}")
+  plan = _make_plan(query, key, int(bq), int(bk), is_causal, dropout_rate)
+  if mask is not None:
+    mask = _prepare_mask(mask, plan)
+  if dropout_rate > 0.0:
+    dropout_seed = tf.cast(dropout_seed, tf.int32)
+
+  @tf.custom_gradient
+  def attend(q, k, v):
+    qb, kb, vb = _to_blocks(q, plan.bq, plan.pad_t), _to_blocks(
+        k, plan.bk, plan.pad_s), _to_blocks(v, plan.bk, plan.pad_s)
+    out_blocks, lse, fully_masked = _forward(plan, qb, kb, vb, mask,
+                                             dropout_seed)
+    v_mean = _key_mean(v)  # [B, N, 1, V]
+    out_blocks = tf.where(fully_masked[..., None], v_mean[None], out_blocks)
+    out = _from_blocks(out_blocks, plan.t)
+
+    def grad(d_out):
+      dob = _to_blocks(tf.cast(d_out, tf.float32), plan.bq, plan.pad_t)
+      # delta_t = sum_v dO * O, the softmax-Jacobian row term.
+      delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
+      dqb, dkb, dvb = _backward(plan, qb, kb, vb, dob, lse, delta, mask,
+                                dropout_seed)
+      dq = _from_blocks(dqb, plan.t)
+      dk = _from_blocks(dkb, plan.s)
+      dv = _from_blocks(dvb, plan.s)
+      # Fully masked rows attend uniformly: each key gets dO / S.
+      dob_masked = tf.where(fully_masked[..., None], dob, tf.zeros_like(dob))
+      dv_uniform = tf.reduce_sum(dob_masked, axis=[0, 3]) / tf.cast(
+          plan.s, tf.float32)  # [B, N, V]
+      dv += tf.expand_dims(dv_uniform, 1)  # [B, 1, N, V]
+      return (tf.cast(dq, q.dtype), tf.cast(dk, k.dtype), tf.cast(dv, v.dtype))
+
+    return tf.cast(out, q.dtype), grad
+
+  return attend(query, key, value)
+
+
+def _make_plan(query, key, bq, bk, is_causal, rate):
+  t = _length(query)
+  s = _length(key)
+  nq = _ceil_div(t, bq)
+  nk = _ceil_div(s, bk)
+  return _Plan(t=t, s=s, bq=bq, bk=bk, nq=nq, nk=nk,
+               pad_t=nq * bq - t, pad_s=nk * bk - s,
+               is_causal=is_causal, rate=float(rate))
+
+
+def _length(x):
+  return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+
+
+def _ceil_div(a, b):
+  return -(-a // b) if isinstance(a, int) else (a + b - 1) // b
+
+
+def _to_blocks(x, block, pad):
+  """`[B, L, N, H]` -> `[n, B, N, block, H]` in float32-free input dtype."""
+  x = tf.transpose(x, [0, 2, 1, 3])  # [B, N, L, H]
+  if not (isinstance(pad, int) and pad == 0):
+    x = tf.pad(x, [[0, 0], [0, 0], [0, pad], [0, 0]])
+  shape = tf.shape(x)
+  x = tf.reshape(x, [shape[0], shape[1], -1, block, x.shape[-1]])
+  return tf.transpose(x, [2, 0, 1, 3, 4])
+
+
+def _from_blocks(x, length):
+  """`[n, B, N, block, H]` -> `[B, length, N, H]`."""
+  x = tf.transpose(x, [1, 0, 3, 2, 4])  # [B, n, block, N, H]
+  shape = tf.shape(x)
+  x = tf.reshape(x, [shape[0], -1, x.shape[3], x.shape[4]])
+  return x[:, :length]
+
+
+def _prepare_mask(mask, plan):
+  """Rank-4 `[Bm, Nm, Tm, Sm]` mask, padded along T and S where not 1."""
+  while mask.shape.rank < 4:
+    mask = tf.expand_dims(mask, 0)
+  pads = [[0, 0], [0, 0], [0, 0], [0, 0]]
+  if mask.shape[2] != 1:
+    pads[2][1] = plan.pad_t
+  if mask.shape[3] != 1:
+    pads[3][1] = plan.pad_s
+  return tf.pad(mask, pads)
+
+
+def _mask_block(mask, plan, i, j):
+  rows = 1 if mask.shape[2] == 1 else plan.bq
+  cols = 1 if mask.shape[3] == 1 else plan.bk
+  begin = [0, 0, 0 if rows == 1 else i * plan.bq, 0 if cols == 1 else j * plan.bk]
+  return tf.slice(mask, begin, [-1, -1, rows, cols])
+
+
+def _block_scores(plan, q_i, k_j, mask, i, j):
+  """Masked float32 scores of one block, `[B, N, bq, bk]`.
+
+  Masked entries hold `large_negative(float32)`; padded keys hold -inf, so a
+  fully masked row still weighs only real keys.
+  """
+  s = tf.cast(tf.einsum("BNTH,BNSH->BNTS", q_i, k_j), tf.float32)
+  keep = None
+  if plan.is_causal:
+    rows = tf.expand_dims(i * plan.bq + tf.range(plan.bq), 1)
+    cols = tf.expand_dims(j * plan.bk + tf.range(plan.bk), 0)
+    keep = rows >= cols
+  if mask is not None:
+    keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
+  if keep is not None:
+    s = tf.where(keep, s, masks_lib.large_negative(tf.float32))
+  if not (isinstance(plan.pad_s, int) and plan.pad_s == 0):
+    real = tf.expand_dims(j * plan.bk + tf.range(plan.bk), 0) < plan.s
+    s = tf.where(real, s, float("-inf"))
+  return s
+
+
+def _keep_mask(plan, seed, i, j, shape):
+  """The dropout keep-mask of block (i, j); identical in forward and backward."""
+  block_seed = tf.random.experimental.stateless_fold_in(seed, i * plan.nk + j)
+  return tf.random.stateless_uniform(shape, block_seed) >= plan.rate
+
+
+def _key_blocks(plan, i):
+  """How many key blocks query block `i` visits (all, or up to the diagonal)."""
+  if not plan.is_causal:
+    return plan.nk
+  last_row = (i + 1) * plan.bq - 1
+  return tf.minimum(plan.nk, last_row // plan.bk + 1)
+
+
+def _first_query_block(plan, j):
+  """The first query block that sees key block `j`."""
+  if not plan.is_causal:
+    return 0
+  return tf.minimum((j * plan.bk) // plan.bq, plan.nq)
+
+
+def _forward(plan, qb, kb, vb, mask, seed):
+  """Returns out `[nq, B, N, bq, V]`, lse and fully-masked flags `[nq, B, N, bq]`."""
+  big_neg = masks_lib.large_negative(tf.float32)
+  lead = tf.shape(qb)[1:3]  # [B, N]
+  row_shape = tf.concat([lead, [plan.bq]], 0)
+  acc_shape = tf.concat([lead, [plan.bq, vb.shape[-1]]], 0)
+
+  def query_block(i, outs, lses, masked):
+    q_i = tf.gather(qb, i)
+
+    def key_block(j, m, l, acc):
+      s = _block_scores(plan, q_i, tf.gather(kb, j), mask, i, j)
+      m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
+      p = tf.exp(s - m_new[..., None])
+      correction = tf.exp(m - m_new)
+      l = l * correction + tf.reduce_sum(p, axis=-1)
+      if plan.rate > 0.0:
+        keep = _keep_mask(plan, seed, i, j, tf.shape(p))
+        p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
+      pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, vb.dtype), tf.gather(vb, j))
+      acc = acc * correction[..., None] + tf.cast(pv, tf.float32)
+      return j + 1, m_new, l, acc
+
+    init = (tf.constant(0), tf.fill(row_shape, float("-inf")),
+            tf.zeros(row_shape), tf.zeros(acc_shape))
+    n_kb = _key_blocks(plan, i)
+    _, m, l, acc = tf.while_loop(lambda j, *_: j < n_kb, key_block, init)
+    out = acc / l[..., None]
+    return (i + 1, outs.write(i, out), lses.write(i, m + tf.math.log(l)),
+            masked.write(i, m <= big_neg))
+
+  arrays = [tf.TensorArray(dtype, size=plan.nq, element_shape=None)
+            for dtype in (tf.float32, tf.float32, tf.bool)]
+  _, outs, lses, masked = tf.while_loop(
+      lambda i, *_: i < plan.nq, query_block, [tf.constant(0)] + arrays)
+  return outs.stack(), lses.stack(), masked.stack()
+
+
+def _backward(plan, qb, kb, vb, dob, lse, delta, mask, seed):
+  """Gradients in block layout, recomputing each block's probabilities."""
+  dq_buffer = tf.zeros(tf.shape(qb), tf.float32)
+
+  def key_block(j, dq_buf, dks, dvs):
+    k_j = tf.gather(kb, j)
+    v_j = tf.gather(vb, j)
+
+    def query_block(i, dq_buf, dk, dv):
+      q_i = tf.gather(qb, i)
+      do_i = tf.gather(dob, i)
+      s = _block_scores(plan, q_i, k_j, mask, i, j)
+      # Masked and padded entries (and so fully masked rows) get p = 0.
+      p = tf.where(s > masks_lib.large_negative(tf.float32),
+                   tf.exp(s - tf.gather(lse, i)[..., None]), tf.zeros_like(s))
+      dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, tf.float32))
+      p_used = p
+      if plan.rate > 0.0:
+        keep = _keep_mask(plan, seed, i, j, tf.shape(p))
+        scale = 1.0 / (1.0 - plan.rate)
+        p_used = tf.where(keep, p * scale, tf.zeros_like(p))
+        dp = tf.where(keep, dp * scale, tf.zeros_like(dp))
+      dv += tf.einsum("BNTS,BNTV->BNSV", p_used, do_i)
+      ds = p * (dp - tf.gather(delta, i)[..., None])  # [B, N, bq, bk]
+      dq_i = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k_j, tf.float32))
+      dq_buf = tf.tensor_scatter_nd_add(dq_buf, [[i]], dq_i[None])
+      dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, tf.float32))
+      return i + 1, dq_buf, dk, dv
+
+    init = (_first_query_block(plan, j), dq_buf,
+            tf.zeros(tf.shape(k_j), tf.float32),
+            tf.zeros(tf.shape(v_j), tf.float32))
+    _, dq_buf, dk, dv = tf.while_loop(lambda i, *_: i < plan.nq, query_block,
+                                      init)
+    return j + 1, dq_buf, dks.write(j, dk), dvs.write(j, dv)
+
+  arrays = [tf.TensorArray(tf.float32, size=plan.nk) for _ in range(2)]
+  _, dq_buffer, dks, dvs = tf.while_loop(
+      lambda j, *_: j < plan.nk, key_block, [tf.constant(0), dq_buffer] + arrays)
+  return dq_buffer, dks.stack(), dvs.stack()
+
+
+def _key_mean(v):
+  """Mean of the values over the keys, `[B, N, 1, V]` in float32."""
+  mean = tf.reduce_mean(tf.cast(v, tf.float32), axis=1)  # [B, N, V]
+  return tf.expand_dims(mean, 2)

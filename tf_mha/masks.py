@@ -1,0 +1,111 @@
+"""Attention masks: causal, padding, combination, and the dtype-aware fill.
+
+Glossary of shapes: `B` batch, `T` query length, `S` key/value length,
+`N` heads. A mask is boolean and `True` where attention is allowed; it is
+broadcast against scores of shape `[B, N, T, S]`.
+
+Nothing here imports Keras.
+"""
+
+import tensorflow as tf
+
+
+def large_negative(dtype):
+  """The fill for masked logits: finite, far below any real logit in `dtype`.
+
+  Half of the most negative value leaves room to subtract two of them
+  without overflowing to -inf (which would turn `-inf - -inf` into NaN).
+
+  >>> large_negative(tf.float16)
+  -32752.0
+
+  Args:
+    dtype: a floating `tf.DType` (or anything `tf.as_dtype` accepts).
+
+  Returns:
+    A Python float representable in `dtype`.
+  """
+  return float(tf.as_dtype(dtype).min) / 2
+
+
+def softmax_dtype(dtype):
+  """The dtype softmax runs in: float32 for 16-bit inputs, else `dtype`."""
+  dtype = tf.as_dtype(dtype)
+  return tf.float32 if dtype.size < 4 else dtype
+
+
+def causal_mask(query_length, key_length):
+  """Lower-triangular mask on `[T, S]`: query `t` sees keys `s <= t`.
+
+  This is tf.keras' convention (top-left aligned) also when `T != S`.
+
+  >>> causal_mask(2, 3).numpy().tolist()
+  [[True, False, False], [True, True, False]]
+
+  Args:
+    query_length: `T`, a Python int or scalar int tensor.
+    key_length: `S`, a Python int or scalar int tensor.
+
+  Returns:
+    A boolean tensor of shape `[T, S]`.
+  """
+  # `tf.expand_dims` rather than `[:, tf.newaxis]`: the latter fails TFLite
+  # conversion with dynamic shapes.
+  rows = tf.expand_dims(tf.range(query_length), 1)  # [T, 1]
+  cols = tf.expand_dims(tf.range(key_length), 0)  # [1, S]
+  return rows >= cols
+
+
+def combine_masks(*masks):
+  """Logical AND of the masks that are not `None` (cast to bool).
+
+  >>> combine_masks(None, tf.constant([True, False]), tf.constant([1, 1]))
+  <tf.Tensor: shape=(2,), dtype=bool, numpy=array([ True, False])>
+
+  Args:
+    *masks: tensors that broadcast against each other, or `None`.
+
+  Returns:
+    The combined boolean mask, or `None` when every mask is `None`.
+  """
+  combined = None
+  for mask in masks:
+    if mask is None:
+      continue
+    mask = to_bool_mask(mask)
+    combined = mask if combined is None else tf.logical_and(combined, mask)
+  return combined
+
+
+def to_bool_mask(mask):
+  """Casts a 0/1 or boolean mask to bool (non-zero keeps)."""
+  mask = tf.convert_to_tensor(mask)
+  return mask if mask.dtype == tf.bool else tf.cast(mask, tf.bool)
+
+
+def masked_softmax(logits, mask=None, axis=-1):
+  """Softmax over `axis` in float32 (for 16-bit inputs), masked positions 0.
+
+  A row whose every position is masked gets uniform weights, as tf.keras
+  gives, so its output is the mean of the values and stays finite.
+
+  Args:
+    logits: scores of any float dtype.
+    mask: boolean mask that broadcasts to `logits`, `True` keeps; or `None`.
+    axis: an int or a tuple of ints to normalise over.
+
+  Returns:
+    Probabilities with the shape and dtype of `logits`.
+  """
+  compute = softmax_dtype(logits.dtype)
+  x = tf.cast(logits, compute)
+  if mask is not None:
+    x = tf.where(to_bool_mask(mask), x, tf.constant(large_negative(compute), compute))
+  if isinstance(axis, int):
+    probs = tf.nn.softmax(x, axis=axis)
+  else:
+    # Multi-axis softmax: subtract the max, exponentiate, normalise.
+    x = x - tf.stop_gradient(tf.reduce_max(x, axis=axis, keepdims=True))
+    e = tf.exp(x)
+    probs = e / tf.reduce_sum(e, axis=axis, keepdims=True)
+  return tf.cast(probs, logits.dtype)

@@ -1,0 +1,584 @@
+"""`MultiHeadAttention`: a drop-in for `tf.keras.layers.MultiHeadAttention`.
+
+Shapes: `B` batch, `T` query length, `S` key/value length, `N` heads,
+`H` key size, `V` value size, `D` model size. N-D inputs put extra batch
+axes and several attention axes in place of `B` and `T`/`S`.
+
+The layer holds the config and the four `EinsumDense` projections (same
+names, shapes and order as tf.keras, so weights and checkpoints load both
+ways) and calls `tf_mha.ops.dot_product_attention` from `_compute_attention`,
+the documented override point.
+"""
+
+import collections.abc
+import math
+import numbers
+
+import tensorflow as tf
+import tf_keras
+
+from tf_mha import _dropout
+from tf_mha import equations
+from tf_mha import masks as masks_lib
+from tf_mha import ops
+
+_layers = tf_keras.layers
+
+
+@tf_keras.utils.register_keras_serializable(package="tf_mha")
+class MultiHeadAttention(_layers.Layer):
+  """Multi-head attention (Vaswani et al., 2017), API of tf.keras and Keras 3.
+
+  Projects `query`, `key` and `value` to `num_heads` heads, runs scaled
+  dot-product attention per head, and projects the concatenated heads back
+  to the query's last dimension (or `output_shape`).
+
+  >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
+  >>> x = tf.ones([3, 5, 8])
+  >>> out, scores = layer(x, x, return_attention_scores=True)
+  >>> out.shape, scores.shape
+  (TensorShape([3, 5, 8]), TensorShape([3, 2, 5, 5]))
+
+  Args:
+    num_heads: number of attention heads `N`.
+    key_dim: size `H` of each head for query and key.
+    value_dim: size `V` of each head for value; defaults to `key_dim`.
+    dropout: dropout rate on the attention probabilities, in `[0, 1)`.
+    use_bias: whether the projections have biases.
+    output_shape: int or tuple, the trailing output shape; defaults to the
+      query's last dimension.
+    attention_axes: axes attention runs over (ints, or one int); `None`
+      means every axis but batch, heads and features.
+    flash_attention: `True` always uses the blockwise exact path (an error
+      where it cannot apply, e.g. with `return_attention_scores`), `False`
+      never does, `None` uses it when it applies and is faster.
+    kernel_initializer, bias_initializer, kernel_regularizer,
+    bias_regularizer, activity_regularizer, kernel_constraint,
+    bias_constraint: passed to the projections, as in tf.keras.
+    seed: int seed for the attention dropout.
+    softmax_robust_masking: accepted for tf.keras compatibility; masking is
+      always robust here (masked logits are replaced, not offset).
+    **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+
+  Call arguments:
+    query: `[B, T, D]` (or N-D).
+    value: `[B, S, D_v]`.
+    key: `[B, S, D_k]`; defaults to `value`.
+    attention_mask: boolean `[B, T, S]` (broadcastable), `True` attends.
+    return_attention_scores: also return the probabilities `[B, N, T, S]`.
+    training: whether dropout applies.
+    use_causal_mask: query `t` attends only to keys `s <= t`.
+    query_mask: `[B, T]`, defaults to the query's Keras mask.
+    value_mask: `[B, S]`, defaults to the value's Keras mask.
+    key_mask: `[B, S]`, defaults to the key's Keras mask.
+
+  Returns:
+    The attention output `[B, T, D]` (or `output_shape`), and the scores if
+    `return_attention_scores`. A query row with every key masked attends
+    uniformly to all keys (its output is the projected mean of the values)
+    and stays finite, as in tf.keras.
+
+  Raises:
+    ValueError / TypeError: for bad constructor arguments, and at the first
+      call for ranks, lengths or masks that do not fit.
+  """
+
+  def __init__(self,
+               num_heads,
+               key_dim,
+               value_dim=None,
+               dropout=0.0,
+               use_bias=True,
+               output_shape=None,
+               attention_axes=None,
+               flash_attention=None,
+               kernel_initializer="glorot_uniform",
+               bias_initializer="zeros",
+               kernel_regularizer=None,
+               bias_regularizer=None,
+               activity_regularizer=None,
+               kernel_constraint=None,
+               bias_constraint=None,
+               seed=None,
+               softmax_robust_masking=False,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.supports_masking = True
+    self._num_heads = _positive_int("num_heads", num_heads)
+    self._key_dim = _positive_int("key_dim", key_dim)
+    self._value_dim = (self._key_dim if value_dim is None else
+                       _positive_int("value_dim", value_dim))
+    self._dropout = _rate("dropout", dropout)
+    self._use_bias = bool(use_bias)
+    self._output_shape = _output_shape(output_shape)
+    self._attention_axes = _attention_axes(attention_axes)
+    if flash_attention not in (None, True, False):
+      raise ValueError("`flash_attention` must be True, False or None. "
+                       f"Received: flash_attention={flash_attention!r}")
+    self._flash_attention = flash_attention
+    if seed is not None and not isinstance(seed, numbers.Integral):
+      raise TypeError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+    self._seed = seed
+    self._softmax_robust_masking = softmax_robust_masking
+    self._kernel_initializer = tf_keras.initializers.get(kernel_initializer)
+    self._bias_initializer = tf_keras.initializers.get(bias_initializer)
+    self._kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
+    self._bias_regularizer = tf_keras.regularizers.get(bias_regularizer)
+    self._activity_regularizer = tf_keras.regularizers.get(activity_regularizer)
+    self._kernel_constraint = tf_keras.constraints.get(kernel_constraint)
+    self._bias_constraint = tf_keras.constraints.get(bias_constraint)
+    self._built_from_signature = False
+    self._query_shape = self._key_shape = self._value_shape = None
+    self._seeds = _dropout.SeedStream(seed)
+
+  # Read-only properties of tf.keras / Keras 3.
+  num_heads = property(lambda self: self._num_heads)
+  key_dim = property(lambda self: self._key_dim)
+  value_dim = property(lambda self: self._value_dim)
+  dropout = property(lambda self: self._dropout)
+  use_bias = property(lambda self: self._use_bias)
+  output_shape = property(lambda self: self._output_shape)
+  attention_axes = property(lambda self: self._attention_axes)
+  flash_attention = property(lambda self: self._flash_attention)
+  seed = property(lambda self: self._seed)
+  query_dense = property(lambda self: self._query_dense)
+  key_dense = property(lambda self: self._key_dense)
+  value_dense = property(lambda self: self._value_dense)
+  output_dense = property(lambda self: self._output_dense)
+
+  def get_config(self):
+    config = {
+        "num_heads": self._num_heads,
+        "key_dim": self._key_dim,
+        "value_dim": self._value_dim,
+        "dropout": self._dropout,
+        "use_bias": self._use_bias,
+        "output_shape": self._output_shape,
+        "attention_axes": self._attention_axes,
+        "flash_attention": self._flash_attention,
+        "kernel_initializer": tf_keras.initializers.serialize(
+            self._kernel_initializer),
+        "bias_initializer": tf_keras.initializers.serialize(
+            self._bias_initializer),
+        "kernel_regularizer": tf_keras.regularizers.serialize(
+            self._kernel_regularizer),
+        "bias_regularizer": tf_keras.regularizers.serialize(
+            self._bias_regularizer),
+        "activity_regularizer": tf_keras.regularizers.serialize(
+            self._activity_regularizer),
+        "kernel_constraint": tf_keras.constraints.serialize(
+            self._kernel_constraint),
+        "bias_constraint": tf_keras.constraints.serialize(
+            self._bias_constraint),
+        "seed": self._seed,
+        "softmax_robust_masking": self._softmax_robust_masking,
+        "query_shape": _shape_list(self._query_shape),
+        "key_shape": _shape_list(self._key_shape),
+        "value_shape": _shape_list(self._value_shape),
+    }
+    return {**super().get_config(), **config}
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    shapes = [config.pop(k, None) for k in ("query_shape", "value_shape",
+                                            "key_shape")]
+    layer = cls(**config)
+    if None not in shapes:
+      layer._build_from_signature(*shapes)
+    return layer
+
+  def _build_from_signature(self, query, value, key=None):
+    """Creates the projections from the shapes (or tensors) of the inputs."""
+    self._built_from_signature = True
+    self._query_shape = _as_shape(query)
+    self._value_shape = _as_shape(value)
+    self._key_shape = self._value_shape if key is None else _as_shape(key)
+    _check_signature(self._query_shape, self._value_shape, self._key_shape)
+    rank = self._query_shape.rank
+    self._attention_axes = equations.normalize_attention_axes(
+        self._attention_axes, rank)
+    with tf.init_scope():
+      self._query_dense = self._projection(rank, self._key_dim, "query")
+      self._key_dense = self._projection(self._key_shape.rank, self._key_dim,
+                                         "key")
+      self._value_dense = self._projection(self._value_shape.rank,
+                                           self._value_dim, "value")
+      self._build_attention(rank + 1)
+      self._output_dense = self._make_output_dense(
+          rank - 1, self._sublayer_kwargs(), "attention_output")
+      # Variables now, in tf.keras' order, so that weights can be set
+      # before the first call (from_config, load_weights) and the fused
+      # projection can read the kernels.
+      heads = self._query_shape[:-1].concatenate([self._num_heads])
+      for dense, shape in ((self._query_dense, self._query_shape),
+                           (self._key_dense, self._key_shape),
+                           (self._value_dense, self._value_shape),
+                           (self._output_dense,
+                            heads.concatenate([self._value_dim]))):
+        # An absolute scope: variable names read "<layer>/<query>/kernel",
+        # as when tf.keras builds them inside the first call.
+        with tf.name_scope(f"{self.name}/{dense.name}/"):
+          dense.build(shape)
+
+  def _projection(self, input_rank, head_size, name):
+    equation, bias_axes, output_rank = equations.projection_equation(
+        input_rank - 1, bound_dims=1, output_dims=2)
+    return _layers.EinsumDense(
+        equation,
+        output_shape=[None] * (output_rank - 3) + [self._num_heads, head_size],
+        bias_axes=bias_axes if self._use_bias else None,
+        name=name,
+        **self._sublayer_kwargs())
+
+  def _make_output_dense(self, free_dims, common_kwargs, name=None):
+    output_shape = self._output_shape or self._query_shape[-1]
+    output_shape = [output_shape] if isinstance(output_shape, int) else list(
+        output_shape)
+    equation, bias_axes, output_rank = equations.projection_equation(
+        free_dims, bound_dims=2, output_dims=len(output_shape))
+    return _layers.EinsumDense(
+        equation,
+        output_shape=[None] * (output_rank - 1 - len(output_shape)) +
+        output_shape,
+        bias_axes=bias_axes if self._use_bias else None,
+        name=name,
+        **common_kwargs)
+
+  def _sublayer_kwargs(self):
+    # Fresh initializer instances per sublayer: a shared seeded instance
+    # would give the four kernels the same values.
+    def clone(initializer):
+      return initializer.__class__.from_config(initializer.get_config())
+
+    return dict(
+        kernel_initializer=clone(self._kernel_initializer),
+        bias_initializer=clone(self._bias_initializer),
+        kernel_regularizer=self._kernel_regularizer,
+        bias_regularizer=self._bias_regularizer,
+        activity_regularizer=self._activity_regularizer,
+        kernel_constraint=self._kernel_constraint,
+        bias_constraint=self._bias_constraint,
+        dtype=self._dtype_policy)
+
+  def _build_attention(self, rank):
+    """Sets what `_compute_attention` overrides written for tf.keras use."""
+    (self._dot_product_equation, self._combine_equation,
+     scores_rank) = equations.attention_equations(rank, self._attention_axes)
+    self._axes_plan = equations.AxesPlan(rank, self._attention_axes)
+    self._norm_axes = tuple(
+        range(scores_rank - len(self._attention_axes), scores_rank))
+    self._dropout_layer = _layers.Dropout(
+        rate=self._dropout, seed=self._seed, dtype=self._dtype_policy)
+
+  def _masked_softmax(self, attention_scores, attention_mask=None):
+    """Softmax over the key axes; the mask gains the head axis it lacks."""
+    if attention_mask is not None:
+      axis = -len(self._attention_axes) * 2 - 1
+      for _ in range(attention_scores.shape.rank - attention_mask.shape.rank):
+        attention_mask = tf.expand_dims(attention_mask, axis)
+    norm_axes = self._norm_axes[0] if len(self._norm_axes) == 1 else self._norm_axes
+    return masks_lib.masked_softmax(attention_scores, attention_mask, norm_axes)
+
+  def _compute_attention(self, query, key, value, attention_mask=None,
+                         training=None, return_attention_scores=False,
+                         use_causal_mask=False):
+    """Attention over projected heads; the documented override point.
+
+    Args:
+      query: projected query `[B, T, N, H]` (N-D: input layout + `[N, H]`).
+      key: projected key `[B, S, N, H]`.
+      value: projected value `[B, S, N, V]`.
+      attention_mask: boolean `[B, T, S]` (or N-D), `True` attends.
+      training: whether dropout applies.
+      return_attention_scores: whether the scores are needed (tf_mha only).
+      use_causal_mask: apply the causal mask without materialising it
+        (tf_mha only; overrides receive it inside `attention_mask`).
+
+    Returns:
+      `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
+    """
+    if type(self)._masked_softmax is not MultiHeadAttention._masked_softmax:
+      return self._einsum_attention(query, key, value, attention_mask, training)
+    if return_attention_scores and self._flash_attention:
+      raise ValueError(
+          "Returning attention scores is not supported with "
+          "flash_attention=True. Construct the layer with "
+          "flash_attention=None or False to get the scores.")
+    plan = self._axes_plan
+    mask = None
+    if attention_mask is not None:
+      mask = plan.mask_to_flat(masks_lib.to_bool_mask(attention_mask), query, key)
+    flat = (plan.to_flat(query), plan.to_flat(key), plan.to_flat(value))
+
+    def attend(rate):
+      return ops.dot_product_attention(
+          *flat,
+          mask=mask,
+          is_causal=use_causal_mask,
+          scale=1.0 / math.sqrt(float(self._key_dim)),
+          dropout_rate=rate,
+          dropout_seed=self._seeds.next() if rate else None,
+          return_scores=return_attention_scores,
+          flash_attention=self._flash_attention)
+
+    if self._dropout > 0:
+      result = _dropout.when_training(training, lambda: attend(self._dropout),
+                                      lambda: attend(0.0))
+    else:
+      result = attend(0.0)
+    out, scores = result if return_attention_scores else (result, None)
+    out = plan.from_flat(out, query)
+    if scores is not None:
+      scores = plan.scores_from_flat(scores, query, key)
+    return out, scores
+
+  def _einsum_attention(self, query, key, value, attention_mask, training):
+    """tf.keras' own recipe, for subclasses overriding `_masked_softmax`."""
+    query = query * tf.cast(1.0 / math.sqrt(float(self._key_dim)), query.dtype)
+    scores = tf.einsum(self._dot_product_equation, key, query)
+    scores = self._masked_softmax(scores, attention_mask)
+    dropped = self._dropout_layer(scores, training=training)
+    return tf.einsum(self._combine_equation, dropped, value), scores
+
+  def call(self,
+           query,
+           value,
+           key=None,
+           attention_mask=None,
+           return_attention_scores=False,
+           training=None,
+           use_causal_mask=False,
+           query_mask=None,
+           value_mask=None,
+           key_mask=None):
+    if key is None:
+      key = value
+    query_mask = _keras_mask(query, query_mask)
+    value_mask = _keras_mask(value, value_mask)
+    key_mask = None if key is value else _keras_mask(key, key_mask)
+    query, value, key, ragged_lengths = _dense_inputs(query, value, key)
+    if not self._built_from_signature:
+      self._build_from_signature(query=query, value=value, key=key)
+    _check_call(self, query, value, key)
+    default_hook = (type(self)._compute_attention is
+                    MultiHeadAttention._compute_attention)
+    attention_mask = self._compute_attention_mask(
+        query, value, key=key, attention_mask=attention_mask,
+        use_causal_mask=use_causal_mask and not default_hook,
+        query_mask=query_mask, value_mask=value_mask, key_mask=key_mask)
+    query, key, value = self._project(query, key, value)
+    if default_hook:
+      output, scores = self._compute_attention(
+          query, key, value, attention_mask, training,
+          return_attention_scores=return_attention_scores,
+          use_causal_mask=use_causal_mask)
+    else:
+      output, scores = self._compute_attention(query, key, value,
+                                               attention_mask, training)
+    output = self._output_dense(output)
+    if ragged_lengths is not None:
+      output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
+    return (output, scores) if return_attention_scores else output
+
+  def _project(self, query, key, value):
+    """The three input projections; one matmul for self-attention."""
+    compute = self._compute_dtype_object
+    if query is key and key is value and self._activity_regularizer is None:
+      return _fused_projection(
+          tf.cast(query, compute),
+          (self._query_dense, self._key_dense, self._value_dense))
+    return (self._query_dense(query), self._key_dense(key),
+            self._value_dense(value))
+
+  def _compute_attention_mask(self, query, value, key=None,
+                              attention_mask=None, use_causal_mask=False,
+                              query_mask=None, value_mask=None, key_mask=None):
+    """Combines the explicit, Keras and causal masks into `[B, T, S]`.
+
+    Query masks become `[B, T, 1]`, value and key masks `[B, 1, S]`, the
+    causal mask `[1, T, S]`; all are ANDed with `attention_mask`.
+    """
+    if query_mask is None and value_mask is None and key_mask is None:
+      query_mask = getattr(query, "_keras_mask", None)
+      value_mask = getattr(value, "_keras_mask", None)
+      if key is not None and key is not value:
+        key_mask = getattr(key, "_keras_mask", None)
+    t_axes = len(self._attention_axes) if self._built_from_signature else 1
+    parts = [attention_mask]
+    if query_mask is not None:
+      parts.append(_expand_trailing(masks_lib.to_bool_mask(query_mask), t_axes))
+    for mask in (value_mask, key_mask):
+      if mask is not None:
+        parts.append(_expand_before(masks_lib.to_bool_mask(mask), t_axes))
+    if use_causal_mask:
+      parts.append(self._compute_causal_mask(query, value))
+    return masks_lib.combine_masks(*parts)
+
+  def _compute_causal_mask(self, query, value=None):
+    """Lower-triangular `[1, T, S]` mask over the (single) attention axis."""
+    axis = self._attention_axes[0] if self._built_from_signature else 1
+    value = query if value is None else value
+    mask = masks_lib.causal_mask(tf.shape(query)[axis], tf.shape(value)[axis])
+    return tf.expand_dims(mask, 0)
+
+  def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+    query_shape = tf.TensorShape(query_shape)
+    value_shape = tf.TensorShape(value_shape)
+    key_shape = value_shape if key_shape is None else tf.TensorShape(key_shape)
+    _check_signature(query_shape, value_shape, key_shape)
+    if self._output_shape:
+      return query_shape[:-1].concatenate(self._output_shape)
+    return query_shape
+
+
+def _fused_projection(x, denses):
+  """`x @ [Wq | Wk | Wv]` as one matmul; the variables stay separate."""
+  kernels = [tf.reshape(d.kernel, [d.kernel.shape[0], -1]) for d in denses]
+  widths = [k.shape[-1] for k in kernels]
+  lead = equations.dims(x)[:-1]
+  y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.concat(kernels, axis=1))
+  if denses[0].bias is not None:
+    y += tf.concat([tf.reshape(d.bias, [-1]) for d in denses], axis=0)
+  outs = tf.split(y, widths, axis=1)
+  return tuple(
+      tf.reshape(o, lead + d.kernel.shape[1:].as_list())
+      for o, d in zip(outs, denses))
+
+
+def _keras_mask(tensor, explicit):
+  return explicit if explicit is not None else getattr(tensor, "_keras_mask",
+                                                        None)
+
+
+def _dense_inputs(query, value, key):
+  """Tensors from array-likes; ragged inputs become dense, as in tf.keras."""
+  converted = {}
+  def tensor(x):
+    if isinstance(x, tf.RaggedTensor) or tf.is_tensor(x):
+      return x
+    return converted.setdefault(id(x), tf.convert_to_tensor(x))
+  query, value, key = tensor(query), tensor(value), tensor(key)
+  lengths = None
+  if isinstance(query, tf.RaggedTensor):
+    lengths = query.nested_row_lengths()
+    query = query.to_tensor()
+  key_ragged = isinstance(key, tf.RaggedTensor)
+  value_ragged = isinstance(value, tf.RaggedTensor)
+  same = key is value
+  if key_ragged and value_ragged:
+    bound = tf.maximum(key.bounding_shape(), value.bounding_shape())
+    value = value.to_tensor(shape=bound)
+    key = value if same else key.to_tensor(shape=bound)
+  elif key_ragged:
+    key = key.to_tensor(shape=tf.shape(value))
+  elif value_ragged:
+    value = value.to_tensor(shape=tf.shape(key))
+  return query, value, key, lengths
+
+
+def _expand_trailing(mask, count):
+  for _ in range(count):
+    mask = tf.expand_dims(mask, -1)
+  return mask
+
+
+def _expand_before(mask, count):
+  """`[B, <S dims>]` -> `[B, 1 x count, <S dims>]`."""
+  for _ in range(count):
+    mask = tf.expand_dims(mask, -1 - count)
+  return mask
+
+
+def _positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"`{name}` must be a positive integer. "
+                     f"Received: {name}={value!r}")
+  return int(value)
+
+
+def _rate(name, value):
+  if not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+    raise ValueError(f"`{name}` must be a float in [0, 1). "
+                     f"Received: {name}={value!r}")
+  return value
+
+
+def _output_shape(value):
+  """`None`, a positive int, or a tuple of positive ints."""
+  if value is None:
+    return None
+  if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    dims, result = [value], int(value)
+  elif isinstance(value, (tuple, list, tf.TensorShape)):
+    dims = list(value)
+    result = tuple(int(d) for d in dims if isinstance(d, numbers.Integral))
+  else:
+    raise TypeError("`output_shape` must be an int, a tuple or a list. "
+                    f"Received: output_shape={value!r}")
+  if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and
+             d > 0 for d in dims):
+    raise ValueError("`output_shape` must hold positive integers. "
+                     f"Received: output_shape={value!r}")
+  return result or None
+
+
+def _attention_axes(value):
+  if value is None:
+    return None
+  axes = value if isinstance(value, collections.abc.Sized) else (value,)
+  if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool)
+             for a in axes):
+    raise TypeError("`attention_axes` must be an int or a tuple of ints. "
+                    f"Received: attention_axes={value!r}")
+  if not axes:
+    raise ValueError("`attention_axes` must name at least one axis. "
+                     f"Received: attention_axes={value!r}")
+  if 0 in axes:
+    raise ValueError("`attention_axes` cannot include the batch axis 0. "
+                     f"Received: attention_axes={value!r}")
+  return tuple(int(a) for a in axes)
+
+
+def _as_shape(x):
+  return tf.TensorShape(x.shape if hasattr(x, "shape") else x)
+
+
+def _shape_list(shape):
+  return None if shape is None else shape.as_list()
+
+
+def _check_signature(query_shape, value_shape, key_shape):
+  """Rank and length checks on shapes, before any variable is made."""
+  for name, shape in (("query", query_shape), ("value", value_shape),
+                      ("key", key_shape)):
+    if shape.rank is None or shape.rank < 3:
+      raise ValueError(
+          f"`{name}` must have rank >= 3, [batch, ..., features]. "
+          f"Received: {name} with shape {shape}")
+  if not (query_shape.rank == value_shape.rank == key_shape.rank):
+    raise ValueError(
+        "`query`, `value` and `key` must have the same rank. Received: "
+        f"query shape {query_shape}, value shape {value_shape}, key shape "
+        f"{key_shape}")
+  if not value_shape[:-1].is_compatible_with(key_shape[:-1]):
+    raise ValueError(
+        "`key` and `value` must have the same shape except the last axis "
+        f"(the same length). Received: value shape {value_shape}, key shape "
+        f"{key_shape}")
+  if not query_shape[:1].is_compatible_with(value_shape[:1]):
+    raise ValueError(
+        "`query` and `value` must have the same batch size. Received: query "
+        f"shape {query_shape}, value shape {value_shape}")
+
+
+def _check_call(layer, query, value, key):
+  """Shapes of this call against the built projections."""
+  for name, t, built in (("query", query, layer._query_shape),
+                         ("value", value, layer._value_shape),
+                         ("key", key, layer._key_shape)):
+    if t.shape.rank != built.rank or t.shape[-1] != built[-1]:
+      raise ValueError(
+          f"`{name}` has shape {t.shape}, but the layer was built for "
+          f"{name} shape {built} (same rank and last dimension needed).")
+  _check_signature(query.shape, value.shape, key.shape)
