@@ -3,7 +3,8 @@
 Rabe & Staats (2021), "Self-attention Does Not Need O(n^2) Memory", and the
 FlashAttention recurrence: queries are processed in blocks of `bq` rows; for
 each, key/value blocks of `bk` rows are visited in a `tf.while_loop` while a
-running max `m`, normaliser `l` and accumulator are kept in float32. Causal
+running max `m`, normaliser `l` and accumulator are kept in float32 (float64
+for float64 inputs). Causal
 attention visits only the key blocks at or below the diagonal. The gradient
 recomputes block scores from the saved log-sum-exp instead of storing them.
 
@@ -24,7 +25,7 @@ DEFAULT_BLOCK_SIZES = (512, 1024)
 _PREFERRED_MIN_SCORES = 1024 * 1024
 
 _Plan = collections.namedtuple(
-    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal rate")
+    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal rate acc")
 
 
 def is_preferred(query, key):
@@ -79,12 +80,12 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
         k, plan.bk, plan.pad_s), _to_blocks(v, plan.bk, plan.pad_s)
     out_blocks, lse, fully_masked = _forward(plan, qb, kb, vb, mask,
                                              dropout_seed)
-    v_mean = _key_mean(v)  # [B, N, 1, V]
+    v_mean = _key_mean(v, plan.acc)  # [B, N, 1, V]
     out_blocks = tf.where(fully_masked[..., None], v_mean[None], out_blocks)
     out = _from_blocks(out_blocks, plan.t)
 
     def grad(d_out):
-      dob = _to_blocks(tf.cast(d_out, tf.float32), plan.bq, plan.pad_t)
+      dob = _to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
       # delta_t = sum_v dO * O, the softmax-Jacobian row term.
       delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
       dqb, dkb, dvb = _backward(plan, qb, kb, vb, dob, lse, delta, mask,
@@ -95,7 +96,7 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
       # Fully masked rows attend uniformly: each key gets dO / S.
       dob_masked = tf.where(fully_masked[..., None], dob, tf.zeros_like(dob))
       dv_uniform = tf.reduce_sum(dob_masked, axis=[0, 3]) / tf.cast(
-          plan.s, tf.float32)  # [B, N, V]
+          plan.s, plan.acc)  # [B, N, V]
       dv += tf.expand_dims(dv_uniform, 1)  # [B, 1, N, V]
       return (tf.cast(dq, q.dtype), tf.cast(dk, k.dtype), tf.cast(dv, v.dtype))
 
@@ -111,7 +112,8 @@ def _make_plan(query, key, bq, bk, is_causal, rate):
   nk = _ceil_div(s, bk)
   return _Plan(t=t, s=s, bq=bq, bk=bk, nq=nq, nk=nk,
                pad_t=nq * bq - t, pad_s=nk * bk - s,
-               is_causal=is_causal, rate=float(rate))
+               is_causal=is_causal, rate=float(rate),
+               acc=masks_lib.softmax_dtype(query.dtype))
 
 
 def _length(x):
@@ -123,7 +125,7 @@ def _ceil_div(a, b):
 
 
 def _to_blocks(x, block, pad):
-  """`[B, L, N, H]` -> `[n, B, N, block, H]` in float32-free input dtype."""
+  """`[B, L, N, H]` -> `[n, B, N, block, H]` in the input dtype."""
   x = tf.transpose(x, [0, 2, 1, 3])  # [B, N, L, H]
   if not (isinstance(pad, int) and pad == 0):
     x = tf.pad(x, [[0, 0], [0, 0], [0, pad], [0, 0]])
@@ -160,12 +162,12 @@ def _mask_block(mask, plan, i, j):
 
 
 def _block_scores(plan, q_i, k_j, mask, i, j):
-  """Masked float32 scores of one block, `[B, N, bq, bk]`.
+  """Masked scores of one block in the accumulation dtype, `[B, N, bq, bk]`.
 
-  Masked entries hold `large_negative(float32)`; padded keys hold -inf, so a
+  Masked entries hold `large_negative(acc)`; padded keys hold -inf, so a
   fully masked row still weighs only real keys.
   """
-  s = tf.cast(tf.einsum("BNTH,BNSH->BNTS", q_i, k_j), tf.float32)
+  s = tf.cast(tf.einsum("BNTH,BNSH->BNTS", q_i, k_j), plan.acc)
   keep = None
   if plan.is_causal:
     rows = tf.expand_dims(i * plan.bq + tf.range(plan.bq), 1)
@@ -174,10 +176,10 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   if mask is not None:
     keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
   if keep is not None:
-    s = tf.where(keep, s, masks_lib.large_negative(tf.float32))
+    s = tf.where(keep, s, tf.constant(masks_lib.large_negative(plan.acc), plan.acc))
   if not (isinstance(plan.pad_s, int) and plan.pad_s == 0):
     real = tf.expand_dims(j * plan.bk + tf.range(plan.bk), 0) < plan.s
-    s = tf.where(real, s, float("-inf"))
+    s = tf.where(real, s, tf.constant(float("-inf"), plan.acc))
   return s
 
 
@@ -204,7 +206,7 @@ def _first_query_block(plan, j):
 
 def _forward(plan, qb, kb, vb, mask, seed):
   """Returns out `[nq, B, N, bq, V]`, lse and fully-masked flags `[nq, B, N, bq]`."""
-  big_neg = masks_lib.large_negative(tf.float32)
+  big_neg = masks_lib.large_negative(plan.acc)
   lead = tf.shape(qb)[1:3]  # [B, N]
   row_shape = tf.concat([lead, [plan.bq]], 0)
   acc_shape = tf.concat([lead, [plan.bq, vb.shape[-1]]], 0)
@@ -222,11 +224,11 @@ def _forward(plan, qb, kb, vb, mask, seed):
         keep = _keep_mask(plan, seed, i, j, tf.shape(p))
         p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
       pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, vb.dtype), tf.gather(vb, j))
-      acc = acc * correction[..., None] + tf.cast(pv, tf.float32)
+      acc = acc * correction[..., None] + tf.cast(pv, plan.acc)
       return j + 1, m_new, l, acc
 
-    init = (tf.constant(0), tf.fill(row_shape, float("-inf")),
-            tf.zeros(row_shape), tf.zeros(acc_shape))
+    init = (tf.constant(0), tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
+            tf.zeros(row_shape, plan.acc), tf.zeros(acc_shape, plan.acc))
     n_kb = _key_blocks(plan, i)
     _, m, l, acc = tf.while_loop(lambda j, *_: j < n_kb, key_block, init)
     out = acc / l[..., None]
@@ -234,7 +236,7 @@ def _forward(plan, qb, kb, vb, mask, seed):
             masked.write(i, m <= big_neg))
 
   arrays = [tf.TensorArray(dtype, size=plan.nq, element_shape=None)
-            for dtype in (tf.float32, tf.float32, tf.bool)]
+            for dtype in (plan.acc, plan.acc, tf.bool)]
   _, outs, lses, masked = tf.while_loop(
       lambda i, *_: i < plan.nq, query_block, [tf.constant(0)] + arrays)
   return outs.stack(), lses.stack(), masked.stack()
@@ -242,7 +244,8 @@ def _forward(plan, qb, kb, vb, mask, seed):
 
 def _backward(plan, qb, kb, vb, dob, lse, delta, mask, seed):
   """Gradients in block layout, recomputing each block's probabilities."""
-  dq_buffer = tf.zeros(tf.shape(qb), tf.float32)
+  acc = plan.acc
+  dq_buffer = tf.zeros(tf.shape(qb), acc)
 
   def key_block(j, dq_buf, dks, dvs):
     k_j = tf.gather(kb, j)
@@ -253,9 +256,9 @@ def _backward(plan, qb, kb, vb, dob, lse, delta, mask, seed):
       do_i = tf.gather(dob, i)
       s = _block_scores(plan, q_i, k_j, mask, i, j)
       # Masked and padded entries (and so fully masked rows) get p = 0.
-      p = tf.where(s > masks_lib.large_negative(tf.float32),
+      p = tf.where(s > masks_lib.large_negative(acc),
                    tf.exp(s - tf.gather(lse, i)[..., None]), tf.zeros_like(s))
-      dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, tf.float32))
+      dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, acc))
       p_used = p
       if plan.rate > 0.0:
         keep = _keep_mask(plan, seed, i, j, tf.shape(p))
@@ -264,25 +267,24 @@ def _backward(plan, qb, kb, vb, dob, lse, delta, mask, seed):
         dp = tf.where(keep, dp * scale, tf.zeros_like(dp))
       dv += tf.einsum("BNTS,BNTV->BNSV", p_used, do_i)
       ds = p * (dp - tf.gather(delta, i)[..., None])  # [B, N, bq, bk]
-      dq_i = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k_j, tf.float32))
+      dq_i = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k_j, acc))
       dq_buf = tf.tensor_scatter_nd_add(dq_buf, [[i]], dq_i[None])
-      dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, tf.float32))
+      dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, acc))
       return i + 1, dq_buf, dk, dv
 
     init = (_first_query_block(plan, j), dq_buf,
-            tf.zeros(tf.shape(k_j), tf.float32),
-            tf.zeros(tf.shape(v_j), tf.float32))
+            tf.zeros(tf.shape(k_j), acc), tf.zeros(tf.shape(v_j), acc))
     _, dq_buf, dk, dv = tf.while_loop(lambda i, *_: i < plan.nq, query_block,
                                       init)
     return j + 1, dq_buf, dks.write(j, dk), dvs.write(j, dv)
 
-  arrays = [tf.TensorArray(tf.float32, size=plan.nk) for _ in range(2)]
+  arrays = [tf.TensorArray(acc, size=plan.nk) for _ in range(2)]
   _, dq_buffer, dks, dvs = tf.while_loop(
       lambda j, *_: j < plan.nk, key_block, [tf.constant(0), dq_buffer] + arrays)
   return dq_buffer, dks.stack(), dvs.stack()
 
 
-def _key_mean(v):
-  """Mean of the values over the keys, `[B, N, 1, V]` in float32."""
-  mean = tf.reduce_mean(tf.cast(v, tf.float32), axis=1)  # [B, N, V]
+def _key_mean(v, dtype):
+  """Mean of the values over the keys, `[B, N, 1, V]`, in `dtype`."""
+  mean = tf.reduce_mean(tf.cast(v, dtype), axis=1)  # [B, N, V]
   return tf.expand_dims(mean, 2)

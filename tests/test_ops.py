@@ -1,0 +1,191 @@
+"""The pure op, plain and blockwise, against the float64 reference."""
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+import tf_mha
+from tf_mha import flash
+from tf_mha import masks
+from tests import reference
+
+_RNG = np.random.default_rng(3)
+
+
+def _inputs(b, t, s, n, h, v):
+  return (_RNG.normal(size=(b, t, n, h)).astype(np.float32),
+          _RNG.normal(size=(b, s, n, h)).astype(np.float32),
+          _RNG.normal(size=(b, s, n, v)).astype(np.float32))
+
+
+# name, (B, T, S, N, H, V), causal, block sizes, mask shape or None
+_GRID = (
+    ("square", (2, 13, 13, 2, 5, 5), False, (4, 3), None),
+    ("square_causal", (2, 13, 13, 2, 5, 5), True, (4, 3), None),
+    ("cross_causal", (1, 7, 11, 3, 2, 3), True, (3, 4), None),
+    ("cross_causal_t_gt_s", (1, 11, 5, 1, 3, 2), True, (2, 2), None),
+    ("exact_blocks", (2, 16, 16, 2, 8, 8), True, (8, 8), (2, 1, 16, 16)),
+    ("padding_mask", (2, 9, 17, 2, 4, 3), False, (4, 8), (2, 1, 1, 17)),
+    ("head_mask", (2, 9, 7, 3, 4, 4), True, (5, 3), (1, 3, 9, 7)),
+    ("length_one", (3, 1, 1, 2, 3, 3), True, (1, 1), None),
+    ("default_blocks", (1, 37, 29, 2, 4, 4), False, None, (1, 1, 37, 29)),
+)
+
+
+class DotProductAttentionTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(*_GRID)
+  def test_flash_and_plain_match_reference(self, dims, causal, blocks, mask_shape):
+    q, k, v = _inputs(*dims)
+    mask = None
+    if mask_shape is not None:
+      mask = _RNG.random(mask_shape) > 0.3
+      mask.reshape(-1)[::7] = False
+    ref_out, ref_probs = reference.attention(q, k, v, mask=mask, causal=causal)
+    plain, probs = tf_mha.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, flash_attention=False,
+        return_scores=True)
+    blockwise = tf_mha.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, flash_attention=True,
+        block_sizes=blocks)
+    scale = np.abs(ref_out).max()
+    self.assertAllClose(plain, ref_out, rtol=1e-5, atol=1e-5 * scale)
+    self.assertAllClose(probs, ref_probs, rtol=1e-5, atol=1e-6)
+    self.assertAllClose(blockwise, ref_out, rtol=1e-5, atol=1e-5 * scale)
+
+  @parameterized.named_parameters(*_GRID)
+  def test_flash_gradients_match_plain(self, dims, causal, blocks, mask_shape):
+    q, k, v = (tf.constant(x) for x in _inputs(*dims))
+    mask = None if mask_shape is None else _RNG.random(mask_shape) > 0.3
+    cotangent = tf.constant(_RNG.normal(size=dims[:2] + (dims[3], dims[5])),
+                            tf.float32)
+    grads = []
+    for use_flash in (False, True):
+      with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out = tf_mha.dot_product_attention(
+            q, k, v, mask=mask, is_causal=causal, flash_attention=use_flash,
+            block_sizes=blocks if use_flash else None)
+        loss = tf.reduce_sum(out * cotangent)
+      grads.append(tape.gradient(loss, [q, k, v]))
+    for plain, blockwise in zip(*grads):
+      self.assertAllClose(blockwise, plain, rtol=1e-4, atol=1e-5)
+
+  def test_fully_masked_rows_uniform_with_finite_gradients(self):
+    q, k, v = (tf.constant(x) for x in _inputs(2, 8, 8, 2, 4, 4))
+    mask = np.ones((2, 1, 8, 8), bool)
+    mask[0, 0, 5] = False
+    mask[1, 0, 0] = False
+    ref_out, _ = reference.attention(q, k, v, mask=mask, causal=True)
+    for use_flash in (False, True):
+      with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        out = tf_mha.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                           flash_attention=use_flash,
+                                           block_sizes=(2, 2))
+        loss = tf.reduce_sum(out ** 2)
+      self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
+      self.assertAllClose(out[0, 5], tf.reduce_mean(v[0], axis=0), atol=1e-6)
+      for g in tape.gradient(loss, [q, k, v]):
+        self.assertTrue(np.all(np.isfinite(g.numpy())))
+
+  @parameterized.named_parameters(("plain", False), ("flash", True))
+  def test_xla_and_dynamic_shapes_agree_with_eager(self, use_flash):
+    q, k, v = _inputs(2, 19, 23, 2, 4, 4)
+    fn = lambda a, b, c: tf_mha.dot_product_attention(
+        a, b, c, is_causal=True, flash_attention=use_flash, block_sizes=(8, 8))
+    eager = fn(q, k, v)
+    spec = tf.TensorSpec([None, None, 2, 4], tf.float32)
+    dynamic = tf.function(fn, input_signature=[spec] * 3)(q, k, v)
+    xla = tf.function(fn, jit_compile=True)(q, k, v)
+    self.assertAllClose(dynamic, eager, rtol=1e-5, atol=1e-6)
+    self.assertAllClose(xla, eager, rtol=1e-5, atol=1e-6)
+
+  def test_flash_gradient_under_xla(self):
+    q, k, v = (tf.constant(x) for x in _inputs(1, 24, 24, 2, 4, 4))
+
+    @tf.function(jit_compile=True)
+    def grads(a, b, c, use_flash):
+      with tf.GradientTape() as tape:
+        tape.watch([a, b, c])
+        out = tf_mha.dot_product_attention(a, b, c, is_causal=True,
+                                           flash_attention=use_flash,
+                                           block_sizes=(8, 8))
+        loss = tf.reduce_sum(tf.sin(out))
+      return tape.gradient(loss, [a, b, c])
+
+    for plain, blockwise in zip(grads(q, k, v, False), grads(q, k, v, True)):
+      self.assertAllClose(blockwise, plain, rtol=1e-4, atol=1e-5)
+
+  @parameterized.named_parameters(("plain", False), ("flash", True))
+  def test_dropout_is_unbiased_and_seeded(self, use_flash):
+    q, k, v = _inputs(1, 6, 6, 1, 4, 4)
+    seed = tf.constant([1, 2])
+    run = lambda s: tf_mha.dot_product_attention(
+        q, k, v, dropout_rate=0.3, dropout_seed=s, flash_attention=use_flash,
+        block_sizes=(2, 3))
+    self.assertAllClose(run(seed), run(seed))
+    mean = np.mean([run(tf.constant([i, 7])).numpy() for i in range(400)], axis=0)
+    self.assertAllClose(mean, reference.attention(q, k, v)[0], atol=0.15)
+
+  def test_flash_dropout_gradient_matches_numeric(self):
+    q, k, v = (tf.constant(x, tf.float64) for x in _inputs(1, 5, 5, 1, 3, 3))
+    seed = tf.constant([4, 5])
+    fn = lambda a, b, c: tf_mha.dot_product_attention(
+        a, b, c, dropout_rate=0.4, dropout_seed=seed, flash_attention=True,
+        is_causal=True, block_sizes=(2, 2))
+    theoretical, numerical = tf.test.compute_gradient(fn, [q, k, v])
+    for t, n in zip(theoretical, numerical):
+      self.assertAllClose(t, n, rtol=1e-5, atol=1e-6)
+
+  @parameterized.named_parameters(
+      ("rank", dict(query=tf.ones([2, 3, 4])), "query.*rank 4"),
+      ("lengths", dict(value=tf.ones([1, 6, 2, 4])), "same length"),
+      ("heads", dict(key=tf.ones([1, 5, 3, 4]), value=tf.ones([1, 5, 3, 4])),
+       "number of heads"),
+      ("head_size", dict(key=tf.ones([1, 5, 2, 3])), "head size"),
+      ("dropout", dict(dropout_rate=1.0), "dropout_rate"),
+      ("flash_scores", dict(flash_attention=True, return_scores=True),
+       "flash_attention=True"))
+  def test_errors_name_the_argument(self, overrides, pattern):
+    args = dict(query=tf.ones([1, 3, 2, 4]), key=tf.ones([1, 5, 2, 4]),
+                value=tf.ones([1, 5, 2, 4]))
+    args.update(overrides)
+    with self.assertRaisesRegex(ValueError, pattern):
+      tf_mha.dot_product_attention(**args)
+
+  def test_bfloat16_and_float16_accuracy(self):
+    q, k, v = _inputs(2, 40, 40, 2, 8, 8)
+    ref, _ = reference.attention(q, k, v, causal=True)
+    for dtype, tol in ((tf.float16, 1e-2), (tf.bfloat16, 5e-2)):
+      for use_flash in (False, True):
+        out = tf_mha.dot_product_attention(
+            *(tf.cast(x, dtype) for x in (q * 30, k, v)), is_causal=True,
+            scale=1 / (30 * np.sqrt(8)), flash_attention=use_flash,
+            block_sizes=(16, 16))
+        self.assertEqual(out.dtype, dtype)
+        err = np.abs(out.numpy().astype(np.float64) - ref).max() / np.abs(ref).max()
+        self.assertLess(err, tol, msg=f"{dtype} flash={use_flash}")
+
+
+class MasksTest(tf.test.TestCase):
+
+  def test_causal_mask_is_top_left_aligned(self):
+    self.assertAllEqual(masks.causal_mask(2, 4),
+                        [[True, False, False, False], [True, True, False, False]])
+
+  def test_combine_and_large_negative(self):
+    self.assertIsNone(masks.combine_masks(None, None))
+    self.assertAllEqual(masks.combine_masks([1, 0, 1], [True, True, False]),
+                        [True, False, False])
+    for dtype in (tf.float16, tf.bfloat16, tf.float32):
+      fill = tf.constant(masks.large_negative(dtype), dtype)
+      self.assertTrue(np.isfinite(float(fill + fill)))
+
+  def test_block_size_choice(self):
+    self.assertEqual(flash.choose_block_sizes(7, 3000), (7, 1024))
+    self.assertEqual(flash.choose_block_sizes(None, None), flash.DEFAULT_BLOCK_SIZES)
+
+
+if __name__ == "__main__":
+  tf.test.main()
