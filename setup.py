@@ -22,7 +22,8 @@ setuptools.setup(
     install_requires=[
         "tensorflow==2.21.0",
         "tf-keras==2.21.0",
-        "tensorflow-text==2.21.0",
+        "tensorflow-text==2.21.1",  # 2.21.0 fails to import (tensorflow/text#1541)
+        "tensorflow-serving-api==2.21.0",
         "absl-py>=2.1",
         "numpy>=1.26",
     ],

@@ -270,6 +270,9 @@ class MultiHeadAttention(_layers.Layer):
         range(scores_rank - len(self._attention_axes), scores_rank))
     self._dropout_layer = _layers.Dropout(
         rate=self._dropout, seed=self._seed, dtype=self._dtype_policy)
+    # Built now: overrides call it, the default path does not, and an
+    # unbuilt sublayer is skipped (with a warning) by SavedModel export.
+    self._dropout_layer.build(None)
 
   def _masked_softmax(self, attention_scores, attention_mask=None):
     """Softmax over the key axes; the mask gains the head axis it lacks."""

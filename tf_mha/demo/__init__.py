@@ -1,0 +1,1 @@
+"""The demo text classifier: generated data, offline vocabulary, model."""

@@ -1,0 +1,199 @@
+"""The main job as a library: train the demo, export it, convert, compare.
+
+`tools/export_saved_model.py` is a thin command line over `export_demo`.
+"""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from tf_mha.demo import data
+from tf_mha.demo import model as model_lib
+from tf_mha.export import serving
+from tf_mha.export import tflite
+
+TRAIN_EXAMPLES, TEST_EXAMPLES = 6000, 1000
+SAMPLE_TEXTS = ("the movie was good but the acting was not great",
+                "the movie was not good but the acting was great",
+                "the story was dull")
+
+
+@dataclasses.dataclass
+class Demo:
+  vocab: list
+  classifier: tf_keras.Model
+  text_model: tf_keras.Model
+  test_texts: list
+  test_labels: np.ndarray
+  accuracy: float
+
+
+class ServingModule(tf.Module):
+  """What TF Serving runs: strings in; probabilities, class id, label out."""
+
+  def __init__(self, demo):
+    super().__init__()
+    self.text_model = demo.text_model
+    self.classifier = demo.classifier
+    self.tokenizer = demo.text_model.get_layer("tokenizer")
+    self.labels = tf.constant(data.LABELS)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+  def serve(self, text):
+    probabilities = self.text_model(text)
+    class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return {"probabilities": probabilities, "class_id": class_id,
+            "label": tf.gather(self.labels, class_id)}
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+  def classify_ids(self, token_ids):
+    return {"probabilities": self.classifier(token_ids)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+  def tokenize(self, text):
+    """The text front end alone: strings -> padded token ids (0 pads)."""
+    return {"token_ids": self.tokenizer(text)}
+
+  def signatures(self):
+    return {"serving_default": self.serve, "classify_ids": self.classify_ids,
+            "tokenize": self.tokenize}
+
+
+def train_demo(epochs=6, seed=0, verbose=2):
+  """Generates the data, builds the vocabulary and trains the model."""
+  tf_keras.utils.set_random_seed(seed)
+  texts, labels = data.make_examples(TRAIN_EXAMPLES, seed=seed)
+  test_texts, test_labels = data.make_examples(TEST_EXAMPLES, seed=seed + 1)
+  vocab = data.vocabulary(texts)
+  classifier = model_lib.build_classifier(len(vocab))
+  text_model = model_lib.build_text_model(vocab, classifier)
+  tokenizer = text_model.get_layer("tokenizer")
+  ids = tokenizer(tf.constant(texts))
+  test_ids = tokenizer(tf.constant(test_texts))
+  classifier.compile(tf_keras.optimizers.Adam(3e-3),
+                     "sparse_categorical_crossentropy", metrics=["accuracy"])
+  classifier.fit(ids, labels, batch_size=64, epochs=epochs,
+                 validation_data=(test_ids, test_labels), verbose=verbose)
+  _, accuracy = classifier.evaluate(test_ids, test_labels, verbose=0)
+  return Demo(vocab, classifier, text_model, test_texts, test_labels,
+              float(accuracy))
+
+
+def id_samples(ids, lengths=(1, 5, 11, 20)):
+  """`classify_ids` inputs of several batch sizes and lengths."""
+  samples = []
+  for i, length in enumerate(lengths):
+    batch = ids[i * 8:(i + 1) * 8, :length]
+    if batch.shape[1] < length:
+      batch = np.pad(batch, [[0, 0], [0, length - batch.shape[1]]])
+    samples.append({"token_ids": batch.astype(np.int32)})
+  return samples
+
+
+@dataclasses.dataclass
+class Report:
+  saved_model_dir: str
+  saved_model_bytes: int
+  warmup_file: str
+  tflite: dict  # quantization -> (path, bytes, max diff, accuracy)
+  accuracy: float
+  keras_vs_saved_model: float
+  train_seconds: float
+
+  def lines(self):
+    out = [f"demo accuracy (held-out, Keras): {self.accuracy:.4f}",
+           f"training time: {self.train_seconds:.1f} s",
+           f"SavedModel: {self.saved_model_dir} "
+           f"({self.saved_model_bytes / 1e6:.2f} MB)",
+           f"  warmup requests: {self.warmup_file or 'not written (install tensorflow-serving-api)'}",
+           f"  max |Keras - reloaded SavedModel|: {self.keras_vs_saved_model:.3g}"]
+    for name, (path, size, diff, acc) in self.tflite.items():
+      out.append(f"TFLite ({name}): {path} ({size / 1e3:.1f} kB), "
+                 f"max |TFLite - SavedModel| {diff:.3g}, accuracy {acc:.4f}")
+    return out
+
+
+def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
+                version=None, overwrite=False, epochs=6,
+                quantizations=("none",)):
+  """Trains, exports for Serving, converts to TFLite and compares all three."""
+  start = time.time()
+  logging.info("Training the demo model (%d examples, %d epochs)...",
+               TRAIN_EXAMPLES, epochs)
+  demo = train_demo(epochs=epochs)
+  train_seconds = time.time() - start
+  module = ServingModule(demo)
+  logging.info("Exporting the SavedModel under %s ...", output_dir)
+  path = serving.export(
+      module, output_dir, model_name, version, signatures=module.signatures(),
+      overwrite=overwrite,
+      warmup_inputs={"text": np.array(SAMPLE_TEXTS, dtype=object)})
+  warmup = os.path.join(path, serving.WARMUP_FILE)
+  loaded = tf.saved_model.load(path)
+  served = loaded.signatures["serving_default"](text=tf.constant(demo.test_texts))
+  keras_probs = demo.text_model(tf.constant(demo.test_texts)).numpy()
+  keras_vs_saved = float(np.max(np.abs(served["probabilities"].numpy() - keras_probs)))
+  tflite_results = {}
+  for quantize in quantizations:
+    logging.info("Converting to TFLite (%s)...", quantize)
+    tflite_results[quantize] = convert_and_check(
+        path, quantize, os.path.join(
+            output_dir, f"{model_name}_{os.path.basename(path)}_{quantize}.tflite"))
+  return Report(path, serving.directory_size(path),
+                warmup if os.path.exists(warmup) else "", tflite_results,
+                demo.accuracy, keras_vs_saved, train_seconds)
+
+
+def convert_and_check(saved_model_dir, quantize, output_file):
+  """Converts a demo export's `classify_ids` to TFLite and checks it.
+
+  Compares the TFLite model with the SavedModel on samples of several
+  lengths, measures its accuracy on the held-out demo data, and only then
+  writes `output_file` (atomically).
+
+  Returns:
+    `(output_file, size in bytes, max |TFLite - SavedModel|, accuracy)`.
+
+  Raises:
+    ValueError: the SavedModel is not a tf_mha demo export.
+    tflite.ConversionMismatch: float32 differs by more than 1e-4.
+  """
+  loaded = tf.saved_model.load(saved_model_dir)
+  if not {"tokenize", "classify_ids"} <= set(loaded.signatures):
+    raise ValueError(
+        f"`saved_model_dir`={saved_model_dir!r} is not a tf_mha demo export "
+        f"(signatures: {sorted(loaded.signatures)}; need tokenize, classify_ids)")
+  texts, labels = data.make_examples(TEST_EXAMPLES, seed=1)
+  ids = loaded.signatures["tokenize"](text=tf.constant(texts))["token_ids"].numpy()
+  samples = id_samples(ids)
+  model = tflite.convert(saved_model_dir, signature="classify_ids",
+                         quantize=quantize, representative_inputs=samples * 4)
+  reference = lambda **kw: {k: v.numpy() for k, v in loaded.signatures[
+      "classify_ids"](**{n: tf.constant(a) for n, a in kw.items()}).items()}
+  diff = tflite.max_difference(model, "classify_ids", reference, samples)
+  if quantize == "none" and diff > tflite.FLOAT32_TOLERANCE:
+    raise tflite.ConversionMismatch(
+        f"float32 TFLite differs from the SavedModel by {diff:.3g} "
+        f"(> {tflite.FLOAT32_TOLERANCE})")
+  probs = tflite.run(model, "classify_ids", {"token_ids": ids.astype(np.int32)})
+  accuracy = float(np.mean(np.argmax(probs["probabilities"], -1) == labels))
+  _atomic_write(output_file, model)
+  return output_file, len(model), diff, accuracy
+
+
+def _atomic_write(path, payload):
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  staging = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(staging, "wb") as f:
+      f.write(payload)
+    os.replace(staging, path)
+  finally:
+    if os.path.exists(staging):
+      os.remove(staging)

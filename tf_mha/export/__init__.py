@@ -1,0 +1,1 @@
+"""Export library: SavedModels laid out for TF Serving, and TFLite models."""

@@ -1,0 +1,97 @@
+"""SavedModel signature -> TFLite builtins, run in LiteRT, checked against TF.
+
+The attention model converts to TFLite builtin operators only (no Flex, no
+custom ops), with dynamic batch and sequence length.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+QUANTIZATIONS = ("none", "float16", "dynamic_range", "int8")
+FLOAT32_TOLERANCE = 1e-4
+
+
+class ConversionMismatch(Exception):
+  """The float32 TFLite model disagrees with the SavedModel."""
+
+
+def convert(saved_model_dir, *, signature, quantize="none",
+            representative_inputs=None):
+  """Converts one signature of a SavedModel to a TFLite flatbuffer.
+
+  Args:
+    saved_model_dir: the SavedModel version directory.
+    signature: the signature key to convert (its inputs become the model's).
+    quantize: one of `QUANTIZATIONS`.
+    representative_inputs: for "int8", a list of `{input_name: array}`
+      covering the lengths the model will see (calibrating at one length is
+      inaccurate at others).
+
+  Returns:
+    The model as bytes.
+  """
+  if quantize not in QUANTIZATIONS:
+    raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}. "
+                     f"Received: quantize={quantize!r}")
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      saved_model_dir, signature_keys=[signature])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantize != "none":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantize == "int8":
+    if not representative_inputs:
+      raise ValueError("`representative_inputs` are required for int8.")
+    converter.representative_dataset = lambda: iter(representative_inputs)
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+  return converter.convert()
+
+
+def interpreter(model):
+  """A LiteRT interpreter for `model` (bytes or a path)."""
+  from ai_edge_litert import interpreter as litert
+  if isinstance(model, (bytes, bytearray)):
+    return litert.Interpreter(model_content=bytes(model))
+  return litert.Interpreter(model_path=str(model))
+
+
+def run(model, signature, inputs):
+  """Runs `signature` of a TFLite model on `{name: array}`; returns outputs."""
+  runner = interpreter(model).get_signature_runner(signature)
+  return runner(**inputs)
+
+
+def operators(model):
+  """The names of the builtin and custom operators a TFLite model uses."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
+  names = set()
+  for code in parsed.operatorCodes:
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+      names.add(f"CUSTOM:{code.customCode.decode()}")
+    else:
+      names.add(_BUILTIN_NAMES.get(builtin, str(builtin)))
+  return sorted(names)
+
+
+def _builtin_names():
+  from tensorflow.lite.python import schema_py_generated as schema
+  return {v: k for k, v in vars(schema.BuiltinOperator).items()
+          if not k.startswith("_")}
+
+
+_BUILTIN_NAMES = _builtin_names()
+
+
+def max_difference(model, signature, reference_fn, samples):
+  """Largest |TFLite - reference| over `samples` (a list of input dicts)."""
+  worst = 0.0
+  for inputs in samples:
+    got = run(model, signature, inputs)
+    want = reference_fn(**inputs)
+    for name, value in got.items():
+      worst = max(worst, float(np.max(np.abs(value - np.asarray(want[name])))))
+  return worst
