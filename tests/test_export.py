@@ -1,0 +1,147 @@
+"""Export library and tools: TF Serving layout, atomicity, TFLite, commands."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+
+from tf_mha.demo import pipeline
+from tf_mha.export import serving
+from tf_mha.export import tflite
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Tiny(tf.Module):
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+  def __call__(self, x):
+    return {"y": x * 2.0}
+
+
+class ServingExportTest(tf.test.TestCase):
+
+  def test_versions_and_refusal(self):
+    base = self.get_temp_dir()
+    self.assertEqual(serving.next_version(os.path.join(base, "m")), 1)
+    first = serving.export(_Tiny(), base, "m")
+    self.assertEqual(os.path.basename(first), "1")
+    self.assertEqual(serving.next_version(os.path.join(base, "m")), 2)
+    marker = os.path.getmtime(os.path.join(first, "saved_model.pb"))
+    with self.assertRaisesRegex(serving.ExportRefused, "--overwrite"):
+      serving.export(_Tiny(), base, "m", version=1)
+    self.assertEqual(os.path.getmtime(os.path.join(first, "saved_model.pb")), marker)
+    again = serving.export(_Tiny(), base, "m", version=1, overwrite=True)
+    self.assertEqual(again, first)
+    self.assertEqual(sorted(os.listdir(os.path.join(base, "m"))), ["1"])
+
+  def test_interrupted_export_leaves_nothing(self):
+    base = self.get_temp_dir()
+    original = tf.saved_model.save
+
+    def crash(obj, path, signatures=None):
+      original(obj, path, signatures=signatures)
+      raise KeyboardInterrupt
+
+    tf.saved_model.save = crash
+    try:
+      with self.assertRaises(KeyboardInterrupt):
+        serving.export(_Tiny(), base, "m", version=3)
+    finally:
+      tf.saved_model.save = original
+    self.assertEqual(os.listdir(os.path.join(base, "m")), [])
+
+  def test_bad_arguments(self):
+    with self.assertRaisesRegex(ValueError, "version"):
+      serving.export(_Tiny(), self.get_temp_dir(), "m", version=0)
+    with self.assertRaisesRegex(ValueError, "model_name"):
+      serving.export(_Tiny(), self.get_temp_dir(), "a/b")
+    with self.assertRaisesRegex(ValueError, "quantize"):
+      tflite.convert(self.get_temp_dir(), signature="s", quantize="int4")
+
+
+class DemoPipelineTest(tf.test.TestCase):
+  """One trained demo, exported once, checked every way."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.base = os.path.join(absltest.get_default_test_tmpdir(), "export")
+    cls.report = pipeline.export_demo(output_dir=cls.base, epochs=4,
+                                      quantizations=("none", "dynamic_range"))
+
+  def test_report_and_layout(self):
+    report = self.report
+    self.assertGreaterEqual(report.accuracy, 0.95)
+    self.assertLess(report.keras_vs_saved_model, 1e-5)
+    self.assertTrue(os.path.isfile(os.path.join(report.saved_model_dir, "saved_model.pb")))
+    self.assertTrue(os.path.isdir(os.path.join(report.saved_model_dir, "variables")))
+    self.assertTrue(os.path.isfile(report.warmup_file))
+    path, size, diff, accuracy = report.tflite["none"]
+    self.assertLess(diff, tflite.FLOAT32_TOLERANCE)
+    self.assertGreaterEqual(accuracy, 0.95)
+    self.assertEqual(os.path.getsize(path), size)
+    self.assertTrue(any("TFLite (none)" in line for line in report.lines()))
+
+  def test_tflite_uses_builtins_only(self):
+    with open(self.report.tflite["none"][0], "rb") as f:
+      ops = tflite.operators(f.read())
+    self.assertIn("BATCH_MATMUL", ops)
+    self.assertEqual([op for op in ops if op.startswith("CUSTOM")], [])
+    self.assertNotIn("FlexEinsum", " ".join(ops))
+
+  def test_tflite_runs_at_several_lengths(self):
+    model = self.report.tflite["none"][0]
+    for length in (1, 7, 30):
+      ids = np.random.default_rng(length).integers(1, 20, size=(3, length)).astype(np.int32)
+      probs = tflite.run(model, "classify_ids", {"token_ids": ids})["probabilities"]
+      self.assertEqual(probs.shape, (3, 2))
+      self.assertAllClose(probs.sum(-1), np.ones(3), atol=1e-5)
+
+  def test_serves_from_a_clean_process_without_tf_mha(self):
+    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="3")
+    script = os.path.join(_REPO, "tools", "run_signature.py")
+    args = [script, f"--saved_model_dir={self.report.saved_model_dir}",
+            "--text=the movie was good but the acting was not great",
+            "--text=the movie was not good but the acting was great"]
+    # tf_mha may be installed here; make it unimportable in the child.
+    blocked = ("import runpy, sys; sys.modules['tf_mha'] = None; "
+               f"sys.argv = {args!r}; runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", blocked],
+        capture_output=True, text=True, env=env, cwd=self.get_temp_dir(), timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+    lines = result.stdout.strip().splitlines()
+    self.assertIn('"label": "negative"', lines[0])
+    self.assertIn('"label": "positive"', lines[1])
+
+  def test_convert_tool_and_refusal_exit_codes(self):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out_file = os.path.join(self.get_temp_dir(), "m.tflite")
+    convert = subprocess.run(
+        [sys.executable, "-m", "tools.convert_tflite",
+         f"--saved_model_dir={self.report.saved_model_dir}",
+         f"--output_file={out_file}", "--quantize=float16"],
+        capture_output=True, text=True, env=env, cwd=_REPO, timeout=600)
+    self.assertEqual(convert.returncode, 0, convert.stderr[-2000:])
+    self.assertIn("max |TFLite - SavedModel|", convert.stdout)
+    self.assertTrue(os.path.isfile(out_file))
+    refuse = subprocess.run(
+        [sys.executable, "-m", "tools.export_saved_model", f"--output_dir={self.base}",
+         "--version=1", "--quantize="],
+        capture_output=True, text=True, env=env, cwd=_REPO, timeout=600)
+    self.assertEqual(refuse.returncode, 1)
+    self.assertIn("--overwrite", refuse.stderr)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools.convert_tflite", "--saved_model_dir=/nonexistent",
+         f"--output_file={out_file}"],
+        capture_output=True, text=True, env=env, cwd=_REPO, timeout=300)
+    self.assertNotEqual(bad.returncode, 0)
+    self.assertIn("saved_model_dir", bad.stderr)
+
+
+if __name__ == "__main__":
+  tf.test.main()
