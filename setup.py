@@ -24,19 +24,17 @@ setuptools.setup(
         "tf-keras==2.21.0",
         "tensorflow-text==2.21.1",  # 2.21.0 fails to import (tensorflow/text#1541)
         "tensorflow-serving-api==2.21.0",
+        "ai-edge-litert>=2.0",
         "absl-py>=2.1",
         "numpy>=1.26",
     ],
     extras_require={
-        "tflite": ["ai-edge-litert>=2.0"],
-        "bench": ["matplotlib>=3.8", "psutil>=5.9", "keras>=3.10"],
+        "bench": ["matplotlib>=3.8", "keras>=3.10"],
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
             "h5py>=3.10",
-            "ai-edge-litert>=2.0",
             "matplotlib>=3.8",
-            "psutil>=5.9",
             "portpicker>=1.6",
         ],
     },

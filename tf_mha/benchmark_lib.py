@@ -1,0 +1,172 @@
+"""Benchmarks tf_mha against tf_keras and Keras 3 MultiHeadAttention.
+
+Peers run in the same process, interleaved (one call of each in turn), and
+each point reports the median of several calls. Peak memory needs a fresh
+process per point (`peak_rss_point`). `tools/benchmark.py` is the CLI.
+"""
+
+import dataclasses
+import resource
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  seq_len: int
+  batch: int = 4
+  model_dim: int = 512
+  num_heads: int = 8
+  key_dim: int = 64
+  causal: bool = True
+  backward: bool = False
+  jit: bool = True
+
+  def attention_flops(self):
+    """Full (non-causal) attention FLOPs: QK^T and PV, times 3 with backward."""
+    t = self.seq_len
+    flops = 4 * self.batch * self.num_heads * t * t * self.key_dim
+    return flops * (3 if self.backward else 1)
+
+  def projection_flops(self):
+    flops = 8 * self.batch * self.seq_len * self.model_dim * self.num_heads * self.key_dim
+    return flops * (3 if self.backward else 1)
+
+
+def make_layer(impl):
+  if impl == "tf_mha":
+    import tf_mha
+    return tf_mha.MultiHeadAttention
+  if impl == "tf_keras":
+    import tf_keras
+    return tf_keras.layers.MultiHeadAttention
+  if impl == "keras3":
+    import keras
+    return keras.layers.MultiHeadAttention
+  raise ValueError(f"`impl` must be one of {IMPLEMENTATIONS}. Received: impl={impl!r}")
+
+
+def make_step(impl, point, seed=0):
+  """A compiled step for one implementation and its input."""
+  layer = make_layer(impl)(num_heads=point.num_heads, key_dim=point.key_dim)
+  x = tf.random.stateless_normal([point.batch, point.seq_len, point.model_dim],
+                                 seed=[seed, 1])
+  layer(x[:, :8], x[:, :8])  # build
+  variables = list(layer.trainable_variables)
+
+  def forward(inp):
+    return layer(inp, inp, use_causal_mask=point.causal)
+
+  def forward_backward(inp):
+    with tf.GradientTape() as tape:
+      tape.watch(inp)
+      loss = tf.reduce_sum(tf.square(forward(inp)))
+    return tape.gradient(loss, [inp] + variables)
+
+  fn = tf.function(forward_backward if point.backward else forward,
+                   jit_compile=point.jit)
+  return fn, x
+
+
+def _run(fn, x):
+  result = fn(x)
+  # Synchronise: fetch a scalar that depends on the result.
+  flat = tf.nest.flatten(result)
+  float(tf.reduce_sum(flat[0][..., :1]))
+
+
+def time_point(point, impls=IMPLEMENTATIONS, repeats=5, log=print):
+  """Median seconds per call for each implementation, interleaved."""
+  steps = {}
+  for impl in impls:
+    fn, x = make_step(impl, point)
+    start = time.perf_counter()
+    _run(fn, x)  # compile / warm up
+    log(f"  {impl}: compiled and warmed up in {time.perf_counter() - start:.1f} s")
+    steps[impl] = (fn, x)
+  samples = {impl: [] for impl in impls}
+  for _ in range(repeats):
+    for impl in impls:
+      fn, x = steps[impl]
+      start = time.perf_counter()
+      _run(fn, x)
+      samples[impl].append(time.perf_counter() - start)
+  return {impl: statistics.median(s) for impl, s in samples.items()}
+
+
+def matmul_peak(size=2048, repeats=10):
+  """This machine's float32 matmul throughput (FLOP/s) under XLA."""
+  a = tf.random.stateless_normal([size, size], seed=[1, 2])
+  b = tf.random.stateless_normal([size, size], seed=[3, 4])
+  fn = tf.function(lambda p, q: tf.matmul(p, q), jit_compile=True)
+  float(tf.reduce_sum(fn(a, b)[:1, :1]))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    float(tf.reduce_sum(fn(a, b)[:1, :1]))
+    times.append(time.perf_counter() - start)
+  return 2 * size ** 3 / min(times)
+
+
+def peak_rss_point(impl, point):
+  """Runs one call of `impl` at `point` and returns (seconds, peak RSS bytes).
+
+  Meant for a fresh process: ru_maxrss is the high-water mark of the process.
+  """
+  fn, x = make_step(impl, point)
+  start = time.perf_counter()
+  _run(fn, x)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  _run(fn, x)
+  seconds = min(first, time.perf_counter() - start)
+  return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def markdown_table(rows, peak):
+  """Rows of (point, {impl: seconds}) -> a Markdown table with ratios."""
+  header = ("| T | pass | jit | tf_mha (ms) | tf_keras (ms) | Keras 3 (ms) | "
+            "vs tf_keras | vs Keras 3 | % matmul peak (full-attention FLOPs) |")
+  lines = [header, "|" + "---|" * 9]
+  for point, times in rows:
+    ours = times["tf_mha"]
+    flops = point.attention_flops() + point.projection_flops()
+    ratio = lambda impl: (f"{times[impl] / ours:.2f}x" if impl in times else "n/a")
+    ms = lambda impl: f"{times[impl] * 1e3:.1f}" if impl in times else "n/a"
+    lines.append(
+        f"| {point.seq_len} | {'fwd+bwd' if point.backward else 'fwd'} | "
+        f"{'yes' if point.jit else 'no'} | {ms('tf_mha')} | {ms('tf_keras')} | "
+        f"{ms('keras3')} | {ratio('tf_keras')} | {ratio('keras3')} | "
+        f"{100 * flops / ours / peak:.0f}% |")
+  return "\n".join(lines)
+
+
+def plot(rows, path):
+  """Milliseconds per call against T for each implementation and pass."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, backward in zip(axes, (False, True)):
+    for impl in IMPLEMENTATIONS:
+      for jit, style in ((True, "-o"), (False, "--x")):
+        pts = [(p.seq_len, t[impl] * 1e3) for p, t in rows
+               if p.backward == backward and p.jit == jit and impl in t]
+        if pts:
+          xs, ys = zip(*sorted(pts))
+          ax.plot(xs, ys, style, label=f"{impl}{' (jit)' if jit else ''}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("ms per call (median)")
+    ax.set_title("forward + backward" if backward else "forward")
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

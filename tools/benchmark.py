@@ -1,0 +1,111 @@
+"""Benchmark tf_mha against tf_keras and Keras 3 MultiHeadAttention.
+
+  python -m tools.benchmark                       # the default grid
+  python -m tools.benchmark --seq_lens=512 --passes=fwd,fwd+bwd --jit=true
+  python -m tools.benchmark --memory_seq_lens=8192,16384   # peak RSS, one process each
+
+Writes results/benchmark.md and results/benchmark.png.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512", "2048"],
+                              "Sequence lengths for the timing table.")
+_PASSES = flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "fwd and/or fwd+bwd.")
+_JIT = flags.DEFINE_list("jit", ["true", "false"], "jit_compile settings to time.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size B.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per point (median).")
+_IMPLS = flags.DEFINE_list("impls", ["tf_mha", "tf_keras", "keras3"],
+                           "Implementations to compare.")
+_MEMORY_SEQ_LENS = flags.DEFINE_list(
+    "memory_seq_lens", [], "Lengths for peak-RSS points (B=1, causal forward, "
+    "jit), each implementation in its own subprocess.")
+_MEMORY_IMPLS = flags.DEFINE_list("memory_impls", ["tf_mha", "keras3"],
+                                  "Implementations for the peak-RSS points.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", "results", "Where to write outputs.")
+_SINGLE = flags.DEFINE_string("single_point", None,
+                              "Internal: 'impl,T,backward' run in this process.")
+
+
+def _single(spec):
+  from tf_mha import benchmark_lib as lib
+  impl, t, backward = spec.split(",")
+  point = lib.Point(int(t), batch=1, backward=backward == "1")
+  seconds, rss = lib.peak_rss_point(impl, point)
+  print(json.dumps({"seconds": seconds, "peak_rss": rss}))
+
+
+def _memory_point(impl, t, backward):
+  """Runs one point in a fresh process; None when it fails (e.g. OOM)."""
+  cmd = [sys.executable, "-m", "tools.benchmark",
+         f"--single_point={impl},{t},{int(backward)}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _SINGLE.value:
+    _single(_SINGLE.value)
+    return 0
+  from tf_mha import benchmark_lib as lib
+  bad = set(_PASSES.value) - {"fwd", "fwd+bwd"}
+  if bad:
+    raise app.UsageError(f"--passes takes fwd and fwd+bwd, got {sorted(bad)}")
+  os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+  print("Measuring this machine's matmul peak...", flush=True)
+  peak = lib.matmul_peak()
+  print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
+  rows = []
+  for t in (int(s) for s in _SEQ_LENS.value):
+    for backward in (p == "fwd+bwd" for p in _PASSES.value):
+      for jit in (j.lower() == "true" for j in _JIT.value):
+        point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit)
+        print(f"T={t} {'fwd+bwd' if backward else 'fwd'} jit={jit}:", flush=True)
+        times = lib.time_point(point, _IMPLS.value, _REPEATS.value,
+                               log=lambda s: print(s, flush=True))
+        print("  " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()),
+              flush=True)
+        rows.append((point, times))
+  table = lib.markdown_table(rows, peak) if rows else ""
+  memory_lines = []
+  for t in (int(s) for s in _MEMORY_SEQ_LENS.value):
+    for impl in _MEMORY_IMPLS.value:
+      print(f"Peak memory: {impl} T={t} causal forward (own process)...", flush=True)
+      result = _memory_point(impl, t, backward=False)
+      text = ("did not complete" if result is None else
+              f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
+      print(f"  {text}", flush=True)
+      memory_lines.append(f"| {t} | {impl} | {text} |")
+  report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
+            "N=8, H=64, causal self-attention; median of "
+            f"{_REPEATS.value} interleaved calls. Ratios are peer time / tf_mha time.",
+            "", table]
+  if memory_lines:
+    report += ["", "| T | implementation | B=1 causal forward, jit |", "|---|---|---|"]
+    report += memory_lines
+  md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
+  with open(md_path, "w") as f:
+    f.write("\n".join(report) + "\n")
+  print("\n".join(report))
+  if rows:
+    lib.plot(rows, os.path.join(_RESULTS_DIR.value, "benchmark.png"))
+  print(f"Wrote {md_path}")
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
