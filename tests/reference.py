@@ -31,7 +31,8 @@ def multi_head_attention(weights, query, value, key=None, *, num_heads,
                          use_bias=True):
   """A whole MHA layer from its weights (tf.keras order), N-D inputs allowed.
 
-  mask: boolean [<batch dims>, <T dims>, <S dims>] (right-aligned broadcast).
+  mask: boolean [<batch dims>, <T dims>, <S dims>]; with fewer axes, the
+    missing ones are inserted before the T dims (tf.keras' rule).
   Returns (output, scores [<batch dims>, N, <T dims>, <S dims>]).
   """
   key = value if key is None else key
@@ -66,7 +67,10 @@ def multi_head_attention(weights, query, value, key=None, *, num_heads,
     b_dims = q_shape[:len(batch)]
     t_dims = q_shape[len(batch):len(batch) + len(axes)]
     s_dims = k_shape[len(batch):len(batch) + len(axes)]
-    m = np.broadcast_to(np.asarray(mask, bool), b_dims + t_dims + s_dims)
+    m = np.asarray(mask, bool)
+    while m.ndim < len(b_dims) + 2 * len(axes):
+      m = np.expand_dims(m, m.ndim - 2 * len(axes))
+    m = np.broadcast_to(m, b_dims + t_dims + s_dims)
     fmask = m.reshape(fq.shape[0], 1, fq.shape[1], fk.shape[1])
   out, probs = attention(fq, fk, fv, mask=fmask, causal=causal)
   out = out.reshape(q_shape[:-1] + (v.shape[-1],))

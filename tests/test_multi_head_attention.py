@@ -76,6 +76,31 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
                      [w.name.split("/", 1)[1] for w in theirs.weights])
 
 
+class HighDimMaskTest(tf.test.TestCase, parameterized.TestCase):
+  """tf.keras inserts missing mask axes before the T axes, not numpy-style."""
+
+  @parameterized.named_parameters(
+      ("4d_mask_batch_only", (2,), (3, 3, 4, 8), (3, 3, 2, 8), (3, 4, 2)),
+      ("4d_mask_with_heads", (2,), (3, 3, 4, 8), (3, 3, 2, 8), (3, 3, 2, 4, 2)),
+      ("5d_2d_attention", (2, 3), (3, 5, 3, 4, 8), (3, 5, 3, 2, 8), (3, 3, 4, 3, 2)),
+      ("5d_full_mask", (2, 3), (3, 5, 3, 4, 8), (3, 5, 3, 2, 8), (3, 5, 3, 4, 3, 2)))
+  def test_matches_tf_keras(self, axes, q_shape, v_shape, mask_shape):
+    ours, theirs = _pair(num_heads=2, key_dim=2, attention_axes=axes)
+    query, value = _normal(*q_shape), _normal(*v_shape)
+    _share(ours, theirs, query, value)
+    mask = _RNG.random(mask_shape) > 0.3
+    self.assertAllClose(ours(query, value, attention_mask=mask),
+                        theirs(query, value, attention_mask=mask),
+                        rtol=1e-5, atol=1e-5)
+
+  def test_compute_output_shape_errors_match_tf_keras(self):
+    layer = tf_mha.MultiHeadAttention(4, 2)
+    for shapes in (((None, 40, 80), (None, 20, 70), None),
+                   ((None, 40, 80), (None, 20, 80), (None, 10, 70))):
+      with self.assertRaisesRegex(ValueError, "must be equal"):
+        layer.compute_output_shape(*shapes)
+
+
 class MaskTest(tf.test.TestCase, parameterized.TestCase):
 
   def setUp(self):

@@ -159,16 +159,24 @@ class AxesPlan:
     return tf.reshape(scores, shape)
 
   def mask_to_flat(self, mask, query, key):
-    """A `[<batch dims>, <T dims>, <S dims>]` mask -> `[B, 1, T, S]`.
+    """A mask on the scores' layout -> `[B, 1 or N, T, S]`.
 
-    A mask of lower rank broadcasts from the right, as tf.keras does.
+    As in tf.keras, a mask with fewer axes than the scores
+    `[<batch dims>, N, <T dims>, <S dims>]` gains axes just before its
+    `<T dims>`: `[B, T, S]` becomes `[B, 1, T, S]`, and on N-D inputs the
+    leading mask axes line up with the leading batch axes.
     """
+    na = len(self.attention_axes)
+    rank = len(self.batch_axes) + 1 + 2 * na
+    while mask.shape.rank < rank:
+      mask = tf.expand_dims(mask, -2 * na - 1)
     if self.is_flat:
-      return tf.expand_dims(mask, 1) if mask.shape.rank == 3 else mask
+      return mask
     qd, kd = dims(query), dims(key)
     batch = [qd[i] for i in self.batch_axes]
     q_attn = [qd[i] for i in self.attention_axes]
     k_attn = [kd[i] for i in self.attention_axes]
-    mask = tf.broadcast_to(mask, batch + q_attn + k_attn)
-    mask = tf.reshape(mask, [product(batch), product(q_attn), product(k_attn)])
-    return tf.expand_dims(mask, 1)
+    heads = 1 if mask.shape[len(batch)] == 1 else qd[-2]
+    mask = tf.broadcast_to(mask, batch + [heads] + q_attn + k_attn)
+    return tf.reshape(mask, [product(batch), heads, product(q_attn),
+                             product(k_attn)])

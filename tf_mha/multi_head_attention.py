@@ -429,6 +429,11 @@ class MultiHeadAttention(_layers.Layer):
     query_shape = tf.TensorShape(query_shape)
     value_shape = tf.TensorShape(value_shape)
     key_shape = value_shape if key_shape is None else tf.TensorShape(key_shape)
+    if query_shape[-1] != value_shape[-1]:
+      # tf.keras' contract for this method (calls accept different sizes).
+      raise ValueError(
+          "The last dimension of `query_shape` and `value_shape` must be "
+          f"equal. Received: query_shape={query_shape}, value_shape={value_shape}")
     _check_signature(query_shape, value_shape, key_shape)
     if self._output_shape:
       return query_shape[:-1].concatenate(self._output_shape)
@@ -566,7 +571,7 @@ def _check_signature(query_shape, value_shape, key_shape):
         f"{key_shape}")
   if not value_shape[:-1].is_compatible_with(key_shape[:-1]):
     raise ValueError(
-        "`key` and `value` must have the same shape except the last axis "
+        "All dimensions of `key` and `value` except the last must be equal "
         f"(the same length). Received: value shape {value_shape}, key shape "
         f"{key_shape}")
   if not query_shape[:1].is_compatible_with(value_shape[:1]):
