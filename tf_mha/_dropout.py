@@ -8,6 +8,8 @@ draws a fresh seed for every call, reproducible when the layer has a `seed`.
 import tensorflow as tf
 import tf_keras
 
+from tf_mha import ops
+
 
 class SeedStream:
   """Fresh shape-[2] seeds for stateless dropout, one per traced call."""
@@ -21,10 +23,7 @@ class SeedStream:
     if self._seed is not None:
       self._count += 1
       op_seed = self._seed + self._count
-    # A stateful draw: a new value on every execution, also inside a
-    # tf.function, and reproducible from `seed`.
-    return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32,
-                             seed=op_seed)
+    return ops.random_seed(op_seed)
 
 
 def when_training(training, train_fn, infer_fn):

@@ -123,9 +123,14 @@ def dropout(x, rate, seed):
   return tf.where(keep, x / tf.cast(1.0 - rate, x.dtype), tf.zeros_like(x))
 
 
-def random_seed():
-  """A fresh shape-[2] int32 seed for stateless ops (stateful draw)."""
-  return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+def random_seed(op_seed=None):
+  """A fresh shape-[2] int32 seed for stateless ops.
+
+  A stateful draw: a new value on every execution, also inside a
+  tf.function, reproducible from `op_seed` in a fresh process.
+  """
+  return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32,
+                           seed=op_seed)
 
 
 def _check_shapes(query, key, value):
