@@ -1,7 +1,6 @@
 """MultiHeadAttention against the float64 reference and tf_keras' layer."""
 
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf

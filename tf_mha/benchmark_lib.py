@@ -10,7 +10,6 @@ import resource
 import statistics
 import time
 
-import numpy as np
 import tensorflow as tf
 
 IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3")

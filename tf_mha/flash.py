@@ -167,7 +167,9 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   Masked entries hold `large_negative(acc)`; padded keys hold -inf, so a
   fully masked row still weighs only real keys.
   """
-  s = tf.cast(tf.einsum("BNTH,BNSH->BNTS", q_i, k_j), plan.acc)
+  dtype = masks_lib.logits_dtype(q_i.dtype)
+  s = tf.einsum("BNTH,BNSH->BNTS", tf.cast(q_i, dtype), tf.cast(k_j, dtype))
+  s = tf.cast(s, plan.acc)
   keep = None
   if plan.is_causal:
     rows = tf.expand_dims(i * plan.bq + tf.range(plan.bq), 1)

@@ -34,6 +34,17 @@ def softmax_dtype(dtype):
   return tf.float32 if dtype.size < 4 else dtype
 
 
+def logits_dtype(dtype):
+  """The dtype the `Q K^T` logits are computed in: float32 for float16 inputs.
+
+  float16 overflows at 65504, which the logits of large activations exceed
+  long before the projections do; bfloat16 has float32's range and keeps its
+  fast matmul.
+  """
+  dtype = tf.as_dtype(dtype)
+  return tf.float32 if dtype == tf.float16 else dtype
+
+
 def causal_mask(query_length, key_length):
   """Lower-triangular mask on `[T, S]`: query `t` sees keys `s <= t`.
 

@@ -105,7 +105,9 @@ def dot_product_attention(query,
 def _plain_attention(query, key, value, mask, is_causal, dropout_rate,
                      dropout_seed):
   """Materialises the scores; the query is already scaled."""
-  scores = tf.einsum("BTNH,BSNH->BNTS", query, key)  # [B, N, T, S]
+  dtype = masks_lib.logits_dtype(query.dtype)
+  scores = tf.einsum("BTNH,BSNH->BNTS", tf.cast(query, dtype),
+                     tf.cast(key, dtype))  # [B, N, T, S]
   if is_causal:
     causal = masks_lib.causal_mask(tf.shape(query)[1], tf.shape(key)[1])
     mask = masks_lib.combine_masks(mask, causal)

@@ -15,6 +15,8 @@ import sys
 from absl import app
 from absl import flags
 
+from tools import _cli
+
 _SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512", "2048"],
                               "Sequence lengths for the timing table.")
 _PASSES = flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "fwd and/or fwd+bwd.")
@@ -104,7 +106,8 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  """Console-script entry point."""
+  _cli.run(main)
 
 
 if __name__ == "__main__":

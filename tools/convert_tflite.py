@@ -9,7 +9,8 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from tools import _cli
 
 _SAVED_MODEL_DIR = flags.DEFINE_string(
     "saved_model_dir", None, "SavedModel version directory to convert.", required=True)
@@ -41,8 +42,8 @@ def main(argv):
 
 
 def run():
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  """Console-script entry point."""
+  _cli.run(main)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from tools import _cli
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "saved_models",
@@ -60,8 +61,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  logging.set_verbosity(logging.INFO)
-  app.run(main)
+  _cli.run(main)
 
 
 if __name__ == "__main__":

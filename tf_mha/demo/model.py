@@ -89,7 +89,8 @@ def build_classifier(vocab_size, *, dim=32, num_heads=2, num_layers=2,
                       ff_dim=2 * dim, dropout=dropout, name=f"block{i}")
   x = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
   pooled = layers.Lambda(_masked_mean, name="pool")([x, valid])
-  probs = layers.Dense(num_classes, activation="softmax", name="probs")(pooled)
+  probs = layers.Dense(num_classes, activation="softmax", name="probs",
+                       dtype="float32")(pooled)  # float32 under mixed precision
   return tf_keras.Model(ids, probs, name="classifier")
 
 

@@ -65,24 +65,47 @@ class ServingModule(tf.Module):
             "tokenize": self.tokenize}
 
 
-def train_demo(epochs=6, seed=0, verbose=2):
-  """Generates the data, builds the vocabulary and trains the model."""
-  tf_keras.utils.set_random_seed(seed)
+@dataclasses.dataclass
+class DemoData:
+  """The generated corpus, its vocabulary and its token ids `[n, MAX_LENGTH]`."""
+  vocab: list
+  texts: list
+  ids: np.ndarray
+  labels: np.ndarray
+  test_texts: list
+  test_ids: np.ndarray
+  test_labels: np.ndarray
+
+
+def demo_data(seed=0):
+  """Generates the data and builds the vocabulary, all offline."""
   texts, labels = data.make_examples(TRAIN_EXAMPLES, seed=seed)
   test_texts, test_labels = data.make_examples(TEST_EXAMPLES, seed=seed + 1)
   vocab = data.vocabulary(texts)
-  classifier = model_lib.build_classifier(len(vocab))
-  text_model = model_lib.build_text_model(vocab, classifier)
-  tokenizer = text_model.get_layer("tokenizer")
-  ids = tokenizer(tf.constant(texts))
-  test_ids = tokenizer(tf.constant(test_texts))
+  tokenizer = model_lib.Tokenizer(vocab)
+
+  def ids(batch):  # padded to the static length TPUs and XLA like
+    out = tokenizer(tf.constant(batch)).numpy()
+    return np.pad(out, [[0, 0], [0, model_lib.MAX_LENGTH - out.shape[1]]])
+
+  return DemoData(vocab, texts, ids(texts), labels, test_texts,
+                  ids(test_texts), test_labels)
+
+
+def train_demo(epochs=6, seed=0, verbose=2):
+  """Generates the data, builds the vocabulary and trains the model."""
+  tf_keras.utils.set_random_seed(seed)
+  corpus = demo_data(seed)
+  classifier = model_lib.build_classifier(len(corpus.vocab))
+  text_model = model_lib.build_text_model(corpus.vocab, classifier)
   classifier.compile(tf_keras.optimizers.Adam(3e-3),
                      "sparse_categorical_crossentropy", metrics=["accuracy"])
-  classifier.fit(ids, labels, batch_size=64, epochs=epochs,
-                 validation_data=(test_ids, test_labels), verbose=verbose)
-  _, accuracy = classifier.evaluate(test_ids, test_labels, verbose=0)
-  return Demo(vocab, classifier, text_model, test_texts, test_labels,
-              float(accuracy))
+  classifier.fit(corpus.ids, corpus.labels, batch_size=64, epochs=epochs,
+                 validation_data=(corpus.test_ids, corpus.test_labels),
+                 verbose=verbose)
+  _, accuracy = classifier.evaluate(corpus.test_ids, corpus.test_labels, verbose=0)
+  return Demo(corpus.vocab, classifier, text_model, corpus.test_texts,
+              corpus.test_labels, float(accuracy))
 
 
 def id_samples(ids, lengths=(1, 5, 11, 20)):

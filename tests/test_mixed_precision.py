@@ -1,0 +1,97 @@
+"""Mixed precision: low-dtype compute, float32 variables and softmax, finite
+results for huge logits and fully masked rows, bounded error vs float64."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+from absl.testing import parameterized
+
+import tf_mha
+from tests import reference
+
+# Relative error bounds against the float64 reference (max |error| / max |ref|).
+_BOUNDS = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
+_CASES = [(f"{policy}_{'flash' if flash else 'plain'}", policy, flash)
+          for policy in _BOUNDS for flash in (False, True)]
+
+
+def _normal(*shape, seed=0):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def relative_error(policy, flash, *, causal=True, seed=0):
+  """The layer's relative error against the float64 reference under `policy`."""
+  tf_keras.mixed_precision.set_global_policy(policy)
+  try:
+    layer = tf_mha.MultiHeadAttention(4, 16, flash_attention=flash)
+    query, value = _normal(3, 37, 32, seed=seed), _normal(3, 23, 32, seed=seed + 1)
+    out = layer(query, value, use_causal_mask=causal)
+    expected, _ = reference.multi_head_attention(
+        layer.get_weights(), query, value, num_heads=4, causal=causal)
+  finally:
+    tf_keras.mixed_precision.set_global_policy("float32")
+  error = np.max(np.abs(out.numpy().astype(np.float64) - expected))
+  return out, layer, error / np.max(np.abs(expected))
+
+
+class MixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(*_CASES)
+  def test_error_against_float64_reference(self, policy, flash):
+    out, layer, error = relative_error(policy, flash)
+    logging.info("%s flash=%s: relative error %.3g", policy, flash, error)
+    print(f"{policy} flash={flash}: relative error vs float64 {error:.3g}")
+    compute = tf.float16 if policy == "mixed_float16" else tf.bfloat16
+    self.assertEqual(out.dtype, compute)
+    self.assertTrue(all(w.dtype == tf.float32 for w in layer.weights))
+    self.assertLess(error, _BOUNDS[policy])
+
+  @parameterized.named_parameters(*_CASES)
+  def test_finite_for_huge_logits_and_fully_masked_rows(self, policy, flash):
+    tf_keras.mixed_precision.set_global_policy(policy)
+    try:
+      layer = tf_mha.MultiHeadAttention(4, 16, flash_attention=flash)
+      mask = np.ones((2, 9, 9), bool)
+      mask[:, 3, :] = False  # query 3 sees nothing
+      for scale in (100.0, 1000.0):
+        x = tf.constant(_normal(2, 9, 32) * scale)
+        with tf.GradientTape() as tape:
+          tape.watch(x)
+          out = layer(x, x, attention_mask=mask)
+          loss = tf.reduce_sum(tf.cast(out, tf.float32))
+        grads = tape.gradient(loss, [x] + layer.trainable_variables)
+        self.assertTrue(np.all(np.isfinite(out.numpy().astype(np.float32))),
+                        f"non-finite output at scale {scale}")
+        for g in grads:
+          self.assertTrue(np.all(np.isfinite(g.numpy().astype(np.float32))),
+                          f"non-finite gradient at scale {scale}")
+    finally:
+      tf_keras.mixed_precision.set_global_policy("float32")
+
+  def test_float16_logits_beyond_range_match_float32(self):
+    # Logits of order 1e5 overflow float16; the layer computes them in float32.
+    x = _normal(2, 9, 32) * 1000.0
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+      low = tf_mha.MultiHeadAttention(4, 16)
+      out = low(x, x).numpy().astype(np.float32)
+    finally:
+      tf_keras.mixed_precision.set_global_policy("float32")
+    full = tf_mha.MultiHeadAttention(4, 16)
+    full(x, x)
+    full.set_weights(low.get_weights())
+    expected = full(x, x).numpy()
+    self.assertLess(np.max(np.abs(out - expected)) / np.max(np.abs(expected)), 1e-2)
+
+  def test_softmax_runs_in_float32(self):
+    # Two logits 1e-3 apart: float16 softmax rounds both probabilities to the
+    # same value; float32 keeps them distinct.
+    scores = tf.constant([[0.0, 1e-3]], tf.float16)
+    probs = tf_mha.masks.masked_softmax(scores, None)
+    self.assertEqual(probs.dtype, tf.float16)
+    self.assertNotEqual(float(probs[0, 0]), float(probs[0, 1]))
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,320 @@
+"""Training under tf.distribute: the library behind `tools/train.py`.
+
+The loop is the one TPU users write: a dataset distributed by
+`distribute_datasets_from_function` with static per-replica shapes, a
+per-replica step whose forward and backward pass is one XLA computation
+(`tf.function(jit_compile=True)`), gradients all-reduced and applied by the
+optimizer, and a `tf.train.CheckpointManager` that makes a restarted run
+continue where the last checkpoint left it. The batch each step sees depends
+only on the seed and the step number, so a resumed run retraces the same path
+as an uninterrupted one.
+"""
+
+import dataclasses
+import json
+import os
+import socket
+import time
+import urllib.parse
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = {"adam": tf_keras.optimizers.Adam,
+              "sgd": lambda rate: tf_keras.optimizers.SGD(rate, momentum=0.9)}
+
+
+class TpuUnavailable(RuntimeError):
+  """No TPU can be reached from this host."""
+
+
+def logical_cpus(count):
+  """Splits the host CPU into `count` logical devices and returns their names.
+
+  Must run before TensorFlow initializes its devices (before the first op).
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  wanted = [tf.config.LogicalDeviceConfiguration()] * count
+  try:
+    tf.config.set_logical_device_configuration(cpu, wanted)
+  except RuntimeError as e:
+    have = tf.config.list_logical_devices("CPU")
+    if len(have) < count:
+      raise RuntimeError(
+          f"Need {count} logical CPU devices but TensorFlow is already "
+          f"initialized with {len(have)}; choose the strategy before running "
+          f"any TensorFlow op. ({e})") from e
+  return [d.name for d in tf.config.list_logical_devices("CPU")[:count]]
+
+
+def make_strategy(name, tpu=""):
+  """The `tf.distribute` strategy called `name` (one of `STRATEGIES`).
+
+  `mirrored` uses the GPUs when there are any, else two logical CPU devices;
+  `multi_worker` reads the cluster from `TF_CONFIG`; `tpu` connects through
+  `TPUClusterResolver(tpu=tpu)` and raises `TpuUnavailable` when it cannot.
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: "
+                     f"strategy={name!r}")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    if tf.config.list_physical_devices("GPU"):
+      return tf.distribute.MirroredStrategy()
+    return tf.distribute.MirroredStrategy(logical_cpus(2))
+  if name == "multi_worker":
+    _check_tf_config(os.environ.get("TF_CONFIG"))
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return _tpu_strategy(tpu)
+
+
+def _check_tf_config(raw):
+  example = ('{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:23456"]}, '
+             '"task": {"type": "worker", "index": 0}}')
+  if not raw:
+    raise ValueError("strategy=multi_worker reads the cluster from the TF_CONFIG "
+                     f"environment variable, which is not set. Example: {example}")
+  try:
+    config = json.loads(raw)
+    config["cluster"], config["task"]["type"], config["task"]["index"]  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"TF_CONFIG must be JSON with 'cluster' and 'task' "
+                     f"(type, index), e.g. {example}. Received: "
+                     f"TF_CONFIG={raw!r}") from e
+
+
+def _tpu_strategy(tpu, connect_timeout=10.0):
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+  except (ValueError, RuntimeError) as e:
+    raise TpuUnavailable(
+        f"No TPU found (tpu={tpu!r}): {e} Pass --tpu=<name or grpc://host:port> "
+        "on a Cloud TPU VM or a host that can reach one.") from e
+  master = resolver.master()
+  if master.startswith("grpc://"):
+    # Connecting to an address where nothing listens blocks forever; probe it.
+    address = urllib.parse.urlparse(master)
+    try:
+      socket.create_connection((address.hostname, address.port),
+                               timeout=connect_timeout).close()
+    except OSError as e:
+      raise TpuUnavailable(f"No TPU reachable at {master} (tpu={tpu!r}): {e}") from e
+  tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def set_policy(name):
+  """Sets the global Keras dtype policy (one of `POLICIES`)."""
+  if name not in POLICIES:
+    raise ValueError(f"`mixed_precision` must be one of {POLICIES}. Received: "
+                     f"mixed_precision={name!r}")
+  tf_keras.mixed_precision.set_global_policy(name)
+
+
+@dataclasses.dataclass
+class Examples:
+  """Inputs `x` (any array, first axis examples) and integer labels `y`."""
+  x: np.ndarray
+  y: np.ndarray
+
+
+def batch_schedule(num_examples, batch_size, steps, seed):
+  """`[steps, batch_size]` example indices: one fresh permutation per epoch.
+
+  Step `i`'s batch depends only on `seed` and `i`, which is what makes a
+  resumed run identical to an uninterrupted one.
+  """
+  if batch_size > num_examples:
+    raise ValueError(f"`batch_size` must be at most the number of examples "
+                     f"({num_examples}). Received: batch_size={batch_size}")
+  per_epoch = num_examples // batch_size
+  epochs = -(-steps // per_epoch)
+  rows = [np.random.default_rng([seed, epoch]).permutation(num_examples)
+          [:per_epoch * batch_size].reshape(per_epoch, batch_size)
+          for epoch in range(epochs)]
+  return np.concatenate(rows)[:steps]
+
+
+def distribute(strategy, examples, schedule):
+  """A distributed dataset yielding each replica's share of each global batch.
+
+  Replica `r` of `R` gets columns `[r * B/R, (r+1) * B/R)` of every schedule
+  row, whatever the number of workers, so the global batch is the same on one
+  device, two, or two workers.
+  """
+  steps, global_batch = schedule.shape
+  replicas = strategy.num_replicas_in_sync
+  if global_batch % replicas:
+    raise ValueError(f"`batch_size` must be divisible by the number of "
+                     f"replicas ({replicas}). Received: batch_size={global_batch}")
+  per_replica = global_batch // replicas
+
+  def dataset_fn(context):
+    local = replicas // context.num_input_pipelines
+    first = context.input_pipeline_id * local * per_replica
+    rows = schedule[:, first:first + local * per_replica]
+    rows = rows.reshape(steps * local, per_replica)
+    x, y = tf.constant(examples.x), tf.constant(examples.y)
+    dataset = tf.data.Dataset.from_tensor_slices(rows)
+    dataset = dataset.map(lambda r: (tf.gather(x, r), tf.gather(y, r)))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+  options = tf.distribute.InputOptions(experimental_replication_mode=(
+      tf.distribute.InputReplicationMode.PER_WORKER))
+  return strategy.distribute_datasets_from_function(dataset_fn, options)
+
+
+def is_chief(strategy):
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return resolver.task_type == "chief" or (
+      resolver.task_type == "worker" and resolver.task_id == 0 and
+      "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _write_dir(model_dir, strategy):
+  """Checkpoints go to `model_dir` from the chief, elsewhere from the others
+  (every worker must take part in saving; only the chief's copy is read)."""
+  if is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(model_dir, f"{resolver.task_type}_{resolver.task_id}")
+
+
+@dataclasses.dataclass
+class Result:
+  steps: int  # the step the run ended at
+  first_step: int  # where it started (> 0 when resumed)
+  loss: float  # mean loss of the last logged interval
+  examples_per_second: float
+  checkpoint: str
+
+
+class Trainer:
+  """Builds a model and optimizer under a strategy and trains them.
+
+  Args:
+    strategy: a `tf.distribute.Strategy`.
+    build_model: () -> Keras model; called under `strategy.scope()`.
+    loss: per-example loss `(y_true, y_pred) -> [B]`, e.g.
+      `tf_keras.losses.sparse_categorical_crossentropy`.
+    learning_rate: the optimizer's learning rate.
+    optimizer: one of `OPTIMIZERS` (wrapped in a `LossScaleOptimizer` under
+      mixed_float16).
+    jit_compile: compile each replica's forward and backward pass with XLA.
+    model_dir: checkpoint directory; training resumes from its latest one.
+    checkpoint_every: steps between checkpoints (and one at the end).
+  """
+
+  def __init__(self, strategy, build_model, loss, *, learning_rate=1e-3,
+               optimizer="adam", jit_compile=False, model_dir=None, checkpoint_every=100):
+    if checkpoint_every < 1:
+      raise ValueError(f"`checkpoint_every` must be a positive integer. "
+                       f"Received: checkpoint_every={checkpoint_every!r}")
+    if optimizer not in OPTIMIZERS:
+      raise ValueError(f"`optimizer` must be one of {tuple(OPTIMIZERS)}. "
+                       f"Received: optimizer={optimizer!r}")
+    self.strategy = strategy
+    self._loss = loss
+    self._checkpoint_every = checkpoint_every
+    with strategy.scope():
+      self.model = build_model()
+      optimizer = OPTIMIZERS[optimizer](learning_rate)
+      if tf_keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+      self.optimizer = optimizer
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self._grads = tf.function(self._forward_backward, jit_compile=jit_compile)
+    self._manager = None
+    if model_dir:
+      checkpoint = tf.train.Checkpoint(model=self.model,
+                                       optimizer=self.optimizer, step=self.step)
+      latest = tf.train.latest_checkpoint(model_dir)
+      if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
+      self._manager = tf.train.CheckpointManager(
+          checkpoint, _write_dir(model_dir, strategy), max_to_keep=3)
+
+  def _forward_backward(self, x, y, global_batch):
+    """One replica's loss and gradients; the part compiled with XLA."""
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      predictions = tf.cast(self.model(x, training=True), tf.float32)
+      loss = tf.nn.compute_average_loss(self._loss(y, predictions),
+                                        global_batch_size=global_batch)
+      scaled = loss
+      if isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        scaled = self.optimizer.get_scaled_loss(loss)
+    grads = tape.gradient(scaled, variables)
+    if scaled is not loss:
+      grads = self.optimizer.get_unscaled_gradients(grads)
+    return loss, grads
+
+  def _replica_step(self, x, y, global_batch):
+    loss, grads = self._grads(x, y, global_batch)
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    return loss
+
+  def train(self, examples, *, steps, batch_size, seed=0, log_every=50):
+    """Trains until `self.step == steps`, returning a `Result`."""
+    if steps < 1:
+      raise ValueError(f"`steps` must be a positive integer. Received: steps={steps!r}")
+    start = int(self.step.numpy())
+    schedule = batch_schedule(len(examples.y), batch_size, steps, seed)[start:]
+    if not len(schedule):
+      logging.info("Already trained to step %d", start)
+      return Result(start, start, float("nan"), 0.0, self._latest())
+    iterator = iter(distribute(self.strategy, examples, schedule))
+
+    @tf.function
+    def train_step(batch):
+      loss = self.strategy.run(self._replica_step, batch + (batch_size,))
+      self.step.assign_add(1)
+      return self.strategy.reduce("SUM", loss, axis=None)
+
+    losses, tick, logged = [], time.time(), start
+    for step in range(start + 1, steps + 1):
+      losses.append(train_step(next(iterator)))
+      if step % log_every == 0 or step == steps:
+        mean = float(np.mean([float(l) for l in losses]))
+        rate = (step - logged) * batch_size / (time.time() - tick)
+        logging.info("step %d/%d  loss %.4f  %.0f examples/s", step, steps, mean, rate)
+        losses, tick, logged = [], time.time(), step
+      if self._manager and (step % self._checkpoint_every == 0 or step == steps):
+        path = self._manager.save(checkpoint_number=step)
+        logging.info("checkpoint %s", path)
+    return Result(steps, start, mean, rate, self._latest())
+
+  def _latest(self):
+    return self._manager.latest_checkpoint if self._manager else ""
+
+  def accuracy(self, examples, batch_size=256):
+    """Classification accuracy of the model on `examples` (argmax of outputs)."""
+    predictions = self.model.predict(examples.x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(predictions, -1) == examples.y))
+
+
+def replica_step_hlo(model, loss, optimizer, x, y):
+  """The HLO of a whole replica step (forward, backward and the optimizer
+  update) compiled with `jit_compile=True` for the given static shapes, as a
+  TPU compiles it. Raises if any op cannot be compiled by XLA."""
+
+  @tf.function(jit_compile=True)
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      predictions = tf.cast(model(x, training=True), tf.float32)
+      value = tf.reduce_mean(loss(y, predictions))
+    grads = tape.gradient(value, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return value
+
+  return step.experimental_get_compiler_ir(x, y)(stage="hlo")
