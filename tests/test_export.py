@@ -71,7 +71,7 @@ class DemoPipelineTest(tf.test.TestCase):
     super().setUpClass()
     cls.base = os.path.join(absltest.get_default_test_tmpdir(), "export")
     cls.report = pipeline.export_demo(output_dir=cls.base, epochs=4,
-                                      quantizations=("none", "dynamic_range"))
+                                      quantizations=("none", "dynamic_range", "int8"))
 
   def test_report_and_layout(self):
     report = self.report
@@ -85,6 +85,16 @@ class DemoPipelineTest(tf.test.TestCase):
     self.assertGreaterEqual(accuracy, 0.95)
     self.assertEqual(os.path.getsize(path), size)
     self.assertTrue(any("TFLite (none)" in line for line in report.lines()))
+
+  def test_int8_is_quantized_and_accurate(self):
+    path, _, diff, accuracy = self.report.tflite["int8"]
+    self.assertGreaterEqual(accuracy, self.report.accuracy - 0.02)
+    self.assertLess(diff, 0.05)
+    details = tflite.interpreter(path).get_tensor_details()
+    int8 = [d["name"] for d in details if d["dtype"] == np.int8]
+    # The projections and feed-forward layers run in int8.
+    self.assertTrue(any("mha" in name for name in int8), int8[:10])
+    self.assertTrue(any("ff1" in name for name in int8), int8[:10])
 
   def test_tflite_uses_builtins_only(self):
     with open(self.report.tflite["none"][0], "rb") as f:

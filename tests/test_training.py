@@ -21,6 +21,8 @@ from tf_mha import tasks
 from tf_mha import training
 from tf_mha.demo import model as model_lib
 
+training.logical_cpus(2)  # before any op (tests/conftest.py does it under pytest)
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _VOCAB = 50
 

@@ -84,7 +84,8 @@ def main(argv):
   steps = _STEPS.value or _EPOCHS.value * (len(task.train.y) // _BATCH_SIZE.value)
   trainer = training.Trainer(
       strategy, task.build_model, task.loss, learning_rate=_LEARNING_RATE.value,
-      optimizer=_OPTIMIZER.value,      jit_compile=_JIT_COMPILE.value, model_dir=_MODEL_DIR.value,
+      optimizer=_OPTIMIZER.value, jit_compile=_JIT_COMPILE.value,
+      model_dir=_MODEL_DIR.value,
       checkpoint_every=_CHECKPOINT_EVERY.value)
   result = trainer.train(task.train, steps=steps, batch_size=_BATCH_SIZE.value,
                          seed=_SEED.value, log_every=_LOG_EVERY.value)

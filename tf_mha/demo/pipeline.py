@@ -119,6 +119,19 @@ def id_samples(ids, lengths=(1, 5, 11, 20)):
   return samples
 
 
+def calibration_samples(tokenize, count=512, batch_size=16, seed=7):
+  """int8 calibration inputs: fresh generated sentences (not the test set)
+  in batches cut to each batch's own longest sentence, so the lengths vary
+  as they do in use. `tokenize`: strings -> padded ids."""
+  texts, _ = data.make_examples(count, seed=seed)
+  samples = []
+  for start in range(0, count, batch_size):
+    ids = tokenize(texts[start:start + batch_size])
+    length = max(1, int(np.max(np.sum(ids != 0, axis=1))))
+    samples.append({"token_ids": ids[:, :length].astype(np.int32)})
+  return samples
+
+
 @dataclasses.dataclass
 class Report:
   saved_model_dir: str
@@ -193,10 +206,13 @@ def convert_and_check(saved_model_dir, quantize, output_file):
         f"`saved_model_dir`={saved_model_dir!r} is not a tf_mha demo export "
         f"(signatures: {sorted(loaded.signatures)}; need tokenize, classify_ids)")
   texts, labels = data.make_examples(TEST_EXAMPLES, seed=1)
-  ids = loaded.signatures["tokenize"](text=tf.constant(texts))["token_ids"].numpy()
+  tokenize = lambda batch: loaded.signatures["tokenize"](
+      text=tf.constant(batch))["token_ids"].numpy()
+  ids = tokenize(texts)
   samples = id_samples(ids)
+  calibration = calibration_samples(tokenize) if quantize == "int8" else None
   model = tflite.convert(saved_model_dir, signature="classify_ids",
-                         quantize=quantize, representative_inputs=samples * 4)
+                         quantize=quantize, representative_inputs=calibration)
   reference = lambda **kw: {k: v.numpy() for k, v in loaded.signatures[
       "classify_ids"](**{n: tf.constant(a) for n, a in kw.items()}).items()}
   diff = tflite.max_difference(model, "classify_ids", reference, samples)

@@ -4,6 +4,9 @@ The attention model converts to TFLite builtin operators only (no Flex, no
 custom ops), with dynamic batch and sequence length.
 """
 
+import csv
+import io
+
 import numpy as np
 import tensorflow as tf
 
@@ -18,6 +21,13 @@ class ConversionMismatch(Exception):
 def convert(saved_model_dir, *, signature, quantize="none",
             representative_inputs=None):
   """Converts one signature of a SavedModel to a TFLite flatbuffer.
+
+  "int8" quantizes every tensor whose calibrated range allows it. Masked
+  attention logits do not: the mask's fill value (about -1.7e38) would set
+  their int8 step to ~1e36 and flatten every real logit to zero. Calibration
+  finds such tensors, and they and the softmax stay in float32 (a few ops of
+  the attention core); everything else, the projections and feed-forward
+  layers included, runs in int8.
 
   Args:
     saved_model_dir: the SavedModel version directory.
@@ -46,7 +56,34 @@ def convert(saved_model_dir, *, signature, quantize="none",
     converter.representative_dataset = lambda: iter(representative_inputs)
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return _int8_keeping_masked_logits_float(converter, representative_inputs)
   return converter.convert()
+
+
+# An int8 tensor calibrated to a wider range than this holds a mask fill.
+_MAX_INT8_RANGE = 1e6
+
+
+def _int8_keeping_masked_logits_float(converter, samples):
+  """Full-int8 conversion, with masked-logit tensors and softmax in float."""
+  debug = tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_dataset=lambda: (
+          [np.asarray(v) for _, v in sorted(s.items())] for s in samples[:8]))
+  debug.run()
+  buffer = io.StringIO()
+  debug.layer_statistics_dump(buffer)
+  buffer.seek(0)
+  keep_float = [row["tensor_name"] for row in csv.DictReader(buffer)
+                if row["op_name"] == "SOFTMAX" or
+                float(row["scale"] or 0) * 255 > _MAX_INT8_RANGE]
+  if not keep_float:
+    return debug.get_nondebug_quantized_model()
+  options = tf.lite.experimental.QuantizationDebugOptions(
+      denylisted_nodes=keep_float)
+  debug = tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_dataset=lambda: iter([]),
+      debug_options=options)
+  return debug.get_nondebug_quantized_model()
 
 
 def interpreter(model):
