@@ -14,18 +14,22 @@ from tests import reference
 _BOUNDS = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
 _CASES = [(f"{policy}_{'flash' if flash else 'plain'}", policy, flash)
           for policy in _BOUNDS for flash in (False, True)]
+# Long enough for the plain path's causal chunks (tf_mha.ops).
+_LENGTHS = [(f"{name}_t{t}", policy, flash, t) for name, policy, flash in _CASES
+            for t in (37, 300)]
 
 
 def _normal(*shape, seed=0):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def relative_error(policy, flash, *, causal=True, seed=0):
+def relative_error(policy, flash, *, length=37, causal=True, seed=0):
   """The layer's relative error against the float64 reference under `policy`."""
   tf_keras.mixed_precision.set_global_policy(policy)
   try:
     layer = tf_mha.MultiHeadAttention(4, 16, flash_attention=flash)
-    query, value = _normal(3, 37, 32, seed=seed), _normal(3, 23, 32, seed=seed + 1)
+    query = _normal(3, length, 32, seed=seed)
+    value = _normal(3, length - 14, 32, seed=seed + 1)
     out = layer(query, value, use_causal_mask=causal)
     expected, _ = reference.multi_head_attention(
         layer.get_weights(), query, value, num_heads=4, causal=causal)
@@ -37,11 +41,11 @@ def relative_error(policy, flash, *, causal=True, seed=0):
 
 class MixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
 
-  @parameterized.named_parameters(*_CASES)
-  def test_error_against_float64_reference(self, policy, flash):
-    out, layer, error = relative_error(policy, flash)
-    logging.info("%s flash=%s: relative error %.3g", policy, flash, error)
-    print(f"{policy} flash={flash}: relative error vs float64 {error:.3g}")
+  @parameterized.named_parameters(*_LENGTHS)
+  def test_error_against_float64_reference(self, policy, flash, length):
+    out, layer, error = relative_error(policy, flash, length=length)
+    logging.info("%s flash=%s T=%d: relative error %.3g", policy, flash, length, error)
+    print(f"{policy} flash={flash} T={length}: relative error vs float64 {error:.3g}")
     compute = tf.float16 if policy == "mixed_float16" else tf.bfloat16
     self.assertEqual(out.dtype, compute)
     self.assertTrue(all(w.dtype == tf.float32 for w in layer.weights))

@@ -75,6 +75,32 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
                      [w.name.split("/", 1)[1] for w in theirs.weights])
 
 
+class LongCausalTest(tf.test.TestCase, parameterized.TestCase):
+  """Lengths where the plain path splits causal queries into chunks, and
+  flash; with a padding mask (and so fully masked rows) and T != S."""
+
+  @parameterized.named_parameters(
+      ("self", (2, 300, 16), None, None),
+      ("cross_t_gt_s", (1, 300, 16), (1, 270, 16), (1, 270)),
+      ("padding_mask", (2, 290, 16), None, (2, 290)),
+  )
+  def test_matches_tf_keras(self, q_shape, v_shape, key_mask_shape):
+    query = _normal(*q_shape)
+    value = query if v_shape is None else _normal(*v_shape)
+    mask = None
+    if key_mask_shape is not None:
+      keep = _RNG.random(key_mask_shape) > 0.2
+      keep[:, :3] = False  # the first queries see no key at all
+      mask = np.broadcast_to(keep[:, None, :], (q_shape[0], q_shape[1], keep.shape[1]))
+    ours, theirs = _pair(num_heads=2, key_dim=8)
+    _share(ours, theirs, query, value)
+    expected = theirs(query, value, attention_mask=mask, use_causal_mask=True)
+    for flash in (None, True):
+      ours._flash_attention = flash
+      got = ours(query, value, attention_mask=mask, use_causal_mask=True)
+      self.assertAllClose(got, expected, rtol=1e-5, atol=1e-5, msg=f"flash={flash}")
+
+
 class HighDimMaskTest(tf.test.TestCase, parameterized.TestCase):
   """tf.keras inserts missing mask axes before the T axes, not numpy-style."""
 

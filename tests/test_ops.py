@@ -7,6 +7,7 @@ from absl.testing import parameterized
 import tf_mha
 from tf_mha import flash
 from tf_mha import masks
+from tf_mha import ops
 from tests import reference
 
 _RNG = np.random.default_rng(3)
@@ -166,6 +167,82 @@ class DotProductAttentionTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(out.dtype, dtype)
         err = np.abs(out.numpy().astype(np.float64) - ref).max() / np.abs(ref).max()
         self.assertLess(err, tol, msg=f"{dtype} flash={use_flash}")
+
+
+class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
+  """The plain causal path splits static queries into chunks that skip the
+  keys above the diagonal; it must equal the unchunked path exactly."""
+
+  def setUp(self):
+    super().setUp()
+    # Small chunks, so that small shapes take (and test) the chunked path.
+    self._rows = ops._CAUSAL_CHUNK_ROWS
+    ops._CAUSAL_CHUNK_ROWS = 3
+    self.addCleanup(setattr, ops, "_CAUSAL_CHUNK_ROWS", self._rows)
+
+  @parameterized.named_parameters(
+      ("self", (2, 11, 11, 2, 4, 3), None),
+      ("t_gt_s", (1, 11, 7, 2, 3, 3), None),
+      ("t_lt_s", (2, 8, 13, 1, 4, 5), None),
+      ("padding_mask", (2, 11, 11, 2, 4, 4), (2, 1, 1, 11)),
+      ("full_mask_rows", (2, 10, 12, 2, 3, 3), (2, 2, 10, 12)),
+      ("two_d_mask", (1, 9, 9, 2, 3, 3), (9, 9)),
+  )
+  def test_matches_reference_and_unchunked_gradients(self, dims, mask_shape):
+    q, k, v = (tf.constant(x, tf.float64) for x in _inputs(*dims))
+    mask = None
+    if mask_shape is not None:
+      mask = _RNG.random(mask_shape) > 0.4
+      if len(mask_shape) == 4 and mask_shape[2] > 1:
+        mask[:, :, 4, :] = False  # row 4 sees nothing (falls in a short chunk)
+    self.assertIsNotNone(ops._causal_chunks(q, k, None))
+    cotangent = tf.constant(_RNG.normal(size=dims[:2] + (dims[3], dims[5])))
+
+    def run(chunked):
+      with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        # return_scores=True forces the unchunked path.
+        out = tf_mha.dot_product_attention(
+            q, k, v, mask=mask, is_causal=True, flash_attention=False,
+            return_scores=not chunked)
+        out = out if chunked else out[0]
+        loss = tf.reduce_sum(out * cotangent)
+      return out, tape.gradient(loss, [q, k, v])
+
+    out, grads = run(True)
+    ref_out, ref_grads = run(False)
+    expected, _ = reference.attention(q.numpy(), k.numpy(), v.numpy(), mask=mask,
+                                      causal=True)
+    self.assertAllClose(out, expected, rtol=1e-10, atol=1e-10)
+    self.assertAllClose(ref_out, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+      self.assertAllClose(got, want, rtol=1e-9, atol=1e-10)
+
+  def test_dropout_seeded_unbiased_and_gradient_matches_numeric(self):
+    q, k, v = (tf.constant(x, tf.float64) for x in _inputs(1, 7, 7, 1, 3, 3))
+    run = lambda seed, a=q, b=k, c=v: tf_mha.dot_product_attention(
+        a, b, c, is_causal=True, dropout_rate=0.3, dropout_seed=seed,
+        flash_attention=False)
+    self.assertAllClose(run(tf.constant([1, 2])), run(tf.constant([1, 2])))
+    mean = np.mean([run(tf.constant([i, 7])).numpy() for i in range(400)], axis=0)
+    expected, _ = reference.attention(q.numpy(), k.numpy(), v.numpy(), causal=True)
+    self.assertAllClose(mean, expected, atol=0.15)
+    seed = tf.constant([4, 5])
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda a, b, c: run(seed, a, b, c), [q, k, v])
+    for t, n in zip(theoretical, numerical):
+      self.assertAllClose(t, n, rtol=1e-6, atol=1e-6)
+
+  def test_chunking_applies_only_to_static_long_causal_queries(self):
+    ops._CAUSAL_CHUNK_ROWS = self._rows
+    q = tf.zeros([1, 512, 2, 4])
+    chunks = ops._causal_chunks(q, tf.zeros([1, 300, 2, 4]), None)
+    self.assertEqual(chunks[0], (0, 128, 128))
+    self.assertEqual(chunks[-1], (384, 512, 300))
+    self.assertIsNone(ops._causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
+    dynamic = tf.TensorSpec([None, None, 2, 4])
+    self.assertIsNone(tf.function(lambda x: ops._causal_chunks(x, x, None))
+                      .get_concrete_function(dynamic).structured_outputs)
 
 
 class MasksTest(tf.test.TestCase):

@@ -338,7 +338,7 @@ class MultiHeadAttention(_layers.Layer):
 
   def _einsum_attention(self, query, key, value, attention_mask, training):
     """tf.keras' own recipe, for subclasses overriding `_masked_softmax`."""
-    query = query * tf.cast(1.0 / math.sqrt(float(self._key_dim)), query.dtype)
+    query = query * tf.constant(1.0 / math.sqrt(float(self._key_dim)), query.dtype)
     scores = tf.einsum(self._dot_product_equation, key, query)
     scores = self._masked_softmax(scores, attention_mask)
     dropped = self._dropout_layer(scores, training=training)

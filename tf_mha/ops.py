@@ -11,6 +11,8 @@ exact path in `tf_mha.flash` (linear memory, online softmax).
 
 import math
 
+import numpy as np
+
 import tensorflow as tf
 
 from tf_mha import flash
@@ -82,7 +84,7 @@ def dot_product_attention(query,
   if scale is None:
     scale = 1.0 / math.sqrt(query.shape[-1])
   # Scale the query: it is the smaller tensor ([B, T, N, H] vs [B, N, T, S]).
-  query = query * tf.cast(scale, query.dtype)
+  query = query * _as(scale, query.dtype)
   if mask is not None:
     mask = masks_lib.to_bool_mask(mask)
   if dropout_rate > 0.0 and dropout_seed is None:
@@ -97,20 +99,23 @@ def dot_product_attention(query,
         dropout_rate=dropout_rate, dropout_seed=dropout_seed,
         block_sizes=block_sizes)
     return (out, None) if return_scores else out
-  out, probs = _plain_attention(query, key, value, mask, is_causal,
-                                dropout_rate, dropout_seed)
+  chunks = _causal_chunks(query, key, mask) if is_causal and not return_scores else None
+  if chunks:
+    return _chunked_causal_attention(query, key, value, mask, chunks,
+                                     dropout_rate, dropout_seed)
+  if is_causal:
+    causal = masks_lib.causal_mask(tf.shape(query)[1], tf.shape(key)[1])
+    mask = masks_lib.combine_masks(mask, causal)
+  out, probs = _plain_attention(query, key, value, mask, dropout_rate,
+                                dropout_seed)
   return (out, probs) if return_scores else out
 
 
-def _plain_attention(query, key, value, mask, is_causal, dropout_rate,
-                     dropout_seed):
+def _plain_attention(query, key, value, mask, dropout_rate, dropout_seed):
   """Materialises the scores; the query is already scaled."""
   dtype = masks_lib.logits_dtype(query.dtype)
   scores = tf.einsum("BTNH,BSNH->BNTS", tf.cast(query, dtype),
                      tf.cast(key, dtype))  # [B, N, T, S]
-  if is_causal:
-    causal = masks_lib.causal_mask(tf.shape(query)[1], tf.shape(key)[1])
-    mask = masks_lib.combine_masks(mask, causal)
   probs = masks_lib.masked_softmax(scores, mask)
   dropped = probs
   if dropout_rate > 0.0:
@@ -119,10 +124,111 @@ def _plain_attention(query, key, value, mask, is_causal, dropout_rate,
   return out, probs
 
 
+def _chunk_attention(query, key, value, keep, dropout_rate, dropout_seed):
+  """One causal chunk, heads-major: `[B, N, T, H]` inputs, `[B, N, T, V]` out.
+
+  The forward pass normalises after the `PV` product (dividing `[T, V]`
+  outputs by the row sums, not `[T, S]` probabilities); the backward pass is
+  the closed form `dS = P * (dP - rowsum(dO * O))`, one fused pass over the
+  saved exponentials. Masked entries get no gradient, as with a `where` fill.
+  """
+  acc = masks_lib.softmax_dtype(query.dtype)
+  logits_dtype = masks_lib.logits_dtype(query.dtype)
+
+  @tf.custom_gradient
+  def attend(q, k, v):
+    s = tf.einsum("BNTH,BNSH->BNTS", tf.cast(q, logits_dtype),
+                  tf.cast(k, logits_dtype))
+    s = tf.where(keep, tf.cast(s, acc), tf.constant(masks_lib.large_negative(acc), acc))
+    e = tf.exp(s - tf.reduce_max(s, -1, keepdims=True))  # [B, N, T, S]
+    total = tf.reduce_sum(e, -1, keepdims=True)  # [B, N, T, 1]
+    used = dropout(e, dropout_rate, dropout_seed) if dropout_rate else e
+    out = tf.einsum("BNTS,BNSV->BNTV", used, tf.cast(v, acc)) / total
+
+    def grad(d_out):
+      d_out = tf.cast(d_out, acc) / total  # dO / l
+      d_used = tf.einsum("BNTV,BNSV->BNTS", d_out, tf.cast(v, acc))  # dP / l
+      dv = tf.einsum("BNTS,BNTV->BNSV", used, d_out)
+      if dropout_rate:
+        d_used = dropout(d_used, dropout_rate, dropout_seed)
+      delta = tf.reduce_sum(d_out * out, -1, keepdims=True)  # [B, N, T, 1]
+      ds = tf.where(keep, e * (d_used - delta), tf.zeros_like(e))  # P (dP - D)
+      dq = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k, acc))
+      dk = tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q, acc))
+      return tf.cast(dq, q.dtype), tf.cast(dk, k.dtype), tf.cast(dv, v.dtype)
+
+    return tf.cast(out, v.dtype), grad
+
+  return attend(query, key, value)
+
+
+# Query rows per chunk of causal attention on the plain path.
+_CAUSAL_CHUNK_ROWS = 128
+
+
+def _causal_chunks(query, key, mask):
+  """Static `[(t0, t1, s1)]`: query rows `[t0, t1)` see only keys `< s1`.
+
+  `None` (no chunking) for short or dynamic lengths, or a mask whose `T`
+  and `S` sizes are not static.
+  """
+  t, s = query.shape[1], key.shape[1]
+  if t is None or s is None or t < 2 * _CAUSAL_CHUNK_ROWS:
+    return None
+  if mask is not None and (mask.shape.rank is None or
+                           None in mask.shape[-2:].as_list()):
+    return None
+  count = t // _CAUSAL_CHUNK_ROWS
+  bounds = [i * t // count for i in range(count + 1)]
+  return [(a, b, min(s, b)) for a, b in zip(bounds, bounds[1:])]
+
+
+def _chunked_causal_attention(query, key, value, mask, chunks, dropout_rate,
+                              dropout_seed):
+  """Causal attention chunk by chunk of queries, each reading only the keys
+  at or before its last row: the blocks above the diagonal (about half the
+  work at long lengths) are never computed, and there is no loop to run."""
+  s = key.shape[1]
+  if mask is not None:
+    mask = tf.reshape(mask, [1] * (4 - mask.shape.rank) + mask.shape.as_list())
+  # Heads-major once, so that every product below is a plain batched matmul.
+  q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (query, key, value))
+  value_mean = None
+  outs = []
+  for i, (t0, t1, s1) in enumerate(chunks):
+    keep = tf.constant(np.arange(t0, t1)[:, None] >= np.arange(s1)[None, :])
+    if mask is not None:
+      rows = slice(t0, t1) if mask.shape[2] != 1 else slice(None)
+      cols = slice(0, s1) if mask.shape[3] != 1 else slice(None)
+      keep = tf.logical_and(keep, mask[:, :, rows, cols])  # [B, N, rows, s1]
+    seed = None
+    if dropout_rate > 0.0:
+      seed = tf.random.experimental.stateless_fold_in(dropout_seed, i)
+    out = _chunk_attention(q[:, :, t0:t1], k[:, :, :s1], v[:, :, :s1], keep,
+                           dropout_rate, seed)  # [B, N, rows, V]
+    if mask is not None and s1 < s:
+      # A row with no visible key attends to all `S` keys uniformly, as the
+      # unchunked path does: the mean of every value, not of the first s1.
+      if value_mean is None:
+        value_mean = tf.reduce_mean(v, axis=2, keepdims=True)  # [B, N, 1, V]
+      seen = tf.reduce_any(keep, -1, keepdims=True)  # [B, N, rows, 1]
+      out = tf.where(seen, out, value_mean)
+    outs.append(out)
+  return tf.transpose(tf.concat(outs, axis=2), [0, 2, 1, 3])  # [B, T, N, V]
+
+
 def dropout(x, rate, seed):
   """Stateless inverted dropout: zeroes `rate` of `x`, rescales the rest."""
   keep = tf.random.stateless_uniform(tf.shape(x), seed) >= rate
-  return tf.where(keep, x / tf.cast(1.0 - rate, x.dtype), tf.zeros_like(x))
+  return tf.where(keep, x / _as(1.0 - rate, x.dtype), tf.zeros_like(x))
+
+
+def _as(number, dtype):
+  """`number` (Python or tensor) in `dtype`. (`tf.cast` of a Python float
+  goes through float32 first, which costs float64 eight digits.)"""
+  if isinstance(number, (int, float)):
+    return tf.constant(number, dtype)
+  return tf.cast(number, dtype)
 
 
 def random_seed(op_seed=None):
