@@ -262,6 +262,10 @@ class MasksTest(tf.test.TestCase):
   def test_block_size_choice(self):
     self.assertEqual(flash.choose_block_sizes(7, 3000), (7, 1024))
     self.assertEqual(flash.choose_block_sizes(None, None), flash.DEFAULT_BLOCK_SIZES)
+    self.assertEqual(flash.choose_block_sizes(4096, 4096, batch_heads=8), (1024, 1024))
+    self.assertEqual(flash.choose_block_sizes(4096, 4096, batch_heads=32), (512, 512))
+    self.assertEqual(flash.choose_block_sizes(4096, 4096, batch_heads=512), (128, 128))
+    self.assertEqual(flash.choose_block_sizes(300, 4096, batch_heads=32), (300, 512))
 
 
 if __name__ == "__main__":

@@ -19,24 +19,36 @@ import tensorflow as tf
 
 from tf_mha import masks as masks_lib
 
-DEFAULT_BLOCK_SIZES = (512, 1024)
-# Score matrices at least this large ([T, S] per batch and head) go blockwise
-# when `flash_attention=None`; tools/benchmark.py measures the crossover.
-_PREFERRED_MIN_SCORES = 1024 * 1024
+DEFAULT_BLOCK_SIZES = (1024, 1024)
+# Blocks of about this many scores across batch and heads (B * N * bq * bk)
+# ran fastest on a 2-core CPU: 1024 x 1024 for B * N = 8, 512 x 512 for 32.
+_BLOCK_SCORES = 8 * 1024 * 1024
+# `flash_attention=None` goes blockwise from this many scores per batch and
+# head (T * S), twice that when causal (the plain causal path skips half the
+# work too); tools/benchmark.py measures the crossover.
+_PREFERRED_MIN_SCORES = 2048 * 2048
 
 _Plan = collections.namedtuple(
     "_Plan", "t s bq bk nq nk pad_t pad_s is_causal rate acc")
 
 
-def is_preferred(query, key):
+def is_preferred(query, key, is_causal=False):
   """Whether the blockwise path should run for these (scaled) inputs."""
   t, s = query.shape[1], key.shape[1]
-  return t is not None and s is not None and t * s >= _PREFERRED_MIN_SCORES
+  threshold = _PREFERRED_MIN_SCORES * (2 if is_causal else 1)
+  return t is not None and s is not None and t * s >= threshold
 
 
-def choose_block_sizes(query_length, key_length):
-  """Static `(bq, bk)`: the defaults, shrunk to short static lengths."""
-  bq, bk = DEFAULT_BLOCK_SIZES
+def choose_block_sizes(query_length, key_length, batch_heads=None):
+  """Static `(bq, bk)` from the shapes: square blocks of about
+  `_BLOCK_SCORES / batch_heads` scores (a power of two from 128 to 1024),
+  shrunk to short static lengths. `batch_heads`: `B * N`, if known."""
+  side = DEFAULT_BLOCK_SIZES[0]
+  if batch_heads:
+    side = 128
+    while side < DEFAULT_BLOCK_SIZES[0] and 4 * side * side * batch_heads <= _BLOCK_SCORES:
+      side *= 2
+  bq = bk = side
   if query_length is not None:
     bq = min(bq, query_length)
   if key_length is not None:
@@ -64,7 +76,11 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   Returns:
     `[B, T, N, V]` in the dtype of `query`.
   """
-  bq, bk = block_sizes or choose_block_sizes(query.shape[1], key.shape[1])
+  batch_heads = None
+  if query.shape[0] is not None and query.shape[2] is not None:
+    batch_heads = query.shape[0] * query.shape[2]
+  bq, bk = block_sizes or choose_block_sizes(query.shape[1], key.shape[1],
+                                             batch_heads)
   if int(bq) < 1 or int(bk) < 1:
     raise ValueError("`block_sizes` must be two positive integers. "
                      f"Received: block_sizes={block_sizes!r}")

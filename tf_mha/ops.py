@@ -92,7 +92,7 @@ def dot_product_attention(query,
 
   use_flash = flash_attention
   if use_flash is None:
-    use_flash = not return_scores and flash.is_preferred(query, key)
+    use_flash = not return_scores and flash.is_preferred(query, key, is_causal)
   if use_flash:
     out = flash.blockwise_attention(
         query, key, value, mask=mask, is_causal=is_causal,
