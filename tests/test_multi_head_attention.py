@@ -322,6 +322,65 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(out.row_lengths(), [3, 2])
 
 
+class ErrorsTest(tf.test.TestCase, parameterized.TestCase):
+  """Bad input: a ValueError (or TypeError) naming the argument and echoing
+  what was received; never an IndexError or a bare InvalidArgumentError.
+  Messages also match Keras 3's own tests ("argument `num_heads`", "Invalid
+  `output_shape`", "Returning attention scores is not supported")."""
+
+  @parameterized.named_parameters(
+      *[(f"num_heads_{bad}", dict(num_heads=bad), r"argument `num_heads`.*Received: num_heads=")
+        for bad in (0, -2, 1.5)],
+      *[(f"key_dim_{bad}", dict(key_dim=bad), r"argument `key_dim`.*Received: key_dim=")
+        for bad in (0, -2, 1.5)],
+      ("value_dim", dict(value_dim=0), r"argument `value_dim`.*Received: value_dim=0"),
+      ("dropout_one", dict(dropout=1.0), r"`dropout`.*Received: dropout=1.0"),
+      ("dropout_negative", dict(dropout=-0.1), r"`dropout`.*Received: dropout=-0.1"),
+      ("output_shape_float", dict(output_shape=8.0), r"Invalid `output_shape`.*8.0"),
+      ("output_shape_zero", dict(output_shape=(2, 0)), r"Invalid `output_shape`.*\(2, 0\)"),
+      ("flash_flag", dict(flash_attention="yes"), r"`flash_attention`.*'yes'"),
+  )
+  def test_constructor(self, kwargs, pattern):
+    with self.assertRaisesRegex(ValueError, pattern):
+      tf_mha.MultiHeadAttention(**{"num_heads": 2, "key_dim": 4, **kwargs})
+
+  def test_seed_type(self):
+    with self.assertRaisesRegex(TypeError, r"`seed`.*Received: seed='x'"):
+      tf_mha.MultiHeadAttention(2, 4, seed="x")
+
+  @parameterized.named_parameters(
+      ("axes_out_of_range", dict(attention_axes=(5,)), {}, "attention_axes"),
+      ("axes_negative", dict(attention_axes=-7), {}, "attention_axes"),
+      ("rank", {}, dict(value=np.ones((2, 5, 4, 8))), "same rank"),
+      ("batch", {}, dict(value=np.ones((3, 5, 8))), "same batch size"),
+      ("key_value_lengths", {}, dict(key=np.ones((2, 6, 8))), "`key` and `value`"),
+      ("attention_mask", {}, dict(attention_mask=np.ones((2, 4, 5))),
+       r"`attention_mask` must broadcast.*\[2, 3, 5\].*\(2, 4, 5\)"),
+      ("attention_mask_rank", {}, dict(attention_mask=np.ones((2, 3, 5, 1, 1))),
+       "`attention_mask` must broadcast"),
+      ("attention_mask_no_t_axis", {}, dict(attention_mask=np.ones((5,))),
+       "`attention_mask` must broadcast"),
+      ("query_mask", {}, dict(query_mask=np.ones((2, 4))), r"`query_mask`.*\(2, 4\)"),
+      ("value_mask", {}, dict(value_mask=np.ones((2, 4))), r"`value_mask`.*\(2, 4\)"),
+      ("key_mask", {}, dict(key=np.ones((2, 5, 8)), key_mask=np.ones((2, 6))),
+       r"`key_mask`.*\(2, 6\)"),
+      ("flash_scores", dict(flash_attention=True), dict(return_attention_scores=True),
+       "Returning attention scores is not supported when flash attention is enabled"),
+  )
+  def test_first_call(self, kwargs, call_kwargs, pattern):
+    layer = tf_mha.MultiHeadAttention(2, 4, **kwargs)
+    args = {"query": np.ones((2, 3, 8)), "value": np.ones((2, 5, 8)), **call_kwargs}
+    with self.assertRaisesRegex(ValueError, pattern):
+      layer(**args)
+
+  def test_broadcastable_masks_are_accepted(self):
+    layer = tf_mha.MultiHeadAttention(2, 4)
+    query, value = np.ones((2, 3, 8)), np.ones((2, 5, 8))
+    for shape in ((2, 3, 5), (1, 3, 5), (2, 1, 5), (3, 5), (2, 2, 3, 5)):
+      out = layer(query, value, attention_mask=np.ones(shape, bool))
+      self.assertEqual(out.shape, (2, 3, 8), shape)
+
+
 class SerializationTest(tf.test.TestCase):
 
   def _model(self, layer_cls):

@@ -14,6 +14,7 @@ import collections.abc
 import math
 import numbers
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -305,9 +306,10 @@ class MultiHeadAttention(_layers.Layer):
       return self._einsum_attention(query, key, value, attention_mask, training)
     if return_attention_scores and self._flash_attention:
       raise ValueError(
-          "Returning attention scores is not supported with "
-          "flash_attention=True. Construct the layer with "
-          "flash_attention=None or False to get the scores.")
+          "Returning attention scores is not supported when flash "
+          "attention is enabled. Please disable flash attention to access "
+          "attention scores (construct the layer with flash_attention=None "
+          "or False).")
     plan = self._axes_plan
     mask = None
     if attention_mask is not None:
@@ -364,6 +366,10 @@ class MultiHeadAttention(_layers.Layer):
     if not self._built_from_signature:
       self._build_from_signature(query=query, value=value, key=key)
     _check_call(self, query, value, key)
+    if ragged_lengths is None:
+      _check_masks(self._attention_axes, query, value, key, attention_mask,
+                   query_mask=query_mask, value_mask=value_mask,
+                   key_mask=key_mask)
     default_hook = (type(self)._compute_attention is
                     MultiHeadAttention._compute_attention)
     attention_mask = self._compute_attention_mask(
@@ -500,8 +506,8 @@ def _expand_before(mask, count):
 
 def _positive_int(name, value):
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"`{name}` must be a positive integer. "
-                     f"Received: {name}={value!r}")
+    raise ValueError(f"Received an invalid value for argument `{name}`: it "
+                     f"must be a positive integer. Received: {name}={value!r}")
   return int(value)
 
 
@@ -522,12 +528,13 @@ def _output_shape(value):
     dims = list(value)
     result = tuple(int(d) for d in dims if isinstance(d, numbers.Integral))
   else:
-    raise TypeError("`output_shape` must be an int, a tuple or a list. "
-                    f"Received: output_shape={value!r}")
+    raise ValueError(f"Invalid `output_shape`: {value!r}. It must be a "
+                     "positive int, or a tuple or list of them. Received: "
+                     f"output_shape={value!r}")
   if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and
              d > 0 for d in dims):
-    raise ValueError("`output_shape` must hold positive integers. "
-                     f"Received: output_shape={value!r}")
+    raise ValueError(f"Invalid `output_shape`: {value!r}. It must hold "
+                     f"positive integers. Received: output_shape={value!r}")
   return result or None
 
 
@@ -590,3 +597,47 @@ def _check_call(layer, query, value, key):
           f"`{name}` has shape {t.shape}, but the layer was built for "
           f"{name} shape {built} (same rank and last dimension needed).")
   _check_signature(query.shape, value.shape, key.shape)
+
+
+def _check_masks(attention_axes, query, value, key, attention_mask, **masks):
+  """Static mask shapes against the inputs, so a mismatch is a clear
+  `ValueError` rather than an `InvalidArgumentError` from a broadcast."""
+  for name, mask, x in (("query_mask", masks["query_mask"], query),
+                        ("value_mask", masks["value_mask"], value),
+                        ("key_mask", masks["key_mask"], key)):
+    shape = _static_shape(mask)
+    if shape is not None and not shape.is_compatible_with(x.shape[:-1]):
+      raise ValueError(
+          f"`{name}` must have the shape of its input without the last axis, "
+          f"{x.shape[:-1]}. Received: {name} with shape {shape}")
+  shape = _static_shape(attention_mask)
+  if shape is None:
+    return
+  rank = query.shape.rank
+  batch = [query.shape[a] for a in range(rank - 1) if a not in attention_axes]
+  lengths = ([query.shape[a] for a in attention_axes] +
+             [key.shape[a] for a in attention_axes])  # T dims, then S dims
+  full = batch + lengths
+  # tf.keras inserts missing axes before the T axes, and full-rank masks may
+  # carry a head axis there: the trailing T and S axes are always aligned.
+  trailing = shape.as_list()[-len(lengths):]
+  fits = len(lengths) <= shape.rank <= len(full) + 1 and all(
+      m in (None, 1) or d is None or m == d
+      for m, d in zip(trailing, lengths[-len(trailing):]))
+  if fits and shape.rank >= len(full):
+    fits = all(m in (None, 1) or d is None or m == d
+               for m, d in zip(shape.as_list()[:len(batch)], batch))
+  if not fits:
+    raise ValueError(
+        "`attention_mask` must broadcast to [batch dims, query (T) dims, key "
+        f"(S) dims] = {full}. Received: attention_mask with shape {shape}")
+
+
+def _static_shape(mask):
+  if mask is None:
+    return None
+  shape = getattr(mask, "shape", None)
+  if shape is None:
+    shape = np.shape(mask)
+  return tf.TensorShape(shape)
+

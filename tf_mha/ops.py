@@ -78,9 +78,10 @@ def dot_product_attention(query,
                      f"Received: dropout_rate={dropout_rate!r}")
   if flash_attention and return_scores:
     raise ValueError(
-        "Returning attention scores is not supported with "
-        "flash_attention=True: the blockwise path never forms them. Pass "
-        "flash_attention=None or False to get the scores.")
+        "Returning attention scores is not supported when flash attention "
+        "is enabled. Please disable flash attention to access attention "
+        "scores. Received: flash_attention=True and return_scores=True; the "
+        "blockwise path never forms the scores.")
   if scale is None:
     scale = 1.0 / math.sqrt(query.shape[-1])
   # Scale the query: it is the smaller tensor ([B, T, N, H] vs [B, N, T, S]).
