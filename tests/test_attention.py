@@ -95,6 +95,8 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
       ("not_list", lambda: tf.ones([1, 2, 3]), None, "list of inputs"),
       ("too_many", lambda: [tf.ones([1, 2, 3])] * 4, None, "length 2 or 3"),
       ("mask_not_list", lambda: [tf.ones([1, 2, 3])] * 2, "m", "mask must be a list"),
+      ("mask_too_short", lambda: [tf.ones([1, 2, 3])] * 2, [tf.ones([1, 2])],
+       "mask list of length 2 or 3"),
       ("key_dim", lambda: [tf.ones([1, 2, 3]), tf.ones([1, 2, 4])], None, "last dimension"),
       ("lengths", lambda: [tf.ones([1, 2, 3]), tf.ones([1, 2, 3]), tf.ones([1, 4, 3])],
        None, "same length"))
@@ -103,7 +105,9 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
       tf_mha.Attention()(make(), mask=mask)
 
   def test_bad_constructor_arguments(self):
-    with self.assertRaisesRegex(ValueError, "score_mode.*Received: score_mode='add'"):
+    with self.assertRaisesRegex(
+        ValueError, "Invalid value for argument score_mode. Expected one of "
+        "{'dot', 'concat'}.*Received: score_mode='add'"):
       tf_mha.Attention(score_mode="add")
     with self.assertRaisesRegex(ValueError, "dropout.*Received: dropout=1.5"):
       tf_mha.Attention(dropout=1.5)

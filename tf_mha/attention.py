@@ -57,7 +57,8 @@ class Attention(tf_keras.layers.Layer):
                       "masking.")
     super().__init__(**kwargs)
     if score_mode not in _SCORE_MODES:
-      raise ValueError(f"`score_mode` must be one of {list(_SCORE_MODES)}. "
+      raise ValueError("Invalid value for argument score_mode. Expected one "
+                       "of {'dot', 'concat'}. "
                        f"Received: score_mode={score_mode!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
       raise ValueError(
@@ -154,7 +155,8 @@ def _check_inputs(layer, inputs, mask):
                        f"[query_mask, value_mask]. Received: mask={mask!r}")
     if not 2 <= len(mask) <= len(inputs):
       raise ValueError(f"{name} layer mask must be a list of length 2, namely "
-                       f"[query_mask, value_mask]. Received length: {len(mask)}")
+                       "[query_mask, value_mask] (it accepts a mask list of "
+                       f"length 2 or 3). Received length: {len(mask)}")
   query, value = inputs[0], inputs[1]
   key = inputs[2] if len(inputs) > 2 else value
   shapes = {n: getattr(t, "shape", None) for n, t in
