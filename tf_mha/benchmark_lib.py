@@ -6,7 +6,6 @@ process per point (`peak_rss_point`). `tools/benchmark.py` is the CLI.
 """
 
 import dataclasses
-import resource
 import statistics
 import time
 
@@ -115,7 +114,9 @@ def matmul_peak(size=2048, repeats=10):
 def peak_rss_point(impl, point):
   """Runs one call of `impl` at `point` and returns (seconds, peak RSS bytes).
 
-  Meant for a fresh process: ru_maxrss is the high-water mark of the process.
+  Meant for a fresh process. The peak is the kernel's VmHWM, which starts
+  afresh at exec; `ru_maxrss` would not: Linux carries it across execve, so a
+  child of a large benchmark process reported its parent's size.
   """
   fn, x = make_step(impl, point)
   start = time.perf_counter()
@@ -124,7 +125,16 @@ def peak_rss_point(impl, point):
   start = time.perf_counter()
   _run(fn, x)
   seconds = min(first, time.perf_counter() - start)
-  return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return seconds, peak_rss()
+
+
+def peak_rss():
+  """This process's peak resident set size in bytes (VmHWM)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 def markdown_table(rows, peak):

@@ -125,13 +125,16 @@ def _plain_attention(query, key, value, mask, dropout_rate, dropout_seed):
   return out, probs
 
 
-def _chunk_attention(query, key, value, keep, dropout_rate, dropout_seed):
+def _chunk_attention(query, key, value, keep, dropout_rate, dropout_seed,
+                     may_mask_rows):
   """One causal chunk, heads-major: `[B, N, T, H]` inputs, `[B, N, T, V]` out.
 
   The forward pass normalises after the `PV` product (dividing `[T, V]`
   outputs by the row sums, not `[T, S]` probabilities); the backward pass is
   the closed form `dS = P * (dP - rowsum(dO * O))`, one fused pass over the
-  saved exponentials. Masked entries get no gradient, as with a `where` fill.
+  saved exponentials. Masked entries get no gradient, as with a `where` fill
+  (their exponentials are 0, unless `may_mask_rows`: a row with no visible
+  key has them all 1, and is zeroed explicitly).
   """
   acc = masks_lib.softmax_dtype(query.dtype)
   logits_dtype = masks_lib.logits_dtype(query.dtype)
@@ -153,7 +156,9 @@ def _chunk_attention(query, key, value, keep, dropout_rate, dropout_seed):
       if dropout_rate:
         d_used = dropout(d_used, dropout_rate, dropout_seed)
       delta = tf.reduce_sum(d_out * out, -1, keepdims=True)  # [B, N, T, 1]
-      ds = tf.where(keep, e * (d_used - delta), tf.zeros_like(e))  # P (dP - D)
+      ds = e * (d_used - delta)  # (e / l) (dP - D) = P (dP - D)
+      if may_mask_rows:
+        ds = tf.where(keep, ds, tf.zeros_like(ds))
       dq = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k, acc))
       dk = tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q, acc))
       return tf.cast(dq, q.dtype), tf.cast(dk, k.dtype), tf.cast(dv, v.dtype)
@@ -206,7 +211,7 @@ def _chunked_causal_attention(query, key, value, mask, chunks, dropout_rate,
     if dropout_rate > 0.0:
       seed = tf.random.experimental.stateless_fold_in(dropout_seed, i)
     out = _chunk_attention(q[:, :, t0:t1], k[:, :, :s1], v[:, :, :s1], keep,
-                           dropout_rate, seed)  # [B, N, rows, V]
+                           dropout_rate, seed, mask is not None)  # [B, N, rows, V]
     if mask is not None and s1 < s:
       # A row with no visible key attends to all `S` keys uniformly, as the
       # unchunked path does: the mean of every value, not of the first s1.

@@ -30,6 +30,9 @@ _MEMORY_SEQ_LENS = flags.DEFINE_list(
     "jit), each implementation in its own subprocess.")
 _MEMORY_IMPLS = flags.DEFINE_list("memory_impls", ["tf_mha", "keras3"],
                                   "Implementations for the peak-RSS points.")
+_MEMORY_PASSES = flags.DEFINE_list(
+    "memory_passes", ["fwd"], "fwd and/or fwd+bwd (a training step's "
+    "gradients) for the peak-RSS points.")
 _RESULTS_DIR = flags.DEFINE_string("results_dir", "results", "Where to write outputs.")
 _SINGLE = flags.DEFINE_string("single_point", None,
                               "Internal: 'impl,T,backward' run in this process.")
@@ -60,13 +63,26 @@ def main(argv):
     _single(_SINGLE.value)
     return 0
   from tf_mha import benchmark_lib as lib
-  bad = set(_PASSES.value) - {"fwd", "fwd+bwd"}
-  if bad:
-    raise app.UsageError(f"--passes takes fwd and fwd+bwd, got {sorted(bad)}")
+  for flag in (_PASSES, _MEMORY_PASSES):
+    bad = set(flag.value) - {"fwd", "fwd+bwd"}
+    if bad:
+      raise app.UsageError(f"--{flag.name} takes fwd and fwd+bwd, got {sorted(bad)}")
   os.makedirs(_RESULTS_DIR.value, exist_ok=True)
   print("Measuring this machine's matmul peak...", flush=True)
   peak = lib.matmul_peak()
   print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
+  # Peak-memory points first, each in a fresh process forked while this one
+  # is still small (a child needs its own memory next to its parent's).
+  memory_lines = []
+  for t in (int(s) for s in _MEMORY_SEQ_LENS.value):
+    for passes in _MEMORY_PASSES.value:
+      for impl in _MEMORY_IMPLS.value:
+        print(f"Peak memory: {impl} T={t} causal {passes} (own process)...", flush=True)
+        result = _memory_point(impl, t, backward=passes == "fwd+bwd")
+        text = ("did not complete" if result is None else
+                f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
+        print(f"  {text}", flush=True)
+        memory_lines.append(f"| {t} | {passes} | {impl} | {text} |")
   rows = []
   for t in (int(s) for s in _SEQ_LENS.value):
     for backward in (p == "fwd+bwd" for p in _PASSES.value):
@@ -79,21 +95,13 @@ def main(argv):
               flush=True)
         rows.append((point, times))
   table = lib.markdown_table(rows, peak) if rows else ""
-  memory_lines = []
-  for t in (int(s) for s in _MEMORY_SEQ_LENS.value):
-    for impl in _MEMORY_IMPLS.value:
-      print(f"Peak memory: {impl} T={t} causal forward (own process)...", flush=True)
-      result = _memory_point(impl, t, backward=False)
-      text = ("did not complete" if result is None else
-              f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
-      print(f"  {text}", flush=True)
-      memory_lines.append(f"| {t} | {impl} | {text} |")
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, causal self-attention; median of "
             f"{_REPEATS.value} interleaved calls. Ratios are peer time / tf_mha time.",
             "", table]
   if memory_lines:
-    report += ["", "| T | implementation | B=1 causal forward, jit |", "|---|---|---|"]
+    report += ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
+               "|---|---|---|---|"]
     report += memory_lines
   md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
   with open(md_path, "w") as f:
