@@ -6,6 +6,7 @@ process per point (`peak_rss_point`). `tools/benchmark.py` is the CLI.
 """
 
 import dataclasses
+import math
 import statistics
 import time
 
@@ -78,17 +79,27 @@ def _run(fn, x):
   float(tf.reduce_sum(flat[0][..., :1]))
 
 
-def time_point(point, impls=IMPLEMENTATIONS, repeats=5, log=print):
-  """Median seconds per call for each implementation, interleaved."""
-  steps = {}
+def time_point(point, impls=IMPLEMENTATIONS, repeats=5, log=print,
+               min_seconds=1.0):
+  """Median seconds per call for each implementation, interleaved.
+
+  At least `repeats` calls each, more for short calls (up to 200) so that
+  every implementation runs for about `min_seconds`: a few-millisecond call
+  varies by tens of percent from one call to the next on a busy CPU.
+  """
+  steps, longest = {}, 0.0
   for impl in impls:
     fn, x = make_step(impl, point)
     start = time.perf_counter()
     _run(fn, x)  # compile / warm up
     log(f"  {impl}: compiled and warmed up in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    _run(fn, x)
+    longest = max(longest, time.perf_counter() - start)
     steps[impl] = (fn, x)
+  calls = min(max(repeats, math.ceil(min_seconds / max(longest, 1e-6))), 200)
   samples = {impl: [] for impl in impls}
-  for _ in range(repeats):
+  for _ in range(calls):
     for impl in impls:
       fn, x = steps[impl]
       start = time.perf_counter()

@@ -22,7 +22,9 @@ _SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512", "2048"],
 _PASSES = flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "fwd and/or fwd+bwd.")
 _JIT = flags.DEFINE_list("jit", ["true", "false"], "jit_compile settings to time.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Batch size B.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per point (median).")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "Least timed calls per point (median); short points get more, "
+    "to about a second per implementation.")
 _IMPLS = flags.DEFINE_list("impls", ["tf_mha", "tf_keras", "keras3"],
                            "Implementations to compare.")
 _MEMORY_SEQ_LENS = flags.DEFINE_list(
@@ -96,8 +98,9 @@ def main(argv):
         rows.append((point, times))
   table = lib.markdown_table(rows, peak) if rows else ""
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
-            "N=8, H=64, causal self-attention; median of "
-            f"{_REPEATS.value} interleaved calls. Ratios are peer time / tf_mha time.",
+            "N=8, H=64, causal self-attention; median of interleaved calls (at "
+            f"least {_REPEATS.value}, about 1 s per implementation for short "
+            "points). Ratios are peer time / tf_mha time.",
             "", table]
   if memory_lines:
     report += ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
