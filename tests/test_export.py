@@ -96,6 +96,24 @@ class DemoPipelineTest(tf.test.TestCase):
     self.assertTrue(any("mha" in name for name in int8), int8[:10])
     self.assertTrue(any("ff1" in name for name in int8), int8[:10])
 
+  def test_text_to_label_entirely_in_litert(self):
+    path, size, count = self.report.tokenizer
+    self.assertEqual(os.path.getsize(path), size)
+    self.assertEqual(count, 300)
+    with open(path, "rb") as f:
+      ops = tflite.operators(f.read())
+    self.assertIn("CUSTOM:FastWordpieceTokenizeWithOffsets", ops)
+    self.assertEqual([op for op in ops if op.startswith("CUSTOM:Flex")], [])
+    texts = list(pipeline.SAMPLE_TEXTS) + ["The Movie Was NOT Good"]
+    ids = tflite.run(path, "tokenize", {"text": np.array(texts)},
+                     text_ops=True)["token_ids"]
+    probs = tflite.run(self.report.tflite["none"][0], "classify_ids",
+                       {"token_ids": ids})["probabilities"]
+    served = tf.saved_model.load(self.report.saved_model_dir).signatures[
+        "serving_default"](text=tf.constant(texts))
+    self.assertAllClose(probs, served["probabilities"], atol=1e-4)
+    self.assertIn("TFLite tokenizer", "\n".join(self.report.lines()))
+
   def test_tflite_uses_builtins_only(self):
     with open(self.report.tflite["none"][0], "rb") as f:
       ops = tflite.operators(f.read())

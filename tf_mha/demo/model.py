@@ -17,7 +17,11 @@ MAX_LENGTH = 32
 
 
 class Tokenizer(layers.Layer):
-  """Strings `[B]` -> padded ids `[B, T]` (0 pads) with FastWordpiece.
+  """Strings `[B]` -> padded ids `[B, T]` (0 pads, T <= MAX_LENGTH).
+
+  Lower-cases with `FastBertNormalizer` and splits with
+  `FastWordpieceTokenizer`: both have TFLite kernels in tensorflow-text, so
+  this layer also converts to a small TFLite model of its own.
 
   Args:
     vocab: list of tokens; index 0 is the pad, "[UNK]" must be present.
@@ -26,15 +30,16 @@ class Tokenizer(layers.Layer):
   def __init__(self, vocab, **kwargs):
     super().__init__(trainable=False, **kwargs)
     self.vocab = list(vocab)
+    self._normalizer = tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=True)
     self._tokenizer = tf_text.FastWordpieceTokenizer(
         vocab=self.vocab, unknown_token="[UNK]", token_out_type=tf.int32,
         no_pretokenization=False)
 
   def call(self, texts):
-    texts = tf_text.case_fold_utf8(texts)
-    ids = self._tokenizer.tokenize(texts)  # ragged [B, (T)]
-    ids = ids[:, :MAX_LENGTH]
-    return ids.to_tensor(default_value=0)
+    ids = self._tokenizer.tokenize(self._normalizer.normalize(texts))  # ragged [B, (T)]
+    # Cut after padding: slicing the ragged tensor needs RaggedRange, which
+    # has no TFLite kernel.
+    return ids.to_tensor(default_value=0)[:, :MAX_LENGTH]
 
   def get_config(self):
     return {**super().get_config(), "vocab": self.vocab}

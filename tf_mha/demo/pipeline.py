@@ -141,6 +141,7 @@ class Report:
   accuracy: float
   keras_vs_saved_model: float
   train_seconds: float
+  tokenizer: tuple = ()  # (path, bytes, texts checked) of the tokenizer model
 
   def lines(self):
     out = [f"demo accuracy (held-out, Keras): {self.accuracy:.4f}",
@@ -152,6 +153,10 @@ class Report:
     for name, (path, size, diff, acc) in self.tflite.items():
       out.append(f"TFLite ({name}): {path} ({size / 1e3:.1f} kB), "
                  f"max |TFLite - SavedModel| {diff:.3g}, accuracy {acc:.4f}")
+    if self.tokenizer:
+      path, size, count = self.tokenizer
+      out.append(f"TFLite tokenizer (tensorflow-text ops): {path} ({size / 1e3:.1f} kB), "
+                 f"same ids as the SavedModel on {count} texts")
     return out
 
 
@@ -181,9 +186,38 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
     tflite_results[quantize] = convert_and_check(
         path, quantize, os.path.join(
             output_dir, f"{model_name}_{os.path.basename(path)}_{quantize}.tflite"))
+  logging.info("Converting the tokenizer to TFLite...")
+  tokenizer = convert_tokenizer(path, os.path.join(
+      output_dir, f"{model_name}_{os.path.basename(path)}_tokenizer.tflite"))
   return Report(path, serving.directory_size(path),
                 warmup if os.path.exists(warmup) else "", tflite_results,
-                demo.accuracy, keras_vs_saved, train_seconds)
+                demo.accuracy, keras_vs_saved, train_seconds, tokenizer)
+
+
+def convert_tokenizer(saved_model_dir, output_file, count=300):
+  """The `tokenize` signature as its own TFLite model: builtins plus
+  tensorflow-text's TFLite kernels (run it with `tflite.interpreter(path,
+  text_ops=True)`). Checked id for id against the SavedModel on `count`
+  generated texts, then written atomically.
+
+  Returns:
+    `(output_file, size in bytes, texts checked)`.
+  """
+  loaded = tf.saved_model.load(saved_model_dir)
+  texts, _ = data.make_examples(count, seed=3)
+  texts = [t.upper() if i % 3 == 0 else t for i, t in enumerate(texts)]
+  model = tflite.convert(saved_model_dir, signature="tokenize", text_ops=True)
+  flex = [op for op in tflite.operators(model) if op.startswith("CUSTOM:Flex")]
+  if flex:
+    raise tflite.ConversionMismatch(f"the tokenizer needs select TF ops: {flex}")
+  want = loaded.signatures["tokenize"](text=tf.constant(texts))["token_ids"].numpy()
+  got = tflite.run(model, "tokenize", {"text": np.array(texts)},
+                   text_ops=True)["token_ids"]
+  if got.shape != want.shape or np.any(got != want):
+    raise tflite.ConversionMismatch(
+        "the TFLite tokenizer's ids differ from the SavedModel's")
+  _atomic_write(output_file, model)
+  return output_file, len(model), len(texts)
 
 
 def convert_and_check(saved_model_dir, quantize, output_file):

@@ -19,7 +19,7 @@ class ConversionMismatch(Exception):
 
 
 def convert(saved_model_dir, *, signature, quantize="none",
-            representative_inputs=None):
+            representative_inputs=None, text_ops=False):
   """Converts one signature of a SavedModel to a TFLite flatbuffer.
 
   "int8" quantizes every tensor whose calibrated range allows it. Masked
@@ -36,6 +36,8 @@ def convert(saved_model_dir, *, signature, quantize="none",
     representative_inputs: for "int8", a list of `{input_name: array}`
       covering the lengths the model will see (calibrating at one length is
       inaccurate at others).
+    text_ops: allow tensorflow-text's TFLite custom ops (a text front end);
+      run the result with `interpreter(model, text_ops=True)`.
 
   Returns:
     The model as bytes.
@@ -46,6 +48,7 @@ def convert(saved_model_dir, *, signature, quantize="none",
   converter = tf.lite.TFLiteConverter.from_saved_model(
       saved_model_dir, signature_keys=[signature])
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  converter.allow_custom_ops = text_ops
   if quantize != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantize == "float16":
@@ -86,17 +89,22 @@ def _int8_keeping_masked_logits_float(converter, samples):
   return debug.get_nondebug_quantized_model()
 
 
-def interpreter(model):
-  """A LiteRT interpreter for `model` (bytes or a path)."""
+def interpreter(model, text_ops=False):
+  """A LiteRT interpreter for `model` (bytes or a path); `text_ops` registers
+  tensorflow-text's TFLite kernels (the demo's tokenizer model needs them)."""
   from ai_edge_litert import interpreter as litert
-  if isinstance(model, (bytes, bytearray)):
-    return litert.Interpreter(model_content=bytes(model))
-  return litert.Interpreter(model_path=str(model))
+  source = ({"model_content": bytes(model)} if isinstance(model, (bytes, bytearray))
+            else {"model_path": str(model)})
+  if not text_ops:
+    return litert.Interpreter(**source)
+  from tensorflow_text import tflite_registrar
+  return litert.InterpreterWithCustomOps(
+      custom_op_registerers=tflite_registrar.SELECT_TFTEXT_OPS, **source)
 
 
-def run(model, signature, inputs):
+def run(model, signature, inputs, text_ops=False):
   """Runs `signature` of a TFLite model on `{name: array}`; returns outputs."""
-  runner = interpreter(model).get_signature_runner(signature)
+  runner = interpreter(model, text_ops).get_signature_runner(signature)
   return runner(**inputs)
 
 
