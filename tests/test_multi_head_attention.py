@@ -322,6 +322,40 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(out.row_lengths(), [3, 2])
 
 
+class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
+  """Keras 3's `sliding_window`: the band |t - s| < W, alone or causal."""
+
+  @parameterized.named_parameters(("band", False), ("causal_band", True))
+  def test_scores_vanish_outside_the_window_and_match_a_mask(self, causal):
+    x = _normal(2, 9, 8)
+    ours, theirs = _pair(num_heads=2, key_dim=4)
+    _share(ours, theirs, x, x)
+    windowed = tf_mha.MultiHeadAttention(2, 4, sliding_window=3)
+    windowed(x, x)
+    windowed.set_weights(ours.get_weights())
+    out, scores = windowed(x, x, use_causal_mask=causal, return_attention_scores=True)
+    t, s = np.arange(9)[:, None], np.arange(9)[None, :]
+    band = (np.abs(t - s) < 3) & ((t >= s) if causal else True)
+    self.assertAllEqual(scores.numpy() > 0, np.broadcast_to(band, scores.shape))
+    expected = theirs(x, x, attention_mask=np.broadcast_to(band, (2, 9, 9)))
+    self.assertAllClose(out, expected, rtol=1e-5, atol=1e-5)
+    windowed._flash_attention = True  # the band also reaches the blockwise path
+    self.assertAllClose(windowed(x, x, use_causal_mask=causal), expected,
+                        rtol=1e-5, atol=1e-5)
+
+  def test_validation_and_config(self):
+    for bad in (0, -3, 1.5, True):
+      with self.assertRaisesRegex(ValueError, "sliding_window"):
+        tf_mha.MultiHeadAttention(2, 4, sliding_window=bad)
+    layer = tf_mha.MultiHeadAttention(2, 4, sliding_window=5)
+    config = layer.get_config()
+    self.assertEqual(config["sliding_window"], 5)
+    self.assertEqual(tf_mha.MultiHeadAttention.from_config(config).sliding_window, 5)
+    two_axes = tf_mha.MultiHeadAttention(2, 4, attention_axes=(1, 2), sliding_window=2)
+    with self.assertRaisesRegex(ValueError, "single attention axis"):
+      two_axes(np.ones((1, 3, 4, 8)), np.ones((1, 3, 4, 8)))
+
+
 class ErrorsTest(tf.test.TestCase, parameterized.TestCase):
   """Bad input: a ValueError (or TypeError) naming the argument and echoing
   what was received; never an IndexError or a bare InvalidArgumentError.

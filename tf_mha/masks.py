@@ -67,6 +67,25 @@ def causal_mask(query_length, key_length):
   return rows >= cols
 
 
+def band_mask(query_length, key_length, width):
+  """`[T, S]` mask of the keys within `width - 1` positions: `|t - s| < width`.
+
+  >>> band_mask(3, 3, 2).numpy().astype(int).tolist()
+  [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+
+  Args:
+    query_length: `T`, a Python int or scalar int tensor.
+    key_length: `S`, a Python int or scalar int tensor.
+    width: a positive Python int.
+
+  Returns:
+    A boolean tensor of shape `[T, S]`.
+  """
+  rows = tf.expand_dims(tf.range(query_length), 1)  # [T, 1]
+  cols = tf.expand_dims(tf.range(key_length), 0)  # [1, S]
+  return tf.abs(rows - cols) < width
+
+
 def combine_masks(*masks):
   """Logical AND of the masks that are not `None` (cast to bool).
 

@@ -57,6 +57,10 @@ class MultiHeadAttention(_layers.Layer):
     bias_regularizer, activity_regularizer, kernel_constraint,
     bias_constraint: passed to the projections, as in tf.keras.
     seed: int seed for the attention dropout.
+    sliding_window: `None`, or a positive int `W` (Keras 3's argument): a
+      query attends only to keys within `W - 1` positions of its own
+      (`|t - s| < W`, a symmetric band over one attention axis); with
+      `use_causal_mask=True` the causal sliding window of Mistral.
     softmax_robust_masking: accepted for tf.keras compatibility; masking is
       always robust here (masked logits are replaced, not offset).
     **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
@@ -102,6 +106,7 @@ class MultiHeadAttention(_layers.Layer):
                bias_constraint=None,
                seed=None,
                softmax_robust_masking=False,
+               sliding_window=None,
                **kwargs):
     super().__init__(**kwargs)
     self.supports_masking = True
@@ -120,6 +125,12 @@ class MultiHeadAttention(_layers.Layer):
     if seed is not None and not isinstance(seed, numbers.Integral):
       raise TypeError(f"`seed` must be an integer or None. Received: seed={seed!r}")
     self._seed = seed
+    if sliding_window is not None and (
+        isinstance(sliding_window, bool) or
+        not isinstance(sliding_window, numbers.Integral) or sliding_window < 1):
+      raise ValueError("`sliding_window` must be `None` or a positive integer. "
+                       f"Received: sliding_window={sliding_window!r}")
+    self._sliding_window = sliding_window
     self._softmax_robust_masking = softmax_robust_masking
     self._kernel_initializer = tf_keras.initializers.get(kernel_initializer)
     self._bias_initializer = tf_keras.initializers.get(bias_initializer)
@@ -142,6 +153,7 @@ class MultiHeadAttention(_layers.Layer):
   attention_axes = property(lambda self: self._attention_axes)
   flash_attention = property(lambda self: self._flash_attention)
   seed = property(lambda self: self._seed)
+  sliding_window = property(lambda self: self._sliding_window)
   query_dense = property(lambda self: self._query_dense)
   key_dense = property(lambda self: self._key_dense)
   value_dense = property(lambda self: self._value_dense)
@@ -172,6 +184,7 @@ class MultiHeadAttention(_layers.Layer):
         "bias_constraint": tf_keras.constraints.serialize(
             self._bias_constraint),
         "seed": self._seed,
+        "sliding_window": self._sliding_window,
         "softmax_robust_masking": self._softmax_robust_masking,
         "query_shape": _shape_list(self._query_shape),
         "key_shape": _shape_list(self._key_shape),
@@ -422,6 +435,8 @@ class MultiHeadAttention(_layers.Layer):
         parts.append(_expand_before(masks_lib.to_bool_mask(mask), t_axes))
     if use_causal_mask:
       parts.append(self._compute_causal_mask(query, value))
+    if self._sliding_window is not None:
+      parts.append(self._compute_sliding_window_mask(query, value))
     return masks_lib.combine_masks(*parts)
 
   def _compute_causal_mask(self, query, value=None):
@@ -429,6 +444,18 @@ class MultiHeadAttention(_layers.Layer):
     axis = self._attention_axes[0] if self._built_from_signature else 1
     value = query if value is None else value
     mask = masks_lib.causal_mask(tf.shape(query)[axis], tf.shape(value)[axis])
+    return tf.expand_dims(mask, 0)
+
+  def _compute_sliding_window_mask(self, query, value=None):
+    """The `[1, T, S]` band `|t - s| < sliding_window` over the attention axis."""
+    axes = self._attention_axes if self._built_from_signature else (1,)
+    if len(axes) != 1:
+      raise ValueError(
+          "`sliding_window` needs a single attention axis. Received: "
+          f"attention_axes={axes}, sliding_window={self._sliding_window}")
+    value = query if value is None else value
+    mask = masks_lib.band_mask(tf.shape(query)[axes[0]], tf.shape(value)[axes[0]],
+                               self._sliding_window)
     return tf.expand_dims(mask, 0)
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
