@@ -3,6 +3,8 @@ in a small synthetic tree is caught."""
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 
@@ -50,6 +52,20 @@ class BuildFilesTest(absltest.TestCase):
       self.skipTest("Under Bazel the runfiles hold only declared files; "
                     ".ci/run checks the checkout with tools/check_build.py.")
     self.assertEqual(build_files.problems(_REPO), [])
+
+  def test_command_exit_codes(self):
+    good, bad = self._tree(), self._tree(**{"tf_mha/extra.py": "x = 1\n"})
+    run = lambda root: subprocess.run(
+        [sys.executable, "-m", "tools.check_build", f"--root={root}"],
+        cwd=_REPO, capture_output=True, text=True, timeout=120)
+    ok, drift = run(good), run(bad)
+    self.assertEqual(ok.returncode, 0, ok.stderr)
+    self.assertIn("BUILD files match", ok.stdout)
+    self.assertEqual(drift.returncode, 1)
+    self.assertIn("tf_mha/extra.py has no target", drift.stderr)
+    missing = run(os.path.join(good, "tf_mha"))
+    self.assertNotEqual(missing.returncode, 0)
+    self.assertIn("has no WORKSPACE", missing.stderr)
 
   def test_consistent_tree_passes(self):
     self.assertEqual(build_files.problems(self._tree()), [])
