@@ -356,6 +356,48 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
       two_axes(np.ones((1, 3, 4, 8)), np.ones((1, 3, 4, 8)))
 
 
+class KerasThreeAdditionsTest(tf.test.TestCase):
+  """Keras 3's `use_gate` and `build(query_shape, value_shape, key_shape)`."""
+
+  def test_gate_matches_keras3_on_shared_weights(self):
+    import keras  # Keras 3, installed with TensorFlow: the peer, not our base
+    query, value = _normal(2, 5, 8), _normal(2, 7, 6)
+    theirs = keras.layers.MultiHeadAttention(2, 4, use_gate=True)
+    expected = np.asarray(theirs(query, value))
+    ours = tf_mha.MultiHeadAttention(2, 4, use_gate=True)
+    ours.build(query.shape, value.shape)
+    self.assertEqual([w.name.split("/", 1)[1].split(":")[0] for w in ours.weights],
+                     [w.path.split("/", 1)[1] for w in theirs.weights])
+    ours.set_weights(theirs.get_weights())
+    self.assertAllClose(ours(query, value), expected, rtol=1e-5, atol=1e-5)
+    plain = tf_mha.MultiHeadAttention(2, 4)
+    plain(query, value)
+    weights = ours.get_weights()
+    plain.set_weights(weights[:4] + weights[6:])  # the same layer without gate
+    gate = tf.sigmoid(tf.einsum("btd,dnv->btnv", query, weights[4]) + weights[5])
+    self.assertNotAllClose(plain(query, value), expected)
+    self.assertTrue(np.all((gate.numpy() > 0) & (gate.numpy() < 1)))
+    config = ours.get_config()
+    self.assertTrue(config["use_gate"])
+    self.assertTrue(tf_mha.MultiHeadAttention.from_config(config).use_gate)
+
+  def test_build_from_shapes_creates_the_variables(self):
+    layer = tf_mha.MultiHeadAttention(2, 4, value_dim=3)
+    layer.build((2, 5, 8), (2, 7, 6), (2, 7, 10))
+    self.assertEqual([tuple(w.shape) for w in layer.weights[::2]],
+                     [(8, 2, 4), (10, 2, 4), (6, 2, 3), (2, 3, 8)])
+    self.assertEqual(layer(np.ones((2, 5, 8)), np.ones((2, 7, 6)),
+                           np.ones((2, 7, 10))).shape, (2, 5, 8))
+
+  def test_key_and_value_length_mismatch_says_must_be_equal(self):
+    layer = tf_mha.MultiHeadAttention(4, 2)
+    for shapes in (((2, 4, 8), (2, 2, 7), (2,)), ((2, 4, 8), (2, 2, 8), (2, 1, 7))):
+      with self.assertRaisesRegex(ValueError, "must be equal"):
+        layer.compute_output_shape(*shapes)
+      with self.assertRaisesRegex(ValueError, "must be equal"):
+        layer(*(np.ones(shape) for shape in shapes))
+
+
 class ErrorsTest(tf.test.TestCase, parameterized.TestCase):
   """Bad input: a ValueError (or TypeError) naming the argument and echoing
   what was received; never an IndexError or a bare InvalidArgumentError.
@@ -406,6 +448,16 @@ class ErrorsTest(tf.test.TestCase, parameterized.TestCase):
     args = {"query": np.ones((2, 3, 8)), "value": np.ones((2, 5, 8)), **call_kwargs}
     with self.assertRaisesRegex(ValueError, pattern):
       layer(**args)
+
+  def test_refused_first_call_leaves_the_layer_unbuilt(self):
+    layer = tf_mha.MultiHeadAttention(2, 4, attention_axes=(5,))
+    with self.assertRaisesRegex(ValueError, "attention_axes"):
+      layer(np.ones((2, 3, 8)), np.ones((2, 5, 8)))
+    self.assertEqual(layer.weights, [])
+    layer = tf_mha.MultiHeadAttention(2, 4)
+    with self.assertRaisesRegex(ValueError, "must be equal"):
+      layer(np.ones((2, 3, 8)), np.ones((2, 5, 8)), np.ones((2, 4, 8)))
+    self.assertEqual(layer(np.ones((2, 3, 8)), np.ones((2, 6, 7))).shape, (2, 3, 8))
 
   def test_broadcastable_masks_are_accepted(self):
     layer = tf_mha.MultiHeadAttention(2, 4)

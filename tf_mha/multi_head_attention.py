@@ -57,6 +57,9 @@ class MultiHeadAttention(_layers.Layer):
     bias_regularizer, activity_regularizer, kernel_constraint,
     bias_constraint: passed to the projections, as in tf.keras.
     seed: int seed for the attention dropout.
+    use_gate: Keras 3's gated attention: a sigmoid projection of the query
+      (`gate`, `[B, T, N, V]`, built between `key` and `value` as in Keras 3)
+      multiplies the attention output before the output projection.
     sliding_window: `None`, or a positive int `W` (Keras 3's argument): a
       query attends only to keys within `W - 1` positions of its own
       (`|t - s| < W`, a symmetric band over one attention axis); with
@@ -107,6 +110,7 @@ class MultiHeadAttention(_layers.Layer):
                seed=None,
                softmax_robust_masking=False,
                sliding_window=None,
+               use_gate=False,
                **kwargs):
     super().__init__(**kwargs)
     self.supports_masking = True
@@ -131,6 +135,7 @@ class MultiHeadAttention(_layers.Layer):
       raise ValueError("`sliding_window` must be `None` or a positive integer. "
                        f"Received: sliding_window={sliding_window!r}")
     self._sliding_window = sliding_window
+    self._use_gate = bool(use_gate)
     self._softmax_robust_masking = softmax_robust_masking
     self._kernel_initializer = tf_keras.initializers.get(kernel_initializer)
     self._bias_initializer = tf_keras.initializers.get(bias_initializer)
@@ -154,6 +159,7 @@ class MultiHeadAttention(_layers.Layer):
   flash_attention = property(lambda self: self._flash_attention)
   seed = property(lambda self: self._seed)
   sliding_window = property(lambda self: self._sliding_window)
+  use_gate = property(lambda self: self._use_gate)
   query_dense = property(lambda self: self._query_dense)
   key_dense = property(lambda self: self._key_dense)
   value_dense = property(lambda self: self._value_dense)
@@ -185,6 +191,7 @@ class MultiHeadAttention(_layers.Layer):
             self._bias_constraint),
         "seed": self._seed,
         "sliding_window": self._sliding_window,
+        "use_gate": self._use_gate,
         "softmax_robust_masking": self._softmax_robust_masking,
         "query_shape": _shape_list(self._query_shape),
         "key_shape": _shape_list(self._key_shape),
@@ -204,18 +211,22 @@ class MultiHeadAttention(_layers.Layer):
 
   def _build_from_signature(self, query, value, key=None):
     """Creates the projections from the shapes (or tensors) of the inputs."""
+    shapes = (_as_shape(query), _as_shape(value),
+              _as_shape(value if key is None else key))
+    # Checks first: a refused call leaves the layer unbuilt.
+    _check_signature(*shapes)
+    rank = shapes[0].rank
+    axes = equations.normalize_attention_axes(self._attention_axes, rank)
     self._built_from_signature = True
-    self._query_shape = _as_shape(query)
-    self._value_shape = _as_shape(value)
-    self._key_shape = self._value_shape if key is None else _as_shape(key)
-    _check_signature(self._query_shape, self._value_shape, self._key_shape)
-    rank = self._query_shape.rank
-    self._attention_axes = equations.normalize_attention_axes(
-        self._attention_axes, rank)
+    self._query_shape, self._value_shape, self._key_shape = shapes
+    self._attention_axes = axes
     with tf.init_scope():
       self._query_dense = self._projection(rank, self._key_dim, "query")
       self._key_dense = self._projection(self._key_shape.rank, self._key_dim,
                                          "key")
+      if self._use_gate:
+        self._gate_dense = self._projection(rank, self._value_dim, "gate",
+                                            activation="sigmoid")
       self._value_dense = self._projection(self._value_shape.rank,
                                            self._value_dim, "value")
       self._build_attention(rank + 1)
@@ -225,8 +236,9 @@ class MultiHeadAttention(_layers.Layer):
       # before the first call (from_config, load_weights) and the fused
       # projection can read the kernels.
       heads = self._query_shape[:-1].concatenate([self._num_heads])
+      gate = ((self._gate_dense, self._query_shape),) if self._use_gate else ()
       for dense, shape in ((self._query_dense, self._query_shape),
-                           (self._key_dense, self._key_shape),
+                           (self._key_dense, self._key_shape), *gate,
                            (self._value_dense, self._value_shape),
                            (self._output_dense,
                             heads.concatenate([self._value_dim]))):
@@ -235,15 +247,24 @@ class MultiHeadAttention(_layers.Layer):
         with tf.name_scope(f"{self.name}/{dense.name}/"):
           dense.build(shape)
 
-  def _projection(self, input_rank, head_size, name):
+  def _projection(self, input_rank, head_size, name, activation=None):
     equation, bias_axes, output_rank = equations.projection_equation(
         input_rank - 1, bound_dims=1, output_dims=2)
     return _layers.EinsumDense(
         equation,
         output_shape=[None] * (output_rank - 3) + [self._num_heads, head_size],
         bias_axes=bias_axes if self._use_bias else None,
+        activation=activation,
         name=name,
         **self._sublayer_kwargs())
+
+  def build(self, query_shape, value_shape=None, key_shape=None):
+    """Keras 3's `build(query_shape, value_shape, key_shape=None)`: creates
+    the variables from shapes. Keras' own call of `build(query_shape)` leaves
+    them to the first call, which sees every input."""
+    if value_shape is not None and not self._built_from_signature:
+      self._build_from_signature(query_shape, value_shape, key_shape)
+    super().build(query_shape)
 
   def _make_output_dense(self, free_dims, common_kwargs, name=None):
     output_shape = self._output_shape or self._query_shape[-1]
@@ -389,6 +410,7 @@ class MultiHeadAttention(_layers.Layer):
         query, value, key=key, attention_mask=attention_mask,
         use_causal_mask=use_causal_mask and not default_hook,
         query_mask=query_mask, value_mask=value_mask, key_mask=key_mask)
+    gate = self._gate_dense(query) if self._use_gate else None  # [B, T, N, V]
     query, key, value = self._project(query, key, value)
     if default_hook:
       output, scores = self._compute_attention(
@@ -398,6 +420,8 @@ class MultiHeadAttention(_layers.Layer):
     else:
       output, scores = self._compute_attention(query, key, value,
                                                attention_mask, training)
+    if gate is not None:
+      output = output * gate
     output = self._output_dense(output)
     if ragged_lengths is not None:
       output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
@@ -592,6 +616,12 @@ def _shape_list(shape):
 
 def _check_signature(query_shape, value_shape, key_shape):
   """Rank and length checks on shapes, before any variable is made."""
+  if (value_shape.rank is not None and key_shape.rank is not None and
+      not value_shape[:-1].is_compatible_with(key_shape[:-1])):
+    raise ValueError(
+        "All dimensions of `key` and `value` except the last must be equal "
+        f"(the same length). Received: value shape {value_shape}, key shape "
+        f"{key_shape}")
   for name, shape in (("query", query_shape), ("value", value_shape),
                       ("key", key_shape)):
     if shape.rank is None or shape.rank < 3:
@@ -602,11 +632,6 @@ def _check_signature(query_shape, value_shape, key_shape):
     raise ValueError(
         "`query`, `value` and `key` must have the same rank. Received: "
         f"query shape {query_shape}, value shape {value_shape}, key shape "
-        f"{key_shape}")
-  if not value_shape[:-1].is_compatible_with(key_shape[:-1]):
-    raise ValueError(
-        "All dimensions of `key` and `value` except the last must be equal "
-        f"(the same length). Received: value shape {value_shape}, key shape "
         f"{key_shape}")
   if not query_shape[:1].is_compatible_with(value_shape[:1]):
     raise ValueError(
