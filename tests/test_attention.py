@@ -81,6 +81,33 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
     layer = tf_mha.Attention(dropout=0.5, seed=1)
     self.assertAllClose(layer([q, q]), layer([q, q], training=False))
     self.assertNotAllClose(layer([q, q], training=True), layer([q, q], training=False))
+    # Returned scores are the weights applied: after dropout, as in tf.keras.
+    out, scores = layer([q, q], training=True, return_attention_scores=True)
+    self.assertAllClose(out, tf.matmul(scores, q), rtol=1e-5, atol=1e-5)
+    self.assertNotAllClose(tf.reduce_sum(scores, -1), tf.ones([2, 6]))
+    _, scores = layer([q, q], training=False, return_attention_scores=True)
+    self.assertAllClose(tf.reduce_sum(scores, -1), tf.ones([2, 6]))
+
+  def test_score_mask_helper_as_in_keras3(self):
+    layer = tf_mha.Attention()
+    scores = np.zeros((2, 3, 4))
+    self.assertIsNone(layer._calculate_score_mask(scores, None, False))
+    causal = np.tril(np.ones((1, 3, 4), bool))
+    self.assertAllEqual(layer._calculate_score_mask(scores, None, True), causal)
+    v_mask = np.array([[True, False, True, False]])
+    self.assertAllEqual(layer._calculate_score_mask(scores, v_mask, True),
+                        causal & v_mask[:, None, :])
+
+  def test_numpy_inputs_masks_and_float64(self):
+    q = np.random.default_rng(0).random((2, 3, 4))  # float64
+    layer = tf_mha.Attention(use_scale=True)
+    layer([q, q])
+    self.assertEqual(layer._calculate_scores(q, q).dtype, tf.float64)
+    mask = [np.array([[True, True, False]] * 2), np.array([[True, False, True]] * 2)]
+    self.assertAllEqual(layer.compute_mask([q, q], mask), mask[0])
+    self.assertIsNone(layer.compute_mask([q, q], None))
+    with self.assertRaisesRegex(ValueError, "mask must be a list"):
+      layer([q, q], mask=np.ones((2, 3), bool))
 
   def test_config_round_trip_and_keras_mask(self):
     layer = tf_mha.Attention(use_scale=True, score_mode="concat", dropout=0.2, seed=3)

@@ -88,27 +88,40 @@ class Attention(tf_keras.layers.Layer):
     """`[B, T, D]`, `[B, S, D]` -> `[B, T, S]`."""
     if self.score_mode == "dot":
       scores = tf.matmul(query, key, transpose_b=True)
-      return scores * self.scale if self.scale is not None else scores
+      if self.scale is None:
+        return scores
+      return scores * tf.cast(self.scale, scores.dtype)
     summed = tf.expand_dims(query, -2) + tf.expand_dims(key, -3)  # [B, T, S, D]
     if self.scale is not None:
-      summed = self.scale * summed
-    return self.concat_score_weight * tf.reduce_sum(tf.tanh(summed), axis=-1)
+      summed = tf.cast(self.scale, summed.dtype) * summed
+    weight = tf.cast(self.concat_score_weight, summed.dtype)
+    return weight * tf.reduce_sum(tf.tanh(summed), axis=-1)
+
+  def _calculate_score_mask(self, scores, v_mask, use_causal_mask):
+    """Keras 3's helper: with `use_causal_mask`, the causal `[1, T, S]` mask
+    ANDed with `v_mask` (`[B, S]`, as `[B, 1, S]`); otherwise `v_mask` as
+    given (or `None`)."""
+    if not use_causal_mask:
+      return v_mask
+    shape = tf.shape(scores)
+    causal = tf.expand_dims(masks_lib.causal_mask(shape[-2], shape[-1]), 0)
+    if v_mask is None:
+      return causal
+    return tf.logical_and(tf.expand_dims(masks_lib.to_bool_mask(v_mask), -2),
+                          causal)
 
   def call(self, inputs, mask=None, training=None,
            return_attention_scores=False, use_causal_mask=False):
     _check_inputs(self, inputs, mask)
     query, value = inputs[0], inputs[1]
     key = inputs[2] if len(inputs) > 2 else value
-    query_mask = mask[0] if mask else None
-    value_mask = mask[1] if mask else None
+    query_mask = mask[0] if mask is not None else None
+    value_mask = mask[1] if mask is not None else None
     scores = self._calculate_scores(query, key)
-    keep = None
-    if value_mask is not None:
-      keep = tf.expand_dims(masks_lib.to_bool_mask(value_mask), -2)  # [B, 1, S]
-    if self.causal or use_causal_mask:
-      shape = tf.shape(scores)
-      keep = masks_lib.combine_masks(
-          keep, masks_lib.causal_mask(shape[-2], shape[-1]))
+    causal = self.causal or use_causal_mask
+    keep = self._calculate_score_mask(scores, value_mask, causal)
+    if keep is not None and not causal:
+      keep = tf.expand_dims(masks_lib.to_bool_mask(keep), -2)  # [B, 1, S]
     weights = masks_lib.masked_softmax(scores, keep)
     used = weights
     if self.dropout > 0:
@@ -119,11 +132,13 @@ class Attention(tf_keras.layers.Layer):
     result = tf.matmul(tf.cast(used, value.dtype), value)
     if query_mask is not None:
       result *= tf.cast(tf.expand_dims(query_mask, -1), result.dtype)
-    return (result, weights) if return_attention_scores else result
+    # The scores returned are the weights applied, after dropout, as in
+    # tf.keras and Keras 3.
+    return (result, used) if return_attention_scores else result
 
   def compute_mask(self, inputs, mask=None):
     _check_inputs(self, inputs, mask)
-    if mask and mask[0] is not None:
+    if mask is not None and mask[0] is not None:
       return tf.convert_to_tensor(mask[0])
     return None
 
@@ -149,7 +164,7 @@ def _check_inputs(layer, inputs, mask):
     raise ValueError(f"{name} layer accepts inputs list of length 2 or 3, "
                      "namely [query, value] or [query, value, key]. "
                      f"Received length: {len(inputs)}")
-  if mask:
+  if mask is not None:
     if not isinstance(mask, (list, tuple)):
       raise ValueError(f"{name} layer mask must be a list, namely "
                        f"[query_mask, value_mask]. Received: mask={mask!r}")
@@ -159,7 +174,8 @@ def _check_inputs(layer, inputs, mask):
                        f"length 2 or 3). Received length: {len(mask)}")
   query, value = inputs[0], inputs[1]
   key = inputs[2] if len(inputs) > 2 else value
-  shapes = {n: getattr(t, "shape", None) for n, t in
+  shapes = {n: None if getattr(t, "shape", None) is None else
+            tf.TensorShape(t.shape) for n, t in
             (("query", query), ("value", value), ("key", key))}
   q, v, k = shapes["query"], shapes["value"], shapes["key"]
   if q is None or v is None or k is None:
