@@ -114,9 +114,25 @@ class HighDimMaskTest(tf.test.TestCase, parameterized.TestCase):
     query, value = _normal(*q_shape), _normal(*v_shape)
     _share(ours, theirs, query, value)
     mask = _RNG.random(mask_shape) > 0.3
+    # Every query sees its first key: on a row with no visible key, tf.keras'
+    # softmax over several axes sums the values instead of averaging them
+    # (log-sum-exp rounds away at -1e9); that row is tested against the
+    # float64 reference below instead.
+    mask[(Ellipsis,) + (0,) * len(axes)] = True
     self.assertAllClose(ours(query, value, attention_mask=mask),
                         theirs(query, value, attention_mask=mask),
                         rtol=1e-5, atol=1e-5)
+
+  def test_fully_masked_query_with_two_attention_axes_averages(self):
+    layer = tf_mha.MultiHeadAttention(2, 2, attention_axes=(2, 3))
+    query, value = _normal(3, 5, 3, 4, 8), _normal(3, 5, 3, 2, 8)
+    mask = np.random.default_rng(5).random((3, 5, 3, 4, 3, 2)) > 0.3
+    mask[0, 3, 1, 1] = False  # this query sees no key
+    out = layer(query, value, attention_mask=mask)
+    expected, _ = reference.multi_head_attention(
+        layer.get_weights(), query, value, num_heads=2, attention_axes=(2, 3),
+        mask=mask)
+    self.assertAllClose(out, expected, rtol=1e-5, atol=1e-5)
 
   def test_compute_output_shape_errors_match_tf_keras(self):
     layer = tf_mha.MultiHeadAttention(4, 2)
