@@ -6,7 +6,10 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 from absl.testing import absltest
+
+import tf_mha
 
 from tf_mha.demo import pipeline
 from tf_mha.export import serving
@@ -61,6 +64,26 @@ class ServingExportTest(tf.test.TestCase):
       serving.export(_Tiny(), self.get_temp_dir(), "a/b")
     with self.assertRaisesRegex(ValueError, "quantize"):
       tflite.convert(self.get_temp_dir(), signature="s", quantize="int4")
+
+
+class CausalTFLiteTest(tf.test.TestCase):
+  """A fixed-length causal model (the plain path's static query chunks, with
+  their custom gradient) converts to builtins and matches TensorFlow."""
+
+  def test_static_causal_model_converts_to_builtins(self):
+    inputs = tf_keras.Input((300, 16))
+    outputs = tf_mha.MultiHeadAttention(2, 8)(inputs, inputs, use_causal_mask=True)
+    model = tf_keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).normal(size=(2, 300, 16)).astype(np.float32)
+    path = os.path.join(self.get_temp_dir(), "causal")
+    tf.saved_model.save(model, path)
+    converted = tflite.convert(path, signature="serving_default")
+    self.assertIn("BATCH_MATMUL", tflite.operators(converted))
+    self.assertEqual([op for op in tflite.operators(converted)
+                      if op.startswith("CUSTOM")], [])
+    runner = tflite.interpreter(converted).get_signature_runner("serving_default")
+    (got,) = runner(**{runner.get_input_details().popitem()[0]: x}).values()
+    self.assertAllClose(got, model(x), rtol=1e-5, atol=1e-5)
 
 
 class DemoPipelineTest(tf.test.TestCase):
