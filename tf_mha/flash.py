@@ -94,8 +94,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   def attend(q, k, v):
     qb, kb, vb = _to_blocks(q, plan.bq, plan.pad_t), _to_blocks(
         k, plan.bk, plan.pad_s), _to_blocks(v, plan.bk, plan.pad_s)
-    out_blocks, lse, fully_masked = _forward(plan, qb, kb, vb, mask,
-                                             dropout_seed)
+    out_blocks, row_max, row_sum, fully_masked = _forward(
+        plan, qb, kb, vb, mask, dropout_seed)
     v_mean = _key_mean(v, plan.acc)  # [B, N, 1, V]
     out_blocks = tf.where(fully_masked[..., None], v_mean[None], out_blocks)
     out = _from_blocks(out_blocks, plan.t)
@@ -104,8 +104,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
       dob = _to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
       # delta_t = sum_v dO * O, the softmax-Jacobian row term.
       delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
-      dqb, dkb, dvb = _backward(plan, qb, kb, vb, dob, lse, delta, mask,
-                                dropout_seed)
+      dqb, dkb, dvb = _backward(plan, qb, kb, vb, dob, (row_max, row_sum),
+                                delta, mask, dropout_seed)
       dq = _from_blocks(dqb, plan.t)
       dk = _from_blocks(dkb, plan.s)
       dv = _from_blocks(dvb, plan.s)
@@ -223,13 +223,14 @@ def _first_query_block(plan, j):
 
 
 def _forward(plan, qb, kb, vb, mask, seed):
-  """Returns out `[nq, B, N, bq, V]`, lse and fully-masked flags `[nq, B, N, bq]`."""
+  """Returns out `[nq, B, N, bq, V]`, then the row max `m`, row sum `l` and
+  fully-masked flags, each `[nq, B, N, bq]`."""
   big_neg = masks_lib.large_negative(plan.acc)
   lead = tf.shape(qb)[1:3]  # [B, N]
   row_shape = tf.concat([lead, [plan.bq]], 0)
   acc_shape = tf.concat([lead, [plan.bq, vb.shape[-1]]], 0)
 
-  def query_block(i, outs, lses, masked):
+  def query_block(i, outs, maxes, sums, masked):
     q_i = tf.gather(qb, i)
 
     def key_block(j, m, l, acc):
@@ -250,19 +251,25 @@ def _forward(plan, qb, kb, vb, mask, seed):
     n_kb = _key_blocks(plan, i)
     _, m, l, acc = tf.while_loop(lambda j, *_: j < n_kb, key_block, init)
     out = acc / l[..., None]
-    return (i + 1, outs.write(i, out), lses.write(i, m + tf.math.log(l)),
+    # m and l apart, not log-sum-exp m + log(l): with logits of 1e4 and more
+    # float32 cannot hold m + log(l) closely enough to give the row's top key
+    # a probability of exactly 1, and the backward pass's P (dP - D) stops
+    # cancelling (gradients of 1e4 where the true ones are 1e-23).
+    return (i + 1, outs.write(i, out), maxes.write(i, m), sums.write(i, l),
             masked.write(i, m <= big_neg))
 
   arrays = [tf.TensorArray(dtype, size=plan.nq, element_shape=None)
-            for dtype in (plan.acc, plan.acc, tf.bool)]
-  _, outs, lses, masked = tf.while_loop(
+            for dtype in (plan.acc, plan.acc, plan.acc, tf.bool)]
+  _, outs, maxes, sums, masked = tf.while_loop(
       lambda i, *_: i < plan.nq, query_block, [tf.constant(0)] + arrays)
-  return outs.stack(), lses.stack(), masked.stack()
+  return outs.stack(), maxes.stack(), sums.stack(), masked.stack()
 
 
-def _backward(plan, qb, kb, vb, dob, lse, delta, mask, seed):
-  """Gradients in block layout, recomputing each block's probabilities."""
+def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
+  """Gradients in block layout, recomputing each block's probabilities from
+  the forward pass's row max and row sum (`stats`)."""
   acc = plan.acc
+  row_max, inv_sum = stats[0], 1.0 / stats[1]
   dq_buffer = tf.zeros(tf.shape(qb), acc)
 
   def key_block(j, dq_buf, dks, dvs):
@@ -275,7 +282,8 @@ def _backward(plan, qb, kb, vb, dob, lse, delta, mask, seed):
       s = _block_scores(plan, q_i, k_j, mask, i, j)
       # Masked and padded entries (and so fully masked rows) get p = 0.
       p = tf.where(s > masks_lib.large_negative(acc),
-                   tf.exp(s - tf.gather(lse, i)[..., None]), tf.zeros_like(s))
+                   tf.exp(s - tf.gather(row_max, i)[..., None]) *
+                   tf.gather(inv_sum, i)[..., None], tf.zeros_like(s))
       dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, acc))
       p_used = p
       if plan.rate > 0.0:
