@@ -250,6 +250,10 @@ class MasksTest(tf.test.TestCase):
   def test_causal_mask_is_top_left_aligned(self):
     self.assertAllEqual(masks.causal_mask(2, 4),
                         [[True, False, False, False], [True, True, False, False]])
+    # An offset block is the same block of the full mask.
+    full = masks.causal_mask(7, 9).numpy()
+    self.assertAllEqual(masks.causal_mask(3, 4, query_offset=2, key_offset=5),
+                        full[2:5, 5:9])
 
   def test_combine_and_large_negative(self):
     self.assertIsNone(masks.combine_masks(None, None))

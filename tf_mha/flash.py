@@ -4,9 +4,9 @@ Rabe & Staats (2021), "Self-attention Does Not Need O(n^2) Memory", and the
 FlashAttention recurrence: queries are processed in blocks of `bq` rows; for
 each, key/value blocks of `bk` rows are visited in a `tf.while_loop` while a
 running max `m`, normaliser `l` and accumulator are kept in float32 (float64
-for float64 inputs). Causal
-attention visits only the key blocks at or below the diagonal. The gradient
-recomputes block scores from the saved log-sum-exp instead of storing them.
+for float64 inputs). Causal attention visits only the key blocks at or below
+the diagonal. The gradient recomputes block scores from the saved row max and
+row sum instead of storing them.
 
 Shapes (see `tf_mha.ops`): inputs `[B, T, N, H]`, `[B, S, N, H]`,
 `[B, S, N, V]`; blocks are indexed on a leading axis, `[nq, B, N, bq, H]`.
@@ -188,9 +188,7 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   s = tf.cast(s, plan.acc)
   keep = None
   if plan.is_causal:
-    rows = tf.expand_dims(i * plan.bq + tf.range(plan.bq), 1)
-    cols = tf.expand_dims(j * plan.bk + tf.range(plan.bk), 0)
-    keep = rows >= cols
+    keep = masks_lib.causal_mask(plan.bq, plan.bk, i * plan.bq, j * plan.bk)
   if mask is not None:
     keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
   if keep is not None:

@@ -45,10 +45,21 @@ def logits_dtype(dtype):
   return tf.float32 if dtype == tf.float16 else dtype
 
 
-def causal_mask(query_length, key_length):
+def _positions(query_length, key_length, query_offset=0, key_offset=0):
+  """Query and key positions as `[T, 1]` and `[1, S]` int32 tensors."""
+  # `tf.expand_dims` rather than `[:, tf.newaxis]`: the latter fails TFLite
+  # conversion with dynamic shapes.
+  rows = tf.expand_dims(query_offset + tf.range(query_length), 1)  # [T, 1]
+  cols = tf.expand_dims(key_offset + tf.range(key_length), 0)  # [1, S]
+  return rows, cols
+
+
+def causal_mask(query_length, key_length, query_offset=0, key_offset=0):
   """Lower-triangular mask on `[T, S]`: query `t` sees keys `s <= t`.
 
-  This is tf.keras' convention (top-left aligned) also when `T != S`.
+  This is tf.keras' convention (top-left aligned) also when `T != S`. The
+  offsets place the mask in a larger one: rows `query_offset + t`, columns
+  `key_offset + s` (a block of the blockwise path, a chunk of queries).
 
   >>> causal_mask(2, 3).numpy().tolist()
   [[True, False, False], [True, True, False]]
@@ -56,14 +67,13 @@ def causal_mask(query_length, key_length):
   Args:
     query_length: `T`, a Python int or scalar int tensor.
     key_length: `S`, a Python int or scalar int tensor.
+    query_offset: position of the first query row (int or scalar tensor).
+    key_offset: position of the first key column (int or scalar tensor).
 
   Returns:
     A boolean tensor of shape `[T, S]`.
   """
-  # `tf.expand_dims` rather than `[:, tf.newaxis]`: the latter fails TFLite
-  # conversion with dynamic shapes.
-  rows = tf.expand_dims(tf.range(query_length), 1)  # [T, 1]
-  cols = tf.expand_dims(tf.range(key_length), 0)  # [1, S]
+  rows, cols = _positions(query_length, key_length, query_offset, key_offset)
   return rows >= cols
 
 
@@ -81,8 +91,7 @@ def band_mask(query_length, key_length, width):
   Returns:
     A boolean tensor of shape `[T, S]`.
   """
-  rows = tf.expand_dims(tf.range(query_length), 1)  # [T, 1]
-  cols = tf.expand_dims(tf.range(key_length), 0)  # [1, S]
+  rows, cols = _positions(query_length, key_length)
   return tf.abs(rows - cols) < width
 
 

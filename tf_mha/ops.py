@@ -11,8 +11,6 @@ exact path in `tf_mha.flash` (linear memory, online softmax).
 
 import math
 
-import numpy as np
-
 import tensorflow as tf
 
 from tf_mha import flash
@@ -202,7 +200,7 @@ def _chunked_causal_attention(query, key, value, mask, chunks, dropout_rate,
   value_mean = None
   outs = []
   for i, (t0, t1, s1) in enumerate(chunks):
-    keep = tf.constant(np.arange(t0, t1)[:, None] >= np.arange(s1)[None, :])
+    keep = masks_lib.causal_mask(t1 - t0, s1, query_offset=t0)
     if mask is not None:
       rows = slice(t0, t1) if mask.shape[2] != 1 else slice(None)
       cols = slice(0, s1) if mask.shape[3] != 1 else slice(None)
