@@ -129,17 +129,21 @@ def check_masks(attention_axes, query, value, key, attention_mask, **masks):
   full = batch + lengths
   # tf.keras inserts missing axes before the T axes, and full-rank masks may
   # carry a head axis there: the trailing T and S axes are always aligned.
-  trailing = shape.as_list()[-len(lengths):]
-  fits = len(lengths) <= shape.rank <= len(full) + 1 and all(
-      m in (None, 1) or d is None or m == d
-      for m, d in zip(trailing, lengths[-len(trailing):]))
+  dims = shape.as_list()
+  fits = (len(lengths) <= shape.rank <= len(full) + 1 and
+          _broadcasts(dims[-len(lengths):], lengths))
   if fits and shape.rank >= len(full):
-    fits = all(m in (None, 1) or d is None or m == d
-               for m, d in zip(shape.as_list()[:len(batch)], batch))
+    fits = _broadcasts(dims[:len(batch)], batch)
   if not fits:
     raise ValueError(
         "`attention_mask` must broadcast to [batch dims, query (T) dims, key "
         f"(S) dims] = {full}. Received: attention_mask with shape {shape}")
+
+
+def _broadcasts(mask_dims, dims):
+  """Whether each mask size is 1, unknown, or the size it lines up with."""
+  return all(m in (None, 1) or d is None or m == d
+             for m, d in zip(mask_dims, dims))
 
 
 def static_shape(mask):

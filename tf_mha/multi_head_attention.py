@@ -128,12 +128,8 @@ class MultiHeadAttention(_layers.Layer):
     if seed is not None and not isinstance(seed, numbers.Integral):
       raise TypeError(f"`seed` must be an integer or None. Received: seed={seed!r}")
     self._seed = seed
-    if sliding_window is not None and (
-        isinstance(sliding_window, bool) or
-        not isinstance(sliding_window, numbers.Integral) or sliding_window < 1):
-      raise ValueError("`sliding_window` must be `None` or a positive integer. "
-                       f"Received: sliding_window={sliding_window!r}")
-    self._sliding_window = sliding_window
+    self._sliding_window = (None if sliding_window is None else
+                            _checks.positive_int("sliding_window", sliding_window))
     self._use_gate = bool(use_gate)
     self._softmax_robust_masking = softmax_robust_masking
     self._kernel_initializer = tf_keras.initializers.get(kernel_initializer)
@@ -400,9 +396,9 @@ class MultiHeadAttention(_layers.Layer):
       self._build_from_signature(query=query, value=value, key=key)
     _checks.check_call(self, query, value, key)
     if ragged_lengths is None:
-      _checks.check_masks(self._attention_axes, query, value, key, attention_mask,
-                   query_mask=query_mask, value_mask=value_mask,
-                   key_mask=key_mask)
+      _checks.check_masks(self._attention_axes, query, value, key,
+                          attention_mask, query_mask=query_mask,
+                          value_mask=value_mask, key_mask=key_mask)
     default_hook = (type(self)._compute_attention is
                     MultiHeadAttention._compute_attention)
     attention_mask = self._compute_attention_mask(
@@ -463,23 +459,26 @@ class MultiHeadAttention(_layers.Layer):
     return masks_lib.combine_masks(*parts)
 
   def _compute_causal_mask(self, query, value=None):
-    """Lower-triangular `[1, T, S]` mask over the (single) attention axis."""
-    axis = self._attention_axes[0] if self._built_from_signature else 1
-    value = query if value is None else value
-    mask = masks_lib.causal_mask(tf.shape(query)[axis], tf.shape(value)[axis])
-    return tf.expand_dims(mask, 0)
+    """Lower-triangular `[1, T, S]` mask over the (first) attention axis."""
+    return self._length_mask(masks_lib.causal_mask, query, value)
 
   def _compute_sliding_window_mask(self, query, value=None):
     """The `[1, T, S]` band `|t - s| < sliding_window` over the attention axis."""
-    axes = self._attention_axes if self._built_from_signature else (1,)
-    if len(axes) != 1:
+    if self._built_from_signature and len(self._attention_axes) != 1:
       raise ValueError(
           "`sliding_window` needs a single attention axis. Received: "
-          f"attention_axes={axes}, sliding_window={self._sliding_window}")
+          f"attention_axes={self._attention_axes}, "
+          f"sliding_window={self._sliding_window}")
+    return self._length_mask(
+        lambda t, s: masks_lib.band_mask(t, s, self._sliding_window),
+        query, value)
+
+  def _length_mask(self, make_mask, query, value):
+    """`make_mask(T, S)` on the lengths of the first attention axis, `[1, T, S]`."""
+    axis = self._attention_axes[0] if self._built_from_signature else 1
     value = query if value is None else value
-    mask = masks_lib.band_mask(tf.shape(query)[axes[0]], tf.shape(value)[axes[0]],
-                               self._sliding_window)
-    return tf.expand_dims(mask, 0)
+    return tf.expand_dims(
+        make_mask(tf.shape(query)[axis], tf.shape(value)[axis]), 0)
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
     query_shape = tf.TensorShape(query_shape)
