@@ -180,30 +180,36 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
   served = loaded.signatures["serving_default"](text=tf.constant(demo.test_texts))
   keras_probs = demo.text_model(tf.constant(demo.test_texts)).numpy()
   keras_vs_saved = float(np.max(np.abs(served["probabilities"].numpy() - keras_probs)))
+  artifact = lambda kind: os.path.join(
+      output_dir, f"{model_name}_{os.path.basename(path)}_{kind}.tflite")
   tflite_results = {}
   for quantize in quantizations:
     logging.info("Converting to TFLite (%s)...", quantize)
     tflite_results[quantize] = convert_and_check(
-        path, quantize, os.path.join(
-            output_dir, f"{model_name}_{os.path.basename(path)}_{quantize}.tflite"))
+        path, quantize, artifact(quantize), loaded=loaded)
   logging.info("Converting the tokenizer to TFLite...")
-  tokenizer = convert_tokenizer(path, os.path.join(
-      output_dir, f"{model_name}_{os.path.basename(path)}_tokenizer.tflite"))
+  tokenizer = convert_tokenizer(path, artifact("tokenizer"), loaded=loaded)
   return Report(path, serving.directory_size(path),
                 warmup if os.path.exists(warmup) else "", tflite_results,
                 demo.accuracy, keras_vs_saved, train_seconds, tokenizer)
 
 
-def convert_tokenizer(saved_model_dir, output_file, count=300):
+def convert_tokenizer(saved_model_dir, output_file, count=300, loaded=None):
   """The `tokenize` signature as its own TFLite model: builtins plus
   tensorflow-text's TFLite kernels (run it with `tflite.interpreter(path,
   text_ops=True)`). Checked id for id against the SavedModel on `count`
   generated texts, then written atomically.
 
+  Args:
+    saved_model_dir: a demo export's version directory.
+    output_file: where the `.tflite` goes.
+    count: how many generated texts to compare on.
+    loaded: `saved_model_dir` already loaded, if the caller has it.
+
   Returns:
     `(output_file, size in bytes, texts checked)`.
   """
-  loaded = tf.saved_model.load(saved_model_dir)
+  loaded = loaded or _load_demo(saved_model_dir)
   texts, _ = data.make_examples(count, seed=3)
   texts = [t.upper() if i % 3 == 0 else t for i, t in enumerate(texts)]
   model = tflite.convert(saved_model_dir, signature="tokenize", text_ops=True)
@@ -220,12 +226,13 @@ def convert_tokenizer(saved_model_dir, output_file, count=300):
   return output_file, len(model), len(texts)
 
 
-def convert_and_check(saved_model_dir, quantize, output_file):
+def convert_and_check(saved_model_dir, quantize, output_file, loaded=None):
   """Converts a demo export's `classify_ids` to TFLite and checks it.
 
   Compares the TFLite model with the SavedModel on samples of several
   lengths, measures its accuracy on the held-out demo data, and only then
-  writes `output_file` (atomically).
+  writes `output_file` (atomically). `loaded`: `saved_model_dir` already
+  loaded, if the caller has it.
 
   Returns:
     `(output_file, size in bytes, max |TFLite - SavedModel|, accuracy)`.
@@ -234,11 +241,7 @@ def convert_and_check(saved_model_dir, quantize, output_file):
     ValueError: the SavedModel is not a tf_mha demo export.
     tflite.ConversionMismatch: float32 differs by more than 1e-4.
   """
-  loaded = tf.saved_model.load(saved_model_dir)
-  if not {"tokenize", "classify_ids"} <= set(loaded.signatures):
-    raise ValueError(
-        f"`saved_model_dir`={saved_model_dir!r} is not a tf_mha demo export "
-        f"(signatures: {sorted(loaded.signatures)}; need tokenize, classify_ids)")
+  loaded = loaded or _load_demo(saved_model_dir)
   texts, labels = data.make_examples(TEST_EXAMPLES, seed=1)
   tokenize = lambda batch: loaded.signatures["tokenize"](
       text=tf.constant(batch))["token_ids"].numpy()
@@ -258,6 +261,16 @@ def convert_and_check(saved_model_dir, quantize, output_file):
   accuracy = float(np.mean(np.argmax(probs["probabilities"], -1) == labels))
   _atomic_write(output_file, model)
   return output_file, len(model), diff, accuracy
+
+
+def _load_demo(saved_model_dir):
+  """Loads a demo export, refusing SavedModels without its signatures."""
+  loaded = tf.saved_model.load(saved_model_dir)
+  if not {"tokenize", "classify_ids"} <= set(loaded.signatures):
+    raise ValueError(
+        f"`saved_model_dir`={saved_model_dir!r} is not a tf_mha demo export "
+        f"(signatures: {sorted(loaded.signatures)}; need tokenize, classify_ids)")
+  return loaded
 
 
 def _atomic_write(path, payload):
