@@ -289,36 +289,36 @@ class TpuReadinessTest(tf.test.TestCase):
       self.assertNotRegex(hlo, rf"= \S+ {op}\(", op)
     bf16_dots = re.findall(r"= bf16\[[^\]]*\]\S* dot\(", hlo)
     self.assertNotEmpty(bf16_dots)  # the matmuls run in bfloat16
+    self.assertRegex(hlo, r"= \S+ sqrt\(")  # Adam's update is in the step too
 
-  def test_demo_replica_step_compiles_in_bfloat16(self):
+  def _trainer_hlo(self, build_model, loss, x, y):
+    """The HLO of the Trainer's own replica step, under mixed_bfloat16."""
     tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-      model = model_lib.build_classifier(_VOCAB, dim=16)
-      optimizer = tf_keras.optimizers.Adam(1e-3)
-      optimizer.build(model.trainable_variables)
-      data = _examples(count=8, length=16)
-      hlo = training.replica_step_hlo(model, _loss, optimizer,
-                                      tf.constant(data.x), tf.constant(data.y))
+      trainer = training.Trainer(tf.distribute.get_strategy(), build_model,
+                                 loss, optimizer="adam", jit_compile=True)
+      return trainer.replica_step_hlo(x, y)
     finally:
       tf_keras.mixed_precision.set_global_policy("float32")
+
+  def test_demo_replica_step_compiles_in_bfloat16(self):
+    data = _examples(count=8, length=16)
+    hlo = self._trainer_hlo(lambda: model_lib.build_classifier(_VOCAB, dim=16),
+                            _loss, tf.constant(data.x), tf.constant(data.y))
     self._assert_device_only(hlo)
 
   def test_flash_attention_step_compiles_in_bfloat16(self):
-    tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+
+    def build_model():
       inputs = tf_keras.Input((64, 32), batch_size=2)
       outputs = tf_mha.MultiHeadAttention(4, 8, flash_attention=True)(
           inputs, inputs, use_causal_mask=True)
       outputs = tf_keras.layers.GlobalAveragePooling1D(dtype="float32")(outputs)
-      model = tf_keras.Model(inputs, outputs)
-      optimizer = tf_keras.optimizers.SGD(0.1)
-      optimizer.build(model.trainable_variables)
-      x = tf.random.normal([2, 64, 32])
-      hlo = training.replica_step_hlo(
-          model, lambda y, p: tf.reduce_sum(tf.square(p - y), -1), optimizer,
-          x, tf.zeros([2, 32]))
-    finally:
-      tf_keras.mixed_precision.set_global_policy("float32")
+      return tf_keras.Model(inputs, outputs)
+
+    hlo = self._trainer_hlo(build_model,
+                            lambda y, p: tf.reduce_sum(tf.square(p - y), -1),
+                            tf.random.normal([2, 64, 32]), tf.zeros([2, 32]))
     self._assert_device_only(hlo)
     self.assertIn("while(", hlo)  # the blockwise loops stay loops on device
 

@@ -297,24 +297,15 @@ class Trainer:
   def _latest(self):
     return self._manager.latest_checkpoint if self._manager else ""
 
+  def replica_step_hlo(self, x, y):
+    """The HLO of this trainer's whole replica step (forward, backward and
+    the optimizer update) compiled with `jit_compile=True` for the static
+    shapes of `x` and `y`, as a TPU compiles it. Raises if any op cannot be
+    compiled by XLA."""
+    step = tf.function(self._replica_step, jit_compile=True)
+    return step.experimental_get_compiler_ir(x, y, int(x.shape[0]))(stage="hlo")
+
   def accuracy(self, examples, batch_size=256):
     """Classification accuracy of the model on `examples` (argmax of outputs)."""
     predictions = self.model.predict(examples.x, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(predictions, -1) == examples.y))
-
-
-def replica_step_hlo(model, loss, optimizer, x, y):
-  """The HLO of a whole replica step (forward, backward and the optimizer
-  update) compiled with `jit_compile=True` for the given static shapes, as a
-  TPU compiles it. Raises if any op cannot be compiled by XLA."""
-
-  @tf.function(jit_compile=True)
-  def step(x, y):
-    with tf.GradientTape() as tape:
-      predictions = tf.cast(model(x, training=True), tf.float32)
-      value = tf.reduce_mean(loss(y, predictions))
-    grads = tape.gradient(value, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return value
-
-  return step.experimental_get_compiler_ir(x, y)(stage="hlo")
