@@ -192,7 +192,7 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   if mask is not None:
     keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
   if keep is not None:
-    s = tf.where(keep, s, tf.constant(masks_lib.large_negative(plan.acc), plan.acc))
+    s = masks_lib.mask_logits(s, keep)
   if not (isinstance(plan.pad_s, int) and plan.pad_s == 0):
     real = tf.expand_dims(j * plan.bk + tf.range(plan.bk), 0) < plan.s
     s = tf.where(real, s, tf.constant(float("-inf"), plan.acc))

@@ -34,6 +34,13 @@ def softmax_dtype(dtype):
   return tf.float32 if dtype.size < 4 else dtype
 
 
+def mask_logits(logits, keep):
+  """`logits` where `keep` (boolean, broadcastable) is True, elsewhere
+  `large_negative` of their dtype."""
+  fill = tf.constant(large_negative(logits.dtype), logits.dtype)
+  return tf.where(keep, logits, fill)
+
+
 def logits_dtype(dtype):
   """The dtype the `Q K^T` logits are computed in: float32 for float16 inputs.
 
@@ -139,7 +146,7 @@ def masked_softmax(logits, mask=None, axis=-1):
   compute = softmax_dtype(logits.dtype)
   x = tf.cast(logits, compute)
   if mask is not None:
-    x = tf.where(to_bool_mask(mask), x, tf.constant(large_negative(compute), compute))
+    x = mask_logits(x, to_bool_mask(mask))
   if isinstance(axis, int):
     probs = tf.nn.softmax(x, axis=axis)
   else:

@@ -141,7 +141,7 @@ def _chunk_attention(query, key, value, keep, dropout_rate, dropout_seed,
   def attend(q, k, v):
     s = tf.einsum("BNTH,BNSH->BNTS", tf.cast(q, logits_dtype),
                   tf.cast(k, logits_dtype))
-    s = tf.where(keep, tf.cast(s, acc), tf.constant(masks_lib.large_negative(acc), acc))
+    s = masks_lib.mask_logits(tf.cast(s, acc), keep)
     e = tf.exp(s - tf.reduce_max(s, -1, keepdims=True))  # [B, N, T, S]
     total = tf.reduce_sum(e, -1, keepdims=True)  # [B, N, T, 1]
     used = dropout(e, dropout_rate, dropout_seed) if dropout_rate else e
