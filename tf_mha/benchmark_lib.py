@@ -72,11 +72,13 @@ def make_step(impl, point, seed=0):
   return fn, x
 
 
-def _run(fn, x):
+def _timed(fn, x):
+  """Seconds for one call of `fn(x)`, synchronised on its result."""
+  start = time.perf_counter()
   result = fn(x)
   # Synchronise: fetch a scalar that depends on the result.
-  flat = tf.nest.flatten(result)
-  float(tf.reduce_sum(flat[0][..., :1]))
+  float(tf.reduce_sum(tf.nest.flatten(result)[0][..., :1]))
+  return time.perf_counter() - start
 
 
 def time_point(point, impls=IMPLEMENTATIONS, repeats=5, log=print,
@@ -90,21 +92,14 @@ def time_point(point, impls=IMPLEMENTATIONS, repeats=5, log=print,
   steps, longest = {}, 0.0
   for impl in impls:
     fn, x = make_step(impl, point)
-    start = time.perf_counter()
-    _run(fn, x)  # compile / warm up
-    log(f"  {impl}: compiled and warmed up in {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    _run(fn, x)
-    longest = max(longest, time.perf_counter() - start)
+    log(f"  {impl}: compiled and warmed up in {_timed(fn, x):.1f} s")
+    longest = max(longest, _timed(fn, x))
     steps[impl] = (fn, x)
   calls = min(max(repeats, math.ceil(min_seconds / max(longest, 1e-6))), 200)
   samples = {impl: [] for impl in impls}
   for _ in range(calls):
     for impl in impls:
-      fn, x = steps[impl]
-      start = time.perf_counter()
-      _run(fn, x)
-      samples[impl].append(time.perf_counter() - start)
+      samples[impl].append(_timed(*steps[impl]))
   return {impl: statistics.median(s) for impl, s in samples.items()}
 
 
@@ -130,13 +125,8 @@ def peak_rss_point(impl, point):
   child of a large benchmark process reported its parent's size.
   """
   fn, x = make_step(impl, point)
-  start = time.perf_counter()
-  _run(fn, x)
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  _run(fn, x)
-  seconds = min(first, time.perf_counter() - start)
-  return seconds, peak_rss()
+  first = _timed(fn, x)
+  return min(first, _timed(fn, x)), peak_rss()
 
 
 def peak_rss():
