@@ -568,6 +568,36 @@ class SubclassTest(tf.test.TestCase):
     self.assertAllClose(talking(x, x, use_causal_mask=True),
                         plain(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
 
+  def test_make_output_dense_override_is_called(self):
+    # The projections run as matmuls on the kernels only for the layer's own
+    # linear EinsumDense; a subclass's own output layer must still be called.
+    class Scaled(tf_keras.layers.EinsumDense):
+      def call(self, inputs):
+        return 2.0 * super().call(inputs)
+
+    class Custom(tf_mha.MultiHeadAttention):
+      def _make_output_dense(self, free_dims, common_kwargs, name=None):
+        plain = super()._make_output_dense(free_dims, common_kwargs, name)
+        return Scaled(**plain.get_config())
+
+    x = _normal(2, 5, 6)
+    custom, plain = Custom(2, 4), tf_mha.MultiHeadAttention(2, 4)
+    custom(x, x)
+    plain(x, x)
+    plain.set_weights(custom.get_weights())
+    self.assertAllClose(custom(x, x), 2.0 * plain(x, x), rtol=1e-5, atol=1e-5)
+
+  def test_activity_regularizer_losses_match_tf_keras(self):
+    x = _normal(2, 5, 6)
+    for q, v in ((x, x), (x, _normal(2, 3, 6))):
+      ours, theirs = _pair(num_heads=2, key_dim=4, activity_regularizer="l2")
+      _share(ours, theirs, q, v)
+      ours(q, v)
+      theirs(q, v)
+      self.assertLen(ours.losses, len(theirs.losses))
+      self.assertAllClose(tf.add_n(ours.losses), tf.add_n(theirs.losses),
+                          rtol=1e-5)
+
 
 class FitTest(tf.test.TestCase):
 

@@ -417,20 +417,35 @@ class MultiHeadAttention(_layers.Layer):
                                                attention_mask, training)
     if gate is not None:
       output = output * gate
-    output = self._output_dense(output)
+    output = self._output_projection(output)
     if ragged_lengths is not None:
       output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
     return (output, scores) if return_attention_scores else output
 
   def _project(self, query, key, value):
     """The three input projections; one matmul for self-attention."""
-    compute = self._compute_dtype_object
-    if query is key and key is value and self._activity_regularizer is None:
-      return _fused_projection(
-          tf.cast(query, compute),
-          (self._query_dense, self._key_dense, self._value_dense))
+    denses = (self._query_dense, self._key_dense, self._value_dense)
+    if query is key and key is value and self._as_matmuls(*denses):
+      return _matmul_projection(
+          tf.cast(query, self._compute_dtype_object), denses, contract=1)
     return (self._query_dense(query), self._key_dense(key),
             self._value_dense(value))
+
+  def _output_projection(self, output):
+    """The output dense over the heads, as a plain matmul when it is ours:
+    its gradients then need no transposed copies, which the einsum's do."""
+    if self._as_matmuls(self._output_dense):
+      return _matmul_projection(output, (self._output_dense,), contract=2)[0]
+    return self._output_dense(output)
+
+  @staticmethod
+  def _as_matmuls(*denses):
+    """Whether `denses` may run as matmuls on their kernels: the layer's own
+    linear EinsumDense sublayers, not a subclass's replacements. (Their
+    activity regularizer adds no loss in tf.keras either: only the layer's
+    own applies, to its output.)"""
+    return all(type(d) is _layers.EinsumDense and
+               d.activation is tf_keras.activations.linear for d in denses)
 
   def _compute_attention_mask(self, query, value, key=None,
                               attention_mask=None, use_causal_mask=False,
@@ -495,17 +510,19 @@ class MultiHeadAttention(_layers.Layer):
     return query_shape
 
 
-def _fused_projection(x, denses):
-  """`x @ [Wq | Wk | Wv]` as one matmul; the variables stay separate."""
-  kernels = [tf.reshape(d.kernel, [d.kernel.shape[0], -1]) for d in denses]
-  widths = [k.shape[-1] for k in kernels]
-  lead = equations.dims(x)[:-1]
-  y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.concat(kernels, axis=1))
+def _matmul_projection(x, denses, contract):
+  """EinsumDense layers that contract the last `contract` axes of `x`, as one
+  matmul: `x @ [W1 | W2 | ...]`. The variables stay separate."""
+  width = equations.product(x.shape[-contract:])
+  kernels = [tf.reshape(d.kernel, [width, -1]) for d in denses]
+  lead = equations.dims(x)[:-contract]
+  y = tf.matmul(tf.reshape(x, [-1, width]),
+                kernels[0] if len(kernels) == 1 else tf.concat(kernels, 1))
   if denses[0].bias is not None:
     y += tf.concat([tf.reshape(d.bias, [-1]) for d in denses], axis=0)
-  outs = tf.split(y, widths, axis=1)
+  outs = tf.split(y, [k.shape[-1] for k in kernels], axis=1)
   return tuple(
-      tf.reshape(o, lead + d.kernel.shape[1:].as_list())
+      tf.reshape(o, lead + d.kernel.shape[contract:].as_list())
       for o, d in zip(outs, denses))
 
 
