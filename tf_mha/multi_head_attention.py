@@ -423,13 +423,22 @@ class MultiHeadAttention(_layers.Layer):
     return (output, scores) if return_attention_scores else output
 
   def _project(self, query, key, value):
-    """The three input projections; one matmul for self-attention."""
+    """The three input projections, as matmuls on the kernels: one matmul
+    per distinct input (one in all for self-attention)."""
     denses = (self._query_dense, self._key_dense, self._value_dense)
-    if query is key and key is value and self._as_matmuls(*denses):
-      return _matmul_projection(
-          tf.cast(query, self._compute_dtype_object), denses, contract=1)
-    return (self._query_dense(query), self._key_dense(key),
-            self._value_dense(value))
+    if not self._as_matmuls(*denses):
+      return tuple(d(x) for d, x in zip(denses, (query, key, value)))
+    inputs = (query, key, value)
+    outputs = [None] * 3
+    for i, x in enumerate(inputs):
+      if outputs[i] is None:
+        same = [j for j in range(i, 3) if inputs[j] is x]
+        projected = _matmul_projection(
+            tf.cast(x, self._compute_dtype_object), [denses[j] for j in same],
+            contract=1)
+        for j, y in zip(same, projected):
+          outputs[j] = y
+    return tuple(outputs)
 
   def _output_projection(self, output):
     """The output dense over the heads, as a plain matmul when it is ours:
