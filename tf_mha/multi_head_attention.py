@@ -228,8 +228,8 @@ class MultiHeadAttention(_layers.Layer):
       self._output_dense = self._make_output_dense(
           rank - 1, self._sublayer_kwargs(), "attention_output")
       # Variables now, in tf.keras' order, so that weights can be set
-      # before the first call (from_config, load_weights) and the fused
-      # projection can read the kernels.
+      # before the first call (from_config, load_weights) and the matmul
+      # projections can read the kernels.
       heads = self._query_shape[:-1].concatenate([self._num_heads])
       gate = ((self._gate_dense, self._query_shape),) if self._use_gate else ()
       for dense, shape in ((self._query_dense, self._query_shape),
@@ -423,28 +423,25 @@ class MultiHeadAttention(_layers.Layer):
     return (output, scores) if return_attention_scores else output
 
   def _project(self, query, key, value):
-    """The three input projections, as matmuls on the kernels: one matmul
-    per distinct input (one in all for self-attention)."""
+    """The three input projections, as matmuls on the kernels.
+
+    Three matmuls, not one on the concatenated kernels: on this project's
+    CPU measurements the per-call concatenation cost more than the wider
+    matmul saved, with and without XLA (README, "Performance notes").
+    """
     denses = (self._query_dense, self._key_dense, self._value_dense)
-    if not self._as_matmuls(*denses):
-      return tuple(d(x) for d, x in zip(denses, (query, key, value)))
     inputs = (query, key, value)
-    outputs = [None] * 3
-    for i, x in enumerate(inputs):
-      if outputs[i] is None:
-        same = [j for j in range(i, 3) if inputs[j] is x]
-        projected = _matmul_projection(
-            tf.cast(x, self._compute_dtype_object), [denses[j] for j in same],
-            contract=1)
-        for j, y in zip(same, projected):
-          outputs[j] = y
-    return tuple(outputs)
+    if not self._as_matmuls(*denses):
+      return tuple(d(x) for d, x in zip(denses, inputs))
+    compute = self._compute_dtype_object
+    return tuple(_dense_matmul(tf.cast(x, compute), d, contract=1)
+                 for d, x in zip(denses, inputs))
 
   def _output_projection(self, output):
     """The output dense over the heads, as a plain matmul when it is ours:
     its gradients then need no transposed copies, which the einsum's do."""
     if self._as_matmuls(self._output_dense):
-      return _matmul_projection(output, (self._output_dense,), contract=2)[0]
+      return _dense_matmul(output, self._output_dense, contract=2)
     return self._output_dense(output)
 
   @staticmethod
@@ -519,20 +516,15 @@ class MultiHeadAttention(_layers.Layer):
     return query_shape
 
 
-def _matmul_projection(x, denses, contract):
-  """EinsumDense layers that contract the last `contract` axes of `x`, as one
-  matmul: `x @ [W1 | W2 | ...]`. The variables stay separate."""
+def _dense_matmul(x, dense, contract):
+  """An EinsumDense that contracts the last `contract` axes of `x`, as one
+  matmul on its kernel."""
   width = equations.product(x.shape[-contract:])
-  kernels = [tf.reshape(d.kernel, [width, -1]) for d in denses]
-  lead = equations.dims(x)[:-contract]
-  y = tf.matmul(tf.reshape(x, [-1, width]),
-                kernels[0] if len(kernels) == 1 else tf.concat(kernels, 1))
-  if denses[0].bias is not None:
-    y += tf.concat([tf.reshape(d.bias, [-1]) for d in denses], axis=0)
-  outs = tf.split(y, [k.shape[-1] for k in kernels], axis=1)
-  return tuple(
-      tf.reshape(o, lead + d.kernel.shape[contract:].as_list())
-      for o, d in zip(outs, denses))
+  y = tf.matmul(tf.reshape(x, [-1, width]), tf.reshape(dense.kernel, [width, -1]))
+  if dense.bias is not None:
+    y += tf.reshape(dense.bias, [-1])
+  return tf.reshape(y, equations.dims(x)[:-contract] +
+                    dense.kernel.shape[contract:].as_list())
 
 
 def _keras_mask(tensor, explicit):
