@@ -176,9 +176,9 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
   def setUp(self):
     super().setUp()
     # Small chunks, so that small shapes take (and test) the chunked path.
-    self._rows = ops._CAUSAL_CHUNK_ROWS
-    ops._CAUSAL_CHUNK_ROWS = 3
-    self.addCleanup(setattr, ops, "_CAUSAL_CHUNK_ROWS", self._rows)
+    self._rows = ops._chunk_rows
+    ops._chunk_rows = lambda length: 3
+    self.addCleanup(setattr, ops, "_chunk_rows", self._rows)
 
   @parameterized.named_parameters(
       ("self", (2, 11, 11, 2, 4, 3), None),
@@ -234,11 +234,21 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAllClose(t, n, rtol=1e-6, atol=1e-6)
 
   def test_chunking_applies_only_to_static_long_causal_queries(self):
-    ops._CAUSAL_CHUNK_ROWS = self._rows
-    q = tf.zeros([1, 512, 2, 4])
-    chunks = ops._causal_chunks(q, tf.zeros([1, 300, 2, 4]), None)
-    self.assertEqual(chunks[0], (0, 128, 128))
-    self.assertEqual(chunks[-1], (384, 512, 300))
+    ops._chunk_rows = self._rows
+    q, k = tf.zeros([1, 512, 2, 4]), tf.zeros([1, 300, 2, 4])
+    # Without XLA: at least 256 rows, at most four chunks.
+    self.assertEqual(ops._causal_chunks(q, k, None),
+                     [(0, 256, 256), (256, 512, 300)])
+    self.assertLen(ops._causal_chunks(tf.zeros([1, 2048, 2, 4]), q, None), 4)
+    self.assertIsNone(ops._causal_chunks(tf.zeros([1, 511, 2, 4]), q, None))
+    # Compiled by XLA (traced in a jit function): 128 rows.
+    traced = []
+    record = lambda a, b: traced.append(ops._causal_chunks(a, b, None)) or a
+    tf.function(record, jit_compile=True)(q, k)
+    tf.function(record)(q, k)
+    self.assertEqual(traced[0][:2], [(0, 128, 128), (128, 256, 256)])
+    self.assertEqual(traced[0][-1], (384, 512, 300))
+    self.assertLen(traced[1], 2)
     self.assertIsNone(ops._causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
     dynamic = tf.TensorSpec([None, None, 2, 4])
     self.assertIsNone(tf.function(lambda x: ops._causal_chunks(x, x, None))

@@ -177,7 +177,7 @@ def plot(rows, path):
     ax.set_ylabel("ms per call (median)")
     ax.set_title("forward + backward" if backward else "forward")
     ax.grid(True, which="both", alpha=0.3)
-  axes[0].legend(fontsize=7)
+  next((ax for ax in axes if ax.get_lines()), axes[0]).legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
