@@ -11,6 +11,7 @@ from absl.testing import absltest
 
 import tf_mha
 
+from tf_mha import ops
 from tf_mha.demo import pipeline
 from tf_mha.export import serving
 from tf_mha.export import tflite
@@ -71,10 +72,13 @@ class CausalTFLiteTest(tf.test.TestCase):
   their custom gradient) converts to builtins and matches TensorFlow."""
 
   def test_static_causal_model_converts_to_builtins(self):
-    inputs = tf_keras.Input((300, 16))
+    length = 600  # Long enough to be chunked without XLA (see ops._chunk_rows).
+    self.assertLen(ops._causal_chunks(tf.zeros([2, length, 2, 8]),
+                                      tf.zeros([2, length, 2, 8]), None), 2)
+    inputs = tf_keras.Input((length, 16))
     outputs = tf_mha.MultiHeadAttention(2, 8)(inputs, inputs, use_causal_mask=True)
     model = tf_keras.Model(inputs, outputs)
-    x = np.random.default_rng(0).normal(size=(2, 300, 16)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(2, length, 16)).astype(np.float32)
     path = os.path.join(self.get_temp_dir(), "causal")
     tf.saved_model.save(model, path)
     converted = tflite.convert(path, signature="serving_default")
