@@ -76,8 +76,9 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class LongCausalTest(tf.test.TestCase, parameterized.TestCase):
-  """Lengths where the plain path splits causal queries into chunks, and
-  flash; with a padding mask (and so fully masked rows) and T != S."""
+  """Lengths where the plain path splits causal queries into chunks under
+  XLA (not without it), and flash; with a padding mask (and so fully masked
+  rows) and T != S."""
 
   @parameterized.named_parameters(
       ("self", (2, 300, 16), None, None),
@@ -95,10 +96,14 @@ class LongCausalTest(tf.test.TestCase, parameterized.TestCase):
     ours, theirs = _pair(num_heads=2, key_dim=8)
     _share(ours, theirs, query, value)
     expected = theirs(query, value, attention_mask=mask, use_causal_mask=True)
+    xla = tf.function(jit_compile=True)(
+        lambda q, v: ours(q, v, attention_mask=mask, use_causal_mask=True))
     for flash in (None, True):
       ours._flash_attention = flash
       got = ours(query, value, attention_mask=mask, use_causal_mask=True)
       self.assertAllClose(got, expected, rtol=1e-5, atol=1e-5, msg=f"flash={flash}")
+    ours._flash_attention = None
+    self.assertAllClose(xla(query, value), expected, rtol=1e-5, atol=1e-5)
 
 
 class HighDimMaskTest(tf.test.TestCase, parameterized.TestCase):
