@@ -427,7 +427,7 @@ class MultiHeadAttention(_layers.Layer):
 
     Three matmuls, not one on the concatenated kernels: on this project's
     CPU measurements the per-call concatenation cost more than the wider
-    matmul saved, with and without XLA (README, "Performance notes").
+    matmul saved, with and without XLA (README, "Benchmark").
     """
     denses = (self._query_dense, self._key_dense, self._value_dense)
     inputs = (query, key, value)
