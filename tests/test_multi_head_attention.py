@@ -105,6 +105,24 @@ class LongCausalTest(tf.test.TestCase, parameterized.TestCase):
     ours._flash_attention = None
     self.assertAllClose(xla(query, value), expected, rtol=1e-5, atol=1e-5)
 
+  def test_functional_model_with_dynamic_batch_mask(self):
+    # T=520 is chunked without XLA too; the mask's batch axis is unknown
+    # when the model is built.
+    x = _normal(2, 520, 16)
+    keep = _RNG.random((2, 520, 520)) > 0.2
+    ours, theirs = _pair(num_heads=2, key_dim=8)
+    _share(ours, theirs, x, x)
+    self.assertLen(tf_mha.ops._causal_chunks(tf.zeros([2, 520, 2, 8]),
+                                             tf.zeros([2, 520, 2, 8]), None), 2)
+    inputs = tf_keras.Input((520, 16))
+    mask = tf_keras.Input((520, 520), dtype="bool")
+    model = tf_keras.Model(
+        [inputs, mask],
+        ours(inputs, inputs, attention_mask=mask, use_causal_mask=True))
+    expected = theirs(x, x, attention_mask=keep, use_causal_mask=True)
+    self.assertAllClose(model.predict([x, keep], verbose=0), expected,
+                        rtol=1e-5, atol=1e-5)
+
 
 class HighDimMaskTest(tf.test.TestCase, parameterized.TestCase):
   """tf.keras inserts missing mask axes before the T axes, not numpy-style."""

@@ -219,7 +219,8 @@ def _chunked_causal_attention(query, key, value, mask, chunks, dropout_rate,
   work at long lengths) are never computed, and there is no loop to run."""
   s = key.shape[1]
   if mask is not None:
-    mask = tf.reshape(mask, [1] * (4 - mask.shape.rank) + mask.shape.as_list())
+    for _ in range(4 - mask.shape.rank):  # leading axes; its batch may be dynamic
+      mask = tf.expand_dims(mask, 0)
   # Heads-major once, so that every product below is a plain batched matmul.
   q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (query, key, value))
   value_mean = None
