@@ -577,7 +577,7 @@ class TalkingHeads(tf_mha.MultiHeadAttention):
     return tf.einsum(self._combine_equation, dropped, value), scores
 
 
-class SubclassTest(tf.test.TestCase):
+class SubclassTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_compute_attention_override_keeps_working(self):
     x = _normal(2, 5, 6)
@@ -609,6 +609,38 @@ class SubclassTest(tf.test.TestCase):
     plain(x, x)
     plain.set_weights(custom.get_weights())
     self.assertAllClose(custom(x, x), 2.0 * plain(x, x), rtol=1e-5, atol=1e-5)
+
+  @parameterized.parameters("ed", None)
+  def test_replaced_projections_are_called_as_in_tf_keras(self, bias_axes):
+    # A subclass that builds its own query projection (kernel [D, H, N],
+    # transposed heads) with tf.keras' `_get_common_kwargs_for_sublayer`,
+    # and normalises with tf.keras' `_softmax` sublayer: both bases must
+    # give the same outputs on the same weights.
+    def subclass(base):
+      class Custom(base):
+        def _build_from_signature(self, query, value, key=None):
+          super()._build_from_signature(query, value, key)
+          with tf.init_scope():
+            self._query_dense = tf_keras.layers.EinsumDense(
+                "abc,cde->abed", output_shape=[None, self._num_heads, self._key_dim],
+                bias_axes=bias_axes, name="query",
+                **self._get_common_kwargs_for_sublayer())
+
+        def _compute_attention(self, query, key, value, attention_mask=None,
+                               training=None):
+          scores = tf.einsum(self._dot_product_equation, key, query)
+          probs = self._softmax(scores / np.sqrt(float(self._key_dim)),
+                                attention_mask)
+          return tf.einsum(self._combine_equation, probs, value), probs
+      return Custom(num_heads=2, key_dim=3)
+
+    x = _normal(2, 5, 6)
+    ours, theirs = subclass(tf_mha.MultiHeadAttention), subclass(
+        tf_keras.layers.MultiHeadAttention)
+    _share(ours, theirs, x, x)
+    self.assertEqual(ours._query_dense.kernel.shape, (6, 3, 2))
+    self.assertAllClose(ours(x, x, use_causal_mask=True),
+                        theirs(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
 
   def test_activity_regularizer_losses_match_tf_keras(self):
     x = _normal(2, 5, 6)

@@ -26,6 +26,22 @@ def rate(name, value):
   return value
 
 
+def tri_state(name, value):
+  """`True`, `False` or `None`."""
+  if value not in (None, True, False):
+    raise ValueError(f"`{name}` must be True, False or None. "
+                     f"Received: {name}={value!r}")
+  return value
+
+
+def seed(value):
+  """`None` or an int seed."""
+  if value is not None and (isinstance(value, bool) or
+                            not isinstance(value, numbers.Integral)):
+    raise TypeError(f"`seed` must be an integer or None. Received: seed={value!r}")
+  return value
+
+
 def output_shape(value):
   """`None`, a positive int, or a tuple of positive ints."""
   if value is None:

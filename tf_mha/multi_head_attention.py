@@ -11,18 +11,31 @@ the documented override point.
 """
 
 import math
-import numbers
 
 import tensorflow as tf
 import tf_keras
 
 from tf_mha import _checks
 from tf_mha import _dropout
+from tf_mha import _inputs
+from tf_mha import _projections
 from tf_mha import equations
 from tf_mha import masks as masks_lib
 from tf_mha import ops
 
 _layers = tf_keras.layers
+
+# `get_config` entries: the attributes `_<name>` as they are, and the ones
+# their Keras module serializes.
+_PLAIN_CONFIG = ("num_heads", "key_dim", "value_dim", "dropout", "use_bias",
+                 "output_shape", "attention_axes", "flash_attention", "seed",
+                 "sliding_window", "use_gate", "softmax_robust_masking")
+_SERIALIZED_CONFIG = (
+    (tf_keras.initializers, ("kernel_initializer", "bias_initializer")),
+    (tf_keras.regularizers, ("kernel_regularizer", "bias_regularizer",
+                             "activity_regularizer")),
+    (tf_keras.constraints, ("kernel_constraint", "bias_constraint")),
+)
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_mha")
@@ -121,13 +134,9 @@ class MultiHeadAttention(_layers.Layer):
     self._use_bias = bool(use_bias)
     self._output_shape = _checks.output_shape(output_shape)
     self._attention_axes = _checks.attention_axes(attention_axes)
-    if flash_attention not in (None, True, False):
-      raise ValueError("`flash_attention` must be True, False or None. "
-                       f"Received: flash_attention={flash_attention!r}")
-    self._flash_attention = flash_attention
-    if seed is not None and not isinstance(seed, numbers.Integral):
-      raise TypeError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-    self._seed = seed
+    self._flash_attention = _checks.tri_state("flash_attention",
+                                              flash_attention)
+    self._seed = _checks.seed(seed)
     self._sliding_window = (None if sliding_window is None else
                             _checks.positive_int("sliding_window", sliding_window))
     self._use_gate = bool(use_gate)
@@ -161,37 +170,12 @@ class MultiHeadAttention(_layers.Layer):
   output_dense = property(lambda self: self._output_dense)
 
   def get_config(self):
-    config = {
-        "num_heads": self._num_heads,
-        "key_dim": self._key_dim,
-        "value_dim": self._value_dim,
-        "dropout": self._dropout,
-        "use_bias": self._use_bias,
-        "output_shape": self._output_shape,
-        "attention_axes": self._attention_axes,
-        "flash_attention": self._flash_attention,
-        "kernel_initializer": tf_keras.initializers.serialize(
-            self._kernel_initializer),
-        "bias_initializer": tf_keras.initializers.serialize(
-            self._bias_initializer),
-        "kernel_regularizer": tf_keras.regularizers.serialize(
-            self._kernel_regularizer),
-        "bias_regularizer": tf_keras.regularizers.serialize(
-            self._bias_regularizer),
-        "activity_regularizer": tf_keras.regularizers.serialize(
-            self._activity_regularizer),
-        "kernel_constraint": tf_keras.constraints.serialize(
-            self._kernel_constraint),
-        "bias_constraint": tf_keras.constraints.serialize(
-            self._bias_constraint),
-        "seed": self._seed,
-        "sliding_window": self._sliding_window,
-        "use_gate": self._use_gate,
-        "softmax_robust_masking": self._softmax_robust_masking,
-        "query_shape": _checks.shape_list(self._query_shape),
-        "key_shape": _checks.shape_list(self._key_shape),
-        "value_shape": _checks.shape_list(self._value_shape),
-    }
+    config = {name: getattr(self, "_" + name) for name in _PLAIN_CONFIG}
+    for module, names in _SERIALIZED_CONFIG:
+      config.update({name: module.serialize(getattr(self, "_" + name))
+                     for name in names})
+    for name in ("query_shape", "key_shape", "value_shape"):
+      config[name] = _checks.shape_list(getattr(self, "_" + name))
     return {**super().get_config(), **config}
 
   @classmethod
@@ -226,7 +210,8 @@ class MultiHeadAttention(_layers.Layer):
                                            self._value_dim, "value")
       self._build_attention(rank + 1)
       self._output_dense = self._make_output_dense(
-          rank - 1, self._sublayer_kwargs(), "attention_output")
+          rank - 1, self._get_common_kwargs_for_sublayer(),
+          "attention_output")
       # Variables now, in tf.keras' order, so that weights can be set
       # before the first call (from_config, load_weights) and the matmul
       # projections can read the kernels.
@@ -243,15 +228,10 @@ class MultiHeadAttention(_layers.Layer):
           dense.build(shape)
 
   def _projection(self, input_rank, head_size, name, activation=None):
-    equation, bias_axes, output_rank = equations.projection_equation(
-        input_rank - 1, bound_dims=1, output_dims=2)
-    return _layers.EinsumDense(
-        equation,
-        output_shape=[None] * (output_rank - 3) + [self._num_heads, head_size],
-        bias_axes=bias_axes if self._use_bias else None,
-        activation=activation,
-        name=name,
-        **self._sublayer_kwargs())
+    return _projections.input_projection(
+        input_rank, self._num_heads, head_size, name=name,
+        use_bias=self._use_bias, activation=activation,
+        **self._get_common_kwargs_for_sublayer())
 
   def build(self, query_shape, value_shape=None, key_shape=None):
     """Keras 3's `build(query_shape, value_shape, key_shape=None)`: creates
@@ -262,20 +242,13 @@ class MultiHeadAttention(_layers.Layer):
     super().build(query_shape)
 
   def _make_output_dense(self, free_dims, common_kwargs, name=None):
-    output_shape = self._output_shape or self._query_shape[-1]
-    output_shape = [output_shape] if isinstance(output_shape, int) else list(
-        output_shape)
-    equation, bias_axes, output_rank = equations.projection_equation(
-        free_dims, bound_dims=2, output_dims=len(output_shape))
-    return _layers.EinsumDense(
-        equation,
-        output_shape=[None] * (output_rank - 1 - len(output_shape)) +
-        output_shape,
-        bias_axes=bias_axes if self._use_bias else None,
-        name=name,
-        **common_kwargs)
+    """The output projection, as tf.keras builds it (subclasses override)."""
+    return _projections.output_projection(
+        free_dims, self._output_shape or self._query_shape[-1], name=name,
+        use_bias=self._use_bias, **common_kwargs)
 
-  def _sublayer_kwargs(self):
+  def _get_common_kwargs_for_sublayer(self):
+    """The sublayer arguments tf.keras subclasses build their own with."""
     # Fresh initializer instances per sublayer: a shared seeded instance
     # would give the four kernels the same values.
     def clone(initializer):
@@ -298,11 +271,15 @@ class MultiHeadAttention(_layers.Layer):
     self._axes_plan = equations.AxesPlan(rank, self._attention_axes)
     self._norm_axes = tuple(
         range(scores_rank - len(self._attention_axes), scores_rank))
+    # tf.keras' sublayers, for overrides that call them (the default path
+    # does not). Built now: SavedModel export skips an unbuilt sublayer.
+    self._softmax = _layers.Softmax(
+        axis=self._norm_axes, robust_masking=self._softmax_robust_masking,
+        dtype=self._dtype_policy)
     self._dropout_layer = _layers.Dropout(
         rate=self._dropout, seed=self._seed, dtype=self._dtype_policy)
-    # Built now: overrides call it, the default path does not, and an
-    # unbuilt sublayer is skipped (with a warning) by SavedModel export.
-    self._dropout_layer.build(None)
+    for sublayer in (self._softmax, self._dropout_layer):
+      sublayer.build(None)
 
   def _masked_softmax(self, attention_scores, attention_mask=None):
     """Softmax over the key axes; the mask gains the head axis it lacks."""
@@ -388,10 +365,10 @@ class MultiHeadAttention(_layers.Layer):
            key_mask=None):
     if key is None:
       key = value
-    query_mask = _keras_mask(query, query_mask)
-    value_mask = _keras_mask(value, value_mask)
-    key_mask = None if key is value else _keras_mask(key, key_mask)
-    query, value, key, ragged_lengths = _dense_inputs(query, value, key)
+    query_mask = _inputs.keras_mask(query, query_mask)
+    value_mask = _inputs.keras_mask(value, value_mask)
+    key_mask = None if key is value else _inputs.keras_mask(key, key_mask)
+    query, value, key, ragged_lengths = _inputs.dense_inputs(query, value, key)
     if not self._built_from_signature:
       self._build_from_signature(query=query, value=value, key=key)
     _checks.check_call(self, query, value, key)
@@ -417,41 +394,23 @@ class MultiHeadAttention(_layers.Layer):
                                                attention_mask, training)
     if gate is not None:
       output = output * gate
-    output = self._output_projection(output)
+    output = _projections.apply(self._output_dense, output, 2,
+                                self._compute_dtype_object)
     if ragged_lengths is not None:
       output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
     return (output, scores) if return_attention_scores else output
 
   def _project(self, query, key, value):
-    """The three input projections, as matmuls on the kernels.
+    """The three input projections (`_projections.apply`).
 
     Three matmuls, not one on the concatenated kernels: on this project's
     CPU measurements the per-call concatenation cost more than the wider
     matmul saved, with and without XLA (README, "Benchmark").
     """
-    denses = (self._query_dense, self._key_dense, self._value_dense)
-    inputs = (query, key, value)
-    if not self._as_matmuls(*denses):
-      return tuple(d(x) for d, x in zip(denses, inputs))
-    compute = self._compute_dtype_object
-    return tuple(_dense_matmul(tf.cast(x, compute), d, contract=1)
-                 for d, x in zip(denses, inputs))
-
-  def _output_projection(self, output):
-    """The output dense over the heads, as a plain matmul when it is ours:
-    its gradients then need no transposed copies, which the einsum's do."""
-    if self._as_matmuls(self._output_dense):
-      return _dense_matmul(output, self._output_dense, contract=2)
-    return self._output_dense(output)
-
-  @staticmethod
-  def _as_matmuls(*denses):
-    """Whether `denses` may run as matmuls on their kernels: the layer's own
-    linear EinsumDense sublayers, not a subclass's replacements. (Their
-    activity regularizer adds no loss in tf.keras either: only the layer's
-    own applies, to its output.)"""
-    return all(type(d) is _layers.EinsumDense and
-               d.activation is tf_keras.activations.linear for d in denses)
+    return tuple(
+        _projections.apply(dense, x, 1, self._compute_dtype_object)
+        for dense, x in ((self._query_dense, query), (self._key_dense, key),
+                         (self._value_dense, value)))
 
   def _compute_attention_mask(self, query, value, key=None,
                               attention_mask=None, use_causal_mask=False,
@@ -466,13 +425,9 @@ class MultiHeadAttention(_layers.Layer):
       value_mask = getattr(value, "_keras_mask", None)
       if key is not None and key is not value:
         key_mask = getattr(key, "_keras_mask", None)
-    t_axes = len(self._attention_axes) if self._built_from_signature else 1
-    parts = [attention_mask]
-    if query_mask is not None:
-      parts.append(_expand_trailing(masks_lib.to_bool_mask(query_mask), t_axes))
-    for mask in (value_mask, key_mask):
-      if mask is not None:
-        parts.append(_expand_before(masks_lib.to_bool_mask(mask), t_axes))
+    axes = len(self._attention_axes) if self._built_from_signature else 1
+    parts = [attention_mask, *_inputs.padding_masks(
+        query_mask, value_mask, key_mask, axes)]
     if use_causal_mask:
       parts.append(self._compute_causal_mask(query, value))
     if self._sliding_window is not None:
@@ -515,57 +470,3 @@ class MultiHeadAttention(_layers.Layer):
       return query_shape[:-1].concatenate(self._output_shape)
     return query_shape
 
-
-def _dense_matmul(x, dense, contract):
-  """An EinsumDense that contracts the last `contract` axes of `x`, as one
-  matmul on its kernel."""
-  width = equations.product(x.shape[-contract:])
-  y = tf.matmul(tf.reshape(x, [-1, width]), tf.reshape(dense.kernel, [width, -1]))
-  if dense.bias is not None:
-    y += tf.reshape(dense.bias, [-1])
-  return tf.reshape(y, equations.dims(x)[:-contract] +
-                    dense.kernel.shape[contract:].as_list())
-
-
-def _keras_mask(tensor, explicit):
-  return explicit if explicit is not None else getattr(tensor, "_keras_mask",
-                                                        None)
-
-
-def _dense_inputs(query, value, key):
-  """Tensors from array-likes; ragged inputs become dense, as in tf.keras."""
-  converted = {}
-  def tensor(x):
-    if isinstance(x, tf.RaggedTensor) or tf.is_tensor(x):
-      return x
-    return converted.setdefault(id(x), tf.convert_to_tensor(x))
-  query, value, key = tensor(query), tensor(value), tensor(key)
-  lengths = None
-  if isinstance(query, tf.RaggedTensor):
-    lengths = query.nested_row_lengths()
-    query = query.to_tensor()
-  key_ragged = isinstance(key, tf.RaggedTensor)
-  value_ragged = isinstance(value, tf.RaggedTensor)
-  same = key is value
-  if key_ragged and value_ragged:
-    bound = tf.maximum(key.bounding_shape(), value.bounding_shape())
-    value = value.to_tensor(shape=bound)
-    key = value if same else key.to_tensor(shape=bound)
-  elif key_ragged:
-    key = key.to_tensor(shape=tf.shape(value))
-  elif value_ragged:
-    value = value.to_tensor(shape=tf.shape(key))
-  return query, value, key, lengths
-
-
-def _expand_trailing(mask, count):
-  for _ in range(count):
-    mask = tf.expand_dims(mask, -1)
-  return mask
-
-
-def _expand_before(mask, count):
-  """`[B, <S dims>]` -> `[B, 1 x count, <S dims>]`."""
-  for _ in range(count):
-    mask = tf.expand_dims(mask, -1 - count)
-  return mask
