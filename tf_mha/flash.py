@@ -194,7 +194,7 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   if keep is not None:
     s = masks_lib.mask_logits(s, keep)
   if not (isinstance(plan.pad_s, int) and plan.pad_s == 0):
-    real = tf.expand_dims(j * plan.bk + tf.range(plan.bk), 0) < plan.s
+    real = masks_lib.prefix_mask(plan.bk, plan.s, key_offset=j * plan.bk)
     s = tf.where(real, s, tf.constant(float("-inf"), plan.acc))
   return s
 

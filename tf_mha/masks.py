@@ -84,6 +84,17 @@ def causal_mask(query_length, key_length, query_offset=0, key_offset=0):
   return rows >= cols
 
 
+def prefix_mask(key_length, valid_length, key_offset=0):
+  """`[1, S]` mask of the keys before `valid_length`: key `key_offset + s`
+  is kept when it is `< valid_length` (the real keys of a padded block).
+
+  >>> prefix_mask(4, 6, key_offset=4).numpy().tolist()
+  [[True, True, False, False]]
+  """
+  _, cols = _positions(1, key_length, key_offset=key_offset)
+  return cols < valid_length
+
+
 def band_mask(query_length, key_length, width):
   """`[T, S]` mask of the keys within `width - 1` positions: `|t - s| < width`.
 
