@@ -51,5 +51,19 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(os.path.isfile(os.path.join(out_dir, "benchmark.png")))
 
 
+  def test_benchmark_tool_names_a_bad_flag(self):
+    for flag, value in (("seq_lens", "abc"), ("seq_lens", "0"), ("impls", "torch"),
+                        ("jit", "maybe")):
+      proc = subprocess.run(
+          [sys.executable, "-m", "tools.benchmark", f"--{flag}={value}",
+           f"--results_dir={self.get_temp_dir()}"],
+          capture_output=True, text=True, cwd=_REPO, timeout=300,
+          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+      self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+      self.assertIn(f"--{flag}", proc.stderr)
+      self.assertIn(value, proc.stderr)
+      self.assertNotIn("Traceback", proc.stderr)
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -67,6 +67,26 @@ class ServingExportTest(tf.test.TestCase):
       tflite.convert(self.get_temp_dir(), signature="s", quantize="int4")
 
 
+  def test_unwritable_output_dir_is_refused_before_any_work(self):
+    blocker = os.path.join(self.get_temp_dir(), "a_file")
+    with open(blocker, "w") as f:
+      f.write("x")
+    with self.assertRaisesRegex(serving.ExportRefused, "`output_dir`="):
+      serving.export(_Tiny(), os.path.join(blocker, "models"), "m")
+    trained = []
+    original = pipeline.train_demo
+    pipeline.train_demo = lambda **kwargs: trained.append(kwargs)
+    try:
+      with self.assertRaisesRegex(serving.ExportRefused, "`output_dir`="):
+        pipeline.export_demo(output_dir=os.path.join(blocker, "models"))
+      with self.assertRaisesRegex(ValueError, "quantize='int4'"):
+        pipeline.export_demo(output_dir=self.get_temp_dir(),
+                             quantizations=("none", "int4"))
+    finally:
+      pipeline.train_demo = original
+    self.assertEqual(trained, [])
+
+
 class CausalTFLiteTest(tf.test.TestCase):
   """A fixed-length causal model (the plain path's static query chunks, with
   their custom gradient) converts to builtins and matches TensorFlow."""
@@ -190,6 +210,14 @@ class DemoPipelineTest(tf.test.TestCase):
         capture_output=True, text=True, env=env, cwd=_REPO, timeout=600)
     self.assertEqual(refuse.returncode, 1)
     self.assertIn("--overwrite", refuse.stderr)
+    usage = subprocess.run(
+        [sys.executable, "-m", "tools.export_saved_model",
+         f"--output_dir={self.get_temp_dir()}", "--quantize=none,int4"],
+        capture_output=True, text=True, env=env, cwd=_REPO, timeout=300)
+    self.assertEqual(usage.returncode, 1)
+    self.assertIn("quantize='int4'", usage.stderr)
+    self.assertNotIn("Traceback", usage.stderr)
+    self.assertNotIn("Training the demo model", usage.stderr)
     bad = subprocess.run(
         [sys.executable, "-m", "tools.convert_tflite", "--saved_model_dir=/nonexistent",
          f"--output_file={out_file}"],

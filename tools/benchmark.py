@@ -58,6 +58,27 @@ def _memory_point(impl, t, backward):
   return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
 
 
+def _positive_ints(flag):
+  """The flag's list of positive integers, or a UsageError naming it."""
+  try:
+    values = [int(v) for v in flag.value]
+  except ValueError:
+    values = []
+  if len(values) != len(flag.value) or any(v < 1 for v in values):
+    raise app.UsageError(f"--{flag.name} takes positive integers, got "
+                         f"{','.join(flag.value)!r}")
+  return values
+
+
+def _choices(flag, allowed, values=None):
+  """`values` (default: the flag's) if all are `allowed`, else a UsageError."""
+  values = flag.value if values is None else values
+  bad = [v for v in values if v not in allowed]
+  if bad:
+    raise app.UsageError(f"--{flag.name} takes {', '.join(allowed)}; got {bad}")
+  return values
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -65,10 +86,18 @@ def main(argv):
     _single(_SINGLE.value)
     return 0
   from tf_mha import benchmark_lib as lib
+  seq_lens = _positive_ints(_SEQ_LENS)
+  memory_seq_lens = _positive_ints(_MEMORY_SEQ_LENS)
   for flag in (_PASSES, _MEMORY_PASSES):
-    bad = set(flag.value) - {"fwd", "fwd+bwd"}
-    if bad:
-      raise app.UsageError(f"--{flag.name} takes fwd and fwd+bwd, got {sorted(bad)}")
+    _choices(flag, ("fwd", "fwd+bwd"))
+  for flag in (_IMPLS, _MEMORY_IMPLS):
+    _choices(flag, lib.IMPLEMENTATIONS)
+  jits = [j == "true" for j in _choices(
+      _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
+  for flag in (_BATCH, _REPEATS):
+    if flag.value < 1:
+      raise app.UsageError(f"--{flag.name} must be a positive integer, got "
+                           f"{flag.value}")
   os.makedirs(_RESULTS_DIR.value, exist_ok=True)
   print("Measuring this machine's matmul peak...", flush=True)
   peak = lib.matmul_peak()
@@ -76,7 +105,7 @@ def main(argv):
   # Peak-memory points first, each in a fresh process forked while this one
   # is still small (a child needs its own memory next to its parent's).
   memory_lines = []
-  for t in (int(s) for s in _MEMORY_SEQ_LENS.value):
+  for t in memory_seq_lens:
     for passes in _MEMORY_PASSES.value:
       for impl in _MEMORY_IMPLS.value:
         print(f"Peak memory: {impl} T={t} causal {passes} (own process)...", flush=True)
@@ -86,9 +115,9 @@ def main(argv):
         print(f"  {text}", flush=True)
         memory_lines.append(f"| {t} | {passes} | {impl} | {text} |")
   rows = []
-  for t in (int(s) for s in _SEQ_LENS.value):
+  for t in seq_lens:
     for backward in (p == "fwd+bwd" for p in _PASSES.value):
-      for jit in (j.lower() == "true" for j in _JIT.value):
+      for jit in jits:
         point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit)
         print(f"T={t} {'fwd+bwd' if backward else 'fwd'} jit={jit}:", flush=True)
         times = lib.time_point(point, _IMPLS.value, _REPEATS.value,

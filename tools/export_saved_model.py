@@ -37,14 +37,27 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _VERSION.value is not None and _VERSION.value < 1:
     raise app.UsageError(f"--version must be a positive integer, got {_VERSION.value}")
+  if _EPOCHS.value < 1:
+    raise app.UsageError(f"--epochs must be a positive integer, got {_EPOCHS.value}")
   from tf_mha.export import serving
+  from tf_mha.export import tflite
   try:
+    try:  # Flags first: a bad one fails before a minute of training.
+      for quantize in _QUANTIZE.value:
+        tflite.check_quantization(quantize)
+      serving.check_destination(_OUTPUT_DIR.value, _MODEL_NAME.value,
+                                _VERSION.value, _OVERWRITE.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
     if _KERAS_MODEL.value:
       from tf_mha.export import keras_export
-      path = keras_export.export_keras_model(
-          _KERAS_MODEL.value, output_dir=_OUTPUT_DIR.value,
-          model_name=_MODEL_NAME.value, version=_VERSION.value,
-          overwrite=_OVERWRITE.value)
+      try:
+        path = keras_export.export_keras_model(
+            _KERAS_MODEL.value, output_dir=_OUTPUT_DIR.value,
+            model_name=_MODEL_NAME.value, version=_VERSION.value,
+            overwrite=_OVERWRITE.value)
+      except ValueError as e:  # --keras_model does not load
+        raise app.UsageError(str(e)) from e
       print(f"SavedModel: {path} ({serving.directory_size(path) / 1e6:.2f} MB)")
       return 0
     from tf_mha.demo import pipeline

@@ -164,6 +164,9 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
                 version=None, overwrite=False, epochs=6,
                 quantizations=("none",)):
   """Trains, exports for Serving, converts to TFLite and compares all three."""
+  for quantize in quantizations:
+    tflite.check_quantization(quantize)
+  serving.check_destination(output_dir, model_name, version, overwrite)
   start = time.time()
   logging.info("Training the demo model (%d examples, %d epochs)...",
                TRAIN_EXAMPLES, epochs)

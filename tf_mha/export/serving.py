@@ -16,7 +16,8 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 class ExportRefused(Exception):
-  """An export that would overwrite an existing version without consent."""
+  """An export that would overwrite an existing version without consent, or
+  write where it cannot."""
 
 
 def next_version(model_dir):
@@ -26,6 +27,45 @@ def next_version(model_dir):
   versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_dir)
               if re.fullmatch(r"\d+/?", name)]
   return max(versions, default=0) + 1
+
+
+def check_destination(output_dir, model_name, version=None, overwrite=False):
+  """Checks where `export` would write, before any work is spent on it,
+  and makes `output_dir` if it is missing.
+
+  Returns:
+    The version directory `<output_dir>/<model_name>/<version>` (`version`
+    defaults to `next_version`).
+
+  Raises:
+    ExportRefused: the version exists and `overwrite` is False, or
+      `output_dir` cannot be created or written to (nothing is changed).
+    ValueError: `model_name` or `version` are not usable.
+  """
+  if (not isinstance(model_name, str) or not model_name or os.sep in model_name
+      or model_name.startswith(".")):
+    raise ValueError("`model_name` must be a plain directory name. "
+                     f"Received: model_name={model_name!r}")
+  model_dir = os.path.join(output_dir, model_name)
+  if version is None:
+    version = next_version(model_dir)
+  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    raise ValueError(f"`version` must be a positive integer. Received: version={version!r}")
+  final = os.path.join(model_dir, str(version))
+  if os.path.exists(final) and not overwrite:
+    raise ExportRefused(f"{final} already exists; pass --overwrite to replace "
+                        "it. Nothing was written.")
+  try:  # The base directory is made now, so that a bad one fails early.
+    os.makedirs(output_dir, exist_ok=True)
+    writable = os.access(output_dir, os.W_OK | os.X_OK)
+  except OSError as e:
+    writable, why = False, f": {e.strerror}"
+  else:
+    why = " (no write permission)"
+  if not writable:
+    raise ExportRefused(f"`output_dir`={output_dir!r} cannot be written{why}. "
+                        "Nothing was written.")
+  return final
 
 
 def export(obj, output_dir, model_name, version=None, *, signatures=None,
@@ -50,18 +90,9 @@ def export(obj, output_dir, model_name, version=None, *, signatures=None,
       changed).
     ValueError: `model_name` or `version` are not usable.
   """
-  if not model_name or os.sep in model_name or model_name.startswith("."):
-    raise ValueError("`model_name` must be a plain directory name. "
-                     f"Received: model_name={model_name!r}")
-  model_dir = os.path.join(output_dir, model_name)
-  if version is None:
-    version = next_version(model_dir)
-  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-    raise ValueError(f"`version` must be a positive integer. Received: version={version!r}")
-  final = os.path.join(model_dir, str(version))
-  if os.path.exists(final) and not overwrite:
-    raise ExportRefused(f"{final} already exists; pass --overwrite to replace "
-                        "it. Nothing was written.")
+  final = check_destination(output_dir, model_name, version, overwrite)
+  model_dir = os.path.dirname(final)
+  version = int(os.path.basename(final))
   os.makedirs(model_dir, exist_ok=True)
   staging = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
   try:

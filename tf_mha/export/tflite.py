@@ -18,6 +18,13 @@ class ConversionMismatch(Exception):
   """The float32 TFLite model disagrees with the SavedModel."""
 
 
+def check_quantization(quantize):
+  """Raises a ValueError unless `quantize` is one of `QUANTIZATIONS`."""
+  if quantize not in QUANTIZATIONS:
+    raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}. "
+                     f"Received: quantize={quantize!r}")
+
+
 def convert(saved_model_dir, *, signature, quantize="none",
             representative_inputs=None, text_ops=False):
   """Converts one signature of a SavedModel to a TFLite flatbuffer.
@@ -42,9 +49,7 @@ def convert(saved_model_dir, *, signature, quantize="none",
   Returns:
     The model as bytes.
   """
-  if quantize not in QUANTIZATIONS:
-    raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}. "
-                     f"Received: quantize={quantize!r}")
+  check_quantization(quantize)
   converter = tf.lite.TFLiteConverter.from_saved_model(
       saved_model_dir, signature_keys=[signature])
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
