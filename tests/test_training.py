@@ -245,6 +245,8 @@ class ToolTest(tf.test.TestCase):
         (["--steps=0"], "--steps must be a positive integer"),
         ([f"--model={self.model_path}", f"--data={self.model_path}"],
          "`data` must be an .npz file"),
+        (["--batch_size=100000"], "--batch_size=100000 is more than the"),
+        ([f"--model_dir={self.model_path}/run", "--steps=1"], "`model_dir`="),
     ]
     for flags, message in cases:
       start = time.time()
@@ -253,6 +255,22 @@ class ToolTest(tf.test.TestCase):
       self.assertIn(message, result.stderr, flags)
       self.assertNotIn("Traceback", result.stderr, flags)
       self.assertLess(time.time() - start, 100, flags)  # no hang, not a benchmark
+
+
+class TrainerArgumentsTest(tf.test.TestCase):
+
+  def test_bad_learning_rate_and_model_dir_are_named(self):
+    strategy = tf.distribute.get_strategy()
+    for rate in (0.0, -1.0, float("nan"), float("inf"), "0.1", True):
+      with self.assertRaisesRegex(ValueError, "learning_rate="):
+        training.Trainer(strategy, _build, _loss, learning_rate=rate)
+    schedule = tf_keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    training.Trainer(strategy, _build, _loss, learning_rate=schedule)
+    blocker = os.path.join(self.get_temp_dir(), "a_file")
+    with open(blocker, "w") as f:
+      f.write("x")
+    with self.assertRaisesRegex(ValueError, "`model_dir`="):
+      training.Trainer(strategy, _build, _loss, model_dir=os.path.join(blocker, "run"))
 
 
 class StrategyTest(tf.test.TestCase):

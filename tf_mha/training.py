@@ -12,6 +12,8 @@ as an uninterrupted one.
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import socket
 import time
@@ -221,6 +223,19 @@ class Trainer:
     if optimizer not in OPTIMIZERS:
       raise ValueError(f"`optimizer` must be one of {tuple(OPTIMIZERS)}. "
                        f"Received: optimizer={optimizer!r}")
+    schedule = tf_keras.optimizers.schedules.LearningRateSchedule
+    if not isinstance(learning_rate, schedule) and (
+        isinstance(learning_rate, bool) or
+        not isinstance(learning_rate, numbers.Real) or
+        not 0.0 < learning_rate < math.inf):
+      raise ValueError("`learning_rate` must be a positive finite number. "
+                       f"Received: learning_rate={learning_rate!r}")
+    if model_dir:
+      try:  # Before the model is built: a bad directory fails at once.
+        tf.io.gfile.makedirs(_write_dir(model_dir, strategy))
+      except tf.errors.OpError as e:
+        raise ValueError(f"`model_dir`={model_dir!r} cannot be created: "
+                         f"{e.message}") from e
     self.strategy = strategy
     self._loss = loss
     self._checkpoint_every = checkpoint_every

@@ -81,12 +81,19 @@ def main(argv):
   except (OSError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     return 1
-  steps = _STEPS.value or _EPOCHS.value * (len(task.train.y) // _BATCH_SIZE.value)
-  trainer = training.Trainer(
-      strategy, task.build_model, task.loss, learning_rate=_LEARNING_RATE.value,
-      optimizer=_OPTIMIZER.value, jit_compile=_JIT_COMPILE.value,
-      model_dir=_MODEL_DIR.value,
-      checkpoint_every=_CHECKPOINT_EVERY.value)
+  examples = len(task.train.y)
+  if _BATCH_SIZE.value > examples:
+    raise app.UsageError(f"--batch_size={_BATCH_SIZE.value} is more than the "
+                         f"{examples} training examples")
+  steps = _STEPS.value or _EPOCHS.value * (examples // _BATCH_SIZE.value)
+  try:
+    trainer = training.Trainer(
+        strategy, task.build_model, task.loss, learning_rate=_LEARNING_RATE.value,
+        optimizer=_OPTIMIZER.value, jit_compile=_JIT_COMPILE.value,
+        model_dir=_MODEL_DIR.value,
+        checkpoint_every=_CHECKPOINT_EVERY.value)
+  except ValueError as e:  # --learning_rate, --model_dir
+    raise app.UsageError(str(e)) from e
   result = trainer.train(task.train, steps=steps, batch_size=_BATCH_SIZE.value,
                          seed=_SEED.value, log_every=_LOG_EVERY.value)
   print(f"trained steps {result.first_step} -> {result.steps}, loss "
