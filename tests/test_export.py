@@ -218,6 +218,17 @@ class DemoPipelineTest(tf.test.TestCase):
     self.assertIn("quantize='int4'", usage.stderr)
     self.assertNotIn("Traceback", usage.stderr)
     self.assertNotIn("Training the demo model", usage.stderr)
+    for bad_file in (self.get_temp_dir(), os.path.join(out_file, "under_a_file.tflite")):
+      with self.assertRaisesRegex(ValueError, "`output_file`="):
+        pipeline.convert_and_check(self.report.saved_model_dir, "none", bad_file)
+    to_dir = subprocess.run(
+        [sys.executable, "-m", "tools.convert_tflite",
+         f"--saved_model_dir={self.report.saved_model_dir}",
+         f"--output_file={self.get_temp_dir()}"],
+        capture_output=True, text=True, env=env, cwd=_REPO, timeout=300)
+    self.assertEqual(to_dir.returncode, 1)
+    self.assertIn("`output_file`=", to_dir.stderr)
+    self.assertNotIn("Traceback", to_dir.stderr)
     bad = subprocess.run(
         [sys.executable, "-m", "tools.convert_tflite", "--saved_model_dir=/nonexistent",
          f"--output_file={out_file}"],

@@ -32,7 +32,7 @@ def main(argv):
   try:
     path, size, diff, accuracy = pipeline.convert_and_check(
         _SAVED_MODEL_DIR.value, _QUANTIZE.value, _OUTPUT_FILE.value)
-  except (ValueError, tflite.ConversionMismatch) as e:
+  except (ValueError, OSError, tflite.ConversionMismatch) as e:
     print(f"FAILED: {e}", file=sys.stderr)
     return 1
   print(f"TFLite ({_QUANTIZE.value}): {path} ({size / 1e3:.1f} kB)")

@@ -241,9 +241,12 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded=None):
     `(output_file, size in bytes, max |TFLite - SavedModel|, accuracy)`.
 
   Raises:
-    ValueError: the SavedModel is not a tf_mha demo export.
+    ValueError: the SavedModel is not a tf_mha demo export, or
+      `output_file` cannot be written (checked before converting).
     tflite.ConversionMismatch: float32 differs by more than 1e-4.
   """
+  tflite.check_quantization(quantize)
+  check_output_file(output_file)
   loaded = loaded or _load_demo(saved_model_dir)
   texts, labels = data.make_examples(TEST_EXAMPLES, seed=1)
   tokenize = lambda batch: loaded.signatures["tokenize"](
@@ -274,6 +277,18 @@ def _load_demo(saved_model_dir):
         f"`saved_model_dir`={saved_model_dir!r} is not a tf_mha demo export "
         f"(signatures: {sorted(loaded.signatures)}; need tokenize, classify_ids)")
   return loaded
+
+
+def check_output_file(path):
+  """Raises a ValueError naming `output_file` unless a file can be written
+  at `path`; makes its missing parent directories."""
+  if os.path.isdir(path):
+    raise ValueError(f"`output_file`={path!r} is a directory; give a file path.")
+  try:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"`output_file`={path!r} cannot be written: {e.strerror} "
+                     f"({e.filename})") from e
 
 
 def _atomic_write(path, payload):
