@@ -7,7 +7,7 @@ Written from the definitions, sharing no code with tf_mha.
 import numpy as np
 
 
-def attention(q, k, v, mask=None, causal=False, scale=None):
+def attention(q, k, v, mask=None, causal=False, scale=None, window=None):
   """q [B,T,N,H], k [B,S,N,H], v [B,S,N,V] -> (out [B,T,N,V], probs [B,N,T,S])."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
@@ -18,6 +18,9 @@ def attention(q, k, v, mask=None, causal=False, scale=None):
   if causal:
     t, s = logits.shape[-2:]
     keep = keep & (np.arange(t)[:, None] >= np.arange(s)[None, :])
+  if window is not None:
+    t, s = logits.shape[-2:]
+    keep = keep & (np.abs(np.arange(t)[:, None] - np.arange(s)[None, :]) < window)
   # A fully masked row attends uniformly (tf.keras' behaviour).
   logits = np.where(keep, logits, -1e300)
   logits = logits - logits.max(-1, keepdims=True)

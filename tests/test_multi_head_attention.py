@@ -382,6 +382,40 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(windowed(x, x, use_causal_mask=causal), expected,
                         rtol=1e-5, atol=1e-5)
 
+  def test_long_window_builds_no_length_squared_tensor(self):
+    # The band goes to the op (flash skips the blocks outside it), not into
+    # a [T, S] mask: no tensor in the traced graph is anywhere near T * S.
+    t = 4096
+    layer = tf_mha.MultiHeadAttention(2, 4, sliding_window=16, flash_attention=True)
+    x = tf.zeros([1, t, 8])
+    layer(x[:, :8], x[:, :8])
+    graph = tf.function(lambda x: layer(x, x, use_causal_mask=True)).get_concrete_function(
+        tf.TensorSpec([1, t, 8])).graph
+    sizes = [out.shape.num_elements() for op in graph.get_operations()
+             for out in op.outputs if out.shape.is_fully_defined()]
+    self.assertLess(max(sizes), t * t // 16)
+
+  def test_masked_softmax_override_gets_causal_and_window_masks(self):
+    def subclass(base, **kwargs):
+      class Custom(base):
+        def _masked_softmax(self, attention_scores, attention_mask=None):
+          return super()._masked_softmax(attention_scores, attention_mask)
+      return Custom(num_heads=2, key_dim=3, **kwargs)
+
+    x = _normal(2, 7, 6)
+    ours, theirs = subclass(tf_mha.MultiHeadAttention), subclass(
+        tf_keras.layers.MultiHeadAttention)
+    _share(ours, theirs, x, x)
+    self.assertAllClose(ours(x, x, use_causal_mask=True),
+                        theirs(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
+    windowed = subclass(tf_mha.MultiHeadAttention, sliding_window=2)
+    windowed(x, x)
+    windowed.set_weights(theirs.get_weights())
+    t, s = np.arange(7)[:, None], np.arange(7)[None, :]
+    band = np.broadcast_to((np.abs(t - s) < 2) & (t >= s), (2, 7, 7))
+    self.assertAllClose(windowed(x, x, use_causal_mask=True),
+                        theirs(x, x, attention_mask=band), rtol=1e-5, atol=1e-5)
+
   def test_validation_and_config(self):
     for bad in (0, -3, 1.5, True):
       with self.assertRaisesRegex(ValueError, "sliding_window"):

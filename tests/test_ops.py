@@ -238,7 +238,10 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
     q, k = tf.zeros([1, 512, 2, 4]), tf.zeros([1, 300, 2, 4])
     # Without XLA: at least 256 rows, at most four chunks.
     self.assertEqual(ops._causal_chunks(q, k, None),
-                     [(0, 256, 256), (256, 512, 300)])
+                     [(0, 256, 0, 256), (256, 512, 0, 300)])
+    # A sliding window starts each chunk's keys W - 1 before its first row.
+    self.assertEqual(ops._causal_chunks(q, k, None, window=100),
+                     [(0, 256, 0, 256), (256, 512, 157, 300)])
     self.assertLen(ops._causal_chunks(tf.zeros([1, 2048, 2, 4]), q, None), 4)
     self.assertIsNone(ops._causal_chunks(tf.zeros([1, 511, 2, 4]), q, None))
     # Compiled by XLA (traced in a jit function): 128 rows.
@@ -246,13 +249,75 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
     record = lambda a, b: traced.append(ops._causal_chunks(a, b, None)) or a
     tf.function(record, jit_compile=True)(q, k)
     tf.function(record)(q, k)
-    self.assertEqual(traced[0][:2], [(0, 128, 128), (128, 256, 256)])
-    self.assertEqual(traced[0][-1], (384, 512, 300))
+    self.assertEqual(traced[0][:2], [(0, 128, 0, 128), (128, 256, 0, 256)])
+    self.assertEqual(traced[0][-1], (384, 512, 0, 300))
     self.assertLen(traced[1], 2)
     self.assertIsNone(ops._causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
     dynamic = tf.TensorSpec([None, None, 2, 4])
     self.assertIsNone(tf.function(lambda x: ops._causal_chunks(x, x, None))
                       .get_concrete_function(dynamic).structured_outputs)
+
+
+class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
+  """`sliding_window` on every path (plain, causal chunks, blockwise with
+  block skipping) against the reference, values and gradients."""
+
+  @parameterized.named_parameters(
+      ("self_causal", (2, 23, 23, 2, 4, 3), True, None),
+      ("self_band", (1, 23, 23, 2, 3, 3), False, None),
+      ("cross_t_gt_s_causal", (1, 29, 11, 2, 3, 4), True, None),  # rows see nothing
+      ("cross_t_lt_s_band", (2, 9, 26, 1, 4, 3), False, None),
+      ("masked_causal", (2, 23, 23, 2, 3, 3), True, (2, 1, 23, 23)),
+  )
+  def test_every_path_matches_reference(self, dims, causal, mask_shape):
+    q, k, v = (tf.constant(x, tf.float64) for x in _inputs(*dims))
+    mask = None if mask_shape is None else _RNG.random(mask_shape) > 0.3
+    cotangent = tf.constant(_RNG.normal(size=dims[:2] + (dims[3], dims[5])))
+    rows = ops._chunk_rows
+    ops._chunk_rows = lambda length: 5  # small chunks at small lengths
+    self.addCleanup(setattr, ops, "_chunk_rows", rows)
+    for window in (1, 4, 9):
+      expected, _ = reference.attention(q.numpy(), k.numpy(), v.numpy(), mask=mask,
+                                        causal=causal, window=window)
+      results = {}
+      for path, kwargs in (("plain", dict(flash_attention=False, return_scores=True)),
+                           ("chunked", dict(flash_attention=False)),
+                           ("flash", dict(flash_attention=True, block_sizes=(4, 3)))):
+        with tf.GradientTape() as tape:
+          tape.watch([q, k, v])
+          out = tf_mha.dot_product_attention(
+              q, k, v, mask=mask, is_causal=causal, sliding_window=window, **kwargs)
+          out = out[0] if path == "plain" else out
+          loss = tf.reduce_sum(out * cotangent)
+        results[path] = tape.gradient(loss, [q, k, v])
+        self.assertAllClose(out, expected, rtol=1e-9, atol=1e-10,
+                            msg=f"{path} window={window}")
+      for path in ("chunked", "flash"):
+        for got, want in zip(results[path], results["plain"]):
+          self.assertAllClose(got, want, rtol=1e-8, atol=1e-9,
+                              msg=f"{path} window={window}")
+    if causal and mask_shape is None and dims[1] == dims[2]:
+      chunks = ops._causal_chunks(q, k, None, window=4)
+      self.assertGreater(chunks[-1][2], 0)  # the chunked path skips keys
+
+  def test_blockwise_visits_only_blocks_in_the_band(self):
+    plan = flash._make_plan(tf.zeros([1, 64, 1, 2]), tf.zeros([1, 64, 1, 2]),
+                            8, 8, True, 10, 0.0)
+    ranges = [tuple(int(x) for x in flash._key_block_range(plan, i))
+              for i in range(8)]
+    self.assertEqual(ranges[0], (0, 1))
+    self.assertEqual(ranges[5], (3, 6))  # rows 40-47 see keys 31-47
+    plan = plan._replace(is_causal=False)
+    self.assertEqual(tuple(int(x) for x in flash._key_block_range(plan, 5)),
+                     (3, 8))  # and keys up to 56
+    self.assertEqual(tuple(int(x) for x in flash._query_block_range(plan, 3)),
+                     (1, 6))  # keys 24-31 are seen by rows 15-40
+
+  def test_bad_window(self):
+    x = tf.ones([1, 3, 1, 2])
+    for bad in (0, -2, 1.5, True):
+      with self.assertRaisesRegex(ValueError, "sliding_window="):
+        tf_mha.dot_product_attention(x, x, x, sliding_window=bad)
 
 
 class MasksTest(tf.test.TestCase):

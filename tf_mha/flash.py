@@ -5,8 +5,9 @@ FlashAttention recurrence: queries are processed in blocks of `bq` rows; for
 each, key/value blocks of `bk` rows are visited in a `tf.while_loop` while a
 running max `m`, normaliser `l` and accumulator are kept in float32 (float64
 for float64 inputs). Causal attention visits only the key blocks at or below
-the diagonal. The gradient recomputes block scores from the saved row max and
-row sum instead of storing them.
+the diagonal, a sliding window only those that meet its band. The gradient
+recomputes block scores from the saved row max and row sum instead of
+storing them.
 
 Shapes (see `tf_mha.ops`): inputs `[B, T, N, H]`, `[B, S, N, H]`,
 `[B, S, N, V]`; blocks are indexed on a leading axis, `[nq, B, N, bq, H]`.
@@ -29,7 +30,7 @@ _BLOCK_SCORES = 8 * 1024 * 1024
 _PREFERRED_MIN_SCORES = 2048 * 2048
 
 _Plan = collections.namedtuple(
-    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal rate acc")
+    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc")
 
 
 def is_preferred(query, key, is_causal=False):
@@ -57,7 +58,8 @@ def choose_block_sizes(query_length, key_length, batch_heads=None):
 
 
 def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
-                        dropout_rate=0.0, dropout_seed=None, block_sizes=None):
+                        sliding_window=None, dropout_rate=0.0,
+                        dropout_seed=None, block_sizes=None):
   """Exact attention without the `[T, S]` scores; the query is pre-scaled.
 
   Same contract as `tf_mha.dot_product_attention` (no `return_scores`).
@@ -69,6 +71,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     mask: boolean, broadcastable to `[B, N, T, S]`, or `None`.
     is_causal: query `t` sees keys `s <= t`; blocks above the diagonal are
       skipped.
+    sliding_window: `None`, or an int `W`: query `t` sees keys with
+      `|t - s| < W`; blocks wholly outside that band are skipped.
     dropout_rate: fraction of probabilities dropped (stateless, per block).
     dropout_seed: shape-`[2]` int seed; required when `dropout_rate > 0`.
     block_sizes: `(bq, bk)` static ints, or `None` to choose from shapes.
@@ -84,7 +88,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   if int(bq) < 1 or int(bk) < 1:
     raise ValueError("`block_sizes` must be two positive integers. "
                      f"Received: block_sizes={block_sizes!r}")
-  plan = _make_plan(query, key, int(bq), int(bk), is_causal, dropout_rate)
+  plan = _make_plan(query, key, int(bq), int(bk), is_causal, sliding_window,
+                    dropout_rate)
   if mask is not None:
     mask = _prepare_mask(mask, plan)
   if dropout_rate > 0.0:
@@ -121,14 +126,14 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   return attend(query, key, value)
 
 
-def _make_plan(query, key, bq, bk, is_causal, rate):
+def _make_plan(query, key, bq, bk, is_causal, window, rate):
   t = _length(query)
   s = _length(key)
   nq = _ceil_div(t, bq)
   nk = _ceil_div(s, bk)
   return _Plan(t=t, s=s, bq=bq, bk=bk, nq=nq, nk=nk,
                pad_t=nq * bq - t, pad_s=nk * bk - s,
-               is_causal=is_causal, rate=float(rate),
+               is_causal=is_causal, window=window, rate=float(rate),
                acc=masks_lib.softmax_dtype(query.dtype))
 
 
@@ -189,6 +194,9 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   keep = None
   if plan.is_causal:
     keep = masks_lib.causal_mask(plan.bq, plan.bk, i * plan.bq, j * plan.bk)
+  if plan.window is not None:
+    keep = masks_lib.combine_masks(keep, masks_lib.band_mask(
+        plan.bq, plan.bk, plan.window, i * plan.bq, j * plan.bk))
   if mask is not None:
     keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
   if keep is not None:
@@ -205,19 +213,32 @@ def _keep_mask(plan, seed, i, j, shape):
   return tf.random.stateless_uniform(shape, block_seed) >= plan.rate
 
 
-def _key_blocks(plan, i):
-  """How many key blocks query block `i` visits (all, or up to the diagonal)."""
-  if not plan.is_causal:
-    return plan.nk
-  last_row = (i + 1) * plan.bq - 1
-  return tf.minimum(plan.nk, last_row // plan.bk + 1)
+def _key_block_range(plan, i):
+  """`[first, end)` of the key blocks query block `i` visits: all of them, or
+  those that meet the causal triangle and the sliding-window band."""
+  first, last_key = 0, None  # the last key position it sees; None: all
+  if plan.window is not None:
+    first = tf.maximum(i * plan.bq - plan.window + 1, 0) // plan.bk
+    last_key = (i + 1) * plan.bq - 1 + plan.window - 1
+  if plan.is_causal:
+    last_key = (i + 1) * plan.bq - 1
+  if last_key is None:
+    return first, plan.nk
+  return first, tf.minimum(plan.nk, last_key // plan.bk + 1)
 
 
-def _first_query_block(plan, j):
-  """The first query block that sees key block `j`."""
-  if not plan.is_causal:
-    return 0
-  return tf.minimum((j * plan.bk) // plan.bq, plan.nq)
+def _query_block_range(plan, j):
+  """`[first, end)` of the query blocks that see key block `j`."""
+  first_row, last_row = 0, None  # the rows that see it; None: to the last
+  if plan.window is not None:
+    first_row = tf.maximum(j * plan.bk - plan.window + 1, 0)
+    last_row = (j + 1) * plan.bk - 1 + plan.window - 1
+  if plan.is_causal:
+    first_row = j * plan.bk
+  first = tf.minimum(first_row // plan.bq, plan.nq)
+  if last_row is None:
+    return first, plan.nq
+  return first, tf.minimum(plan.nq, last_row // plan.bq + 1)
 
 
 def _forward(plan, qb, kb, vb, mask, seed):
@@ -244,10 +265,11 @@ def _forward(plan, qb, kb, vb, mask, seed):
       acc = acc * correction[..., None] + tf.cast(pv, plan.acc)
       return j + 1, m_new, l, acc
 
-    init = (tf.constant(0), tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
+    first, end = _key_block_range(plan, i)
+    init = (tf.convert_to_tensor(first),
+            tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
             tf.zeros(row_shape, plan.acc), tf.zeros(acc_shape, plan.acc))
-    n_kb = _key_blocks(plan, i)
-    _, m, l, acc = tf.while_loop(lambda j, *_: j < n_kb, key_block, init)
+    _, m, l, acc = tf.while_loop(lambda j, *_: j < end, key_block, init)
     out = acc / l[..., None]
     # m and l apart, not log-sum-exp m + log(l): with logits of 1e4 and more
     # float32 cannot hold m + log(l) closely enough to give the row's top key
@@ -296,10 +318,10 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
       dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, acc))
       return i + 1, dq_buf, dk, dv
 
-    init = (_first_query_block(plan, j), dq_buf,
+    first, end = _query_block_range(plan, j)
+    init = (tf.convert_to_tensor(first), dq_buf,
             tf.zeros(tf.shape(k_j), acc), tf.zeros(tf.shape(v_j), acc))
-    _, dq_buf, dk, dv = tf.while_loop(lambda i, *_: i < plan.nq, query_block,
-                                      init)
+    _, dq_buf, dk, dv = tf.while_loop(lambda i, *_: i < end, query_block, init)
     return j + 1, dq_buf, dks.write(j, dk), dvs.write(j, dv)
 
   arrays = [tf.TensorArray(acc, size=plan.nk) for _ in range(2)]

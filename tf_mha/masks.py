@@ -95,7 +95,7 @@ def prefix_mask(key_length, valid_length, key_offset=0):
   return cols < valid_length
 
 
-def band_mask(query_length, key_length, width):
+def band_mask(query_length, key_length, width, query_offset=0, key_offset=0):
   """`[T, S]` mask of the keys within `width - 1` positions: `|t - s| < width`.
 
   >>> band_mask(3, 3, 2).numpy().astype(int).tolist()
@@ -105,11 +105,13 @@ def band_mask(query_length, key_length, width):
     query_length: `T`, a Python int or scalar int tensor.
     key_length: `S`, a Python int or scalar int tensor.
     width: a positive Python int.
+    query_offset: position of the first query row (as in `causal_mask`).
+    key_offset: position of the first key column.
 
   Returns:
     A boolean tensor of shape `[T, S]`.
   """
-  rows, cols = _positions(query_length, key_length)
+  rows, cols = _positions(query_length, key_length, query_offset, key_offset)
   return tf.abs(rows - cols) < width
 
 

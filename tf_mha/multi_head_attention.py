@@ -196,6 +196,10 @@ class MultiHeadAttention(_layers.Layer):
     _checks.check_signature(*shapes)
     rank = shapes[0].rank
     axes = equations.normalize_attention_axes(self._attention_axes, rank)
+    if self._sliding_window is not None and len(axes) != 1:
+      raise ValueError(
+          "`sliding_window` needs a single attention axis. Received: "
+          f"attention_axes={axes}, sliding_window={self._sliding_window}")
     self._built_from_signature = True
     self._query_shape, self._value_shape, self._key_shape = shapes
     self._attention_axes = axes
@@ -303,7 +307,8 @@ class MultiHeadAttention(_layers.Layer):
       training: whether dropout applies.
       return_attention_scores: whether the scores are needed (tf_mha only).
       use_causal_mask: apply the causal mask without materialising it
-        (tf_mha only; overrides receive it inside `attention_mask`).
+        (tf_mha only; overrides receive it inside `attention_mask`). The
+        sliding window, too, is applied here and not in `attention_mask`.
 
     Returns:
       `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
@@ -327,6 +332,7 @@ class MultiHeadAttention(_layers.Layer):
           *flat,
           mask=mask,
           is_causal=use_causal_mask,
+          sliding_window=self._sliding_window,
           scale=1.0 / math.sqrt(float(self._key_dim)),
           dropout_rate=rate,
           dropout_seed=self._seeds.next() if rate else None,
@@ -376,15 +382,22 @@ class MultiHeadAttention(_layers.Layer):
       _checks.check_masks(self._attention_axes, query, value, key,
                           attention_mask, query_mask=query_mask,
                           value_mask=value_mask, key_mask=key_mask)
-    default_hook = (type(self)._compute_attention is
-                    MultiHeadAttention._compute_attention)
-    attention_mask = self._compute_attention_mask(
-        query, value, key=key, attention_mask=attention_mask,
-        use_causal_mask=use_causal_mask and not default_hook,
-        query_mask=query_mask, value_mask=value_mask, key_mask=key_mask)
+    # The op path: the op applies the causal and sliding-window masks and
+    # skips the keys they hide, instead of materialising `[T, S]` masks.
+    # Overrides of the attention math get them inside `attention_mask`.
+    ours = lambda name: getattr(type(self), name) is getattr(MultiHeadAttention, name)
+    op_path = ours("_compute_attention") and ours("_masked_softmax")
+    masks = dict(attention_mask=attention_mask, query_mask=query_mask,
+                 value_mask=value_mask, key_mask=key_mask)
+    if op_path and ours("_compute_attention_mask"):
+      attention_mask = self._combined_mask(query, value, key, **masks)
+    else:
+      attention_mask = self._compute_attention_mask(
+          query, value, key=key, use_causal_mask=use_causal_mask and not op_path,
+          **masks)
     gate = self._gate_dense(query) if self._use_gate else None  # [B, T, N, V]
     query, key, value = self._project(query, key, value)
-    if default_hook:
+    if op_path:
       output, scores = self._compute_attention(
           query, key, value, attention_mask, training,
           return_attention_scores=return_attention_scores,
@@ -415,11 +428,21 @@ class MultiHeadAttention(_layers.Layer):
   def _compute_attention_mask(self, query, value, key=None,
                               attention_mask=None, use_causal_mask=False,
                               query_mask=None, value_mask=None, key_mask=None):
-    """Combines the explicit, Keras and causal masks into `[B, T, S]`.
+    """Combines the explicit, Keras, causal and sliding-window masks into
+    `[B, T, S]`.
 
     Query masks become `[B, T, 1]`, value and key masks `[B, 1, S]`, the
-    causal mask `[1, T, S]`; all are ANDed with `attention_mask`.
+    causal and sliding-window masks `[1, T, S]`; all are ANDed with
+    `attention_mask`.
     """
+    return self._combined_mask(
+        query, value, key, attention_mask, query_mask, value_mask, key_mask,
+        causal=use_causal_mask, window=self._sliding_window is not None)
+
+  def _combined_mask(self, query, value, key=None, attention_mask=None,
+                     query_mask=None, value_mask=None, key_mask=None,
+                     causal=False, window=False):
+    """`_compute_attention_mask`, with the causal and window parts optional."""
     if query_mask is None and value_mask is None and key_mask is None:
       query_mask = getattr(query, "_keras_mask", None)
       value_mask = getattr(value, "_keras_mask", None)
@@ -428,9 +451,9 @@ class MultiHeadAttention(_layers.Layer):
     axes = len(self._attention_axes) if self._built_from_signature else 1
     parts = [attention_mask, *_inputs.padding_masks(
         query_mask, value_mask, key_mask, axes)]
-    if use_causal_mask:
+    if causal:
       parts.append(self._compute_causal_mask(query, value))
-    if self._sliding_window is not None:
+    if window:
       parts.append(self._compute_sliding_window_mask(query, value))
     return masks_lib.combine_masks(*parts)
 
@@ -440,11 +463,6 @@ class MultiHeadAttention(_layers.Layer):
 
   def _compute_sliding_window_mask(self, query, value=None):
     """The `[1, T, S]` band `|t - s| < sliding_window` over the attention axis."""
-    if self._built_from_signature and len(self._attention_axes) != 1:
-      raise ValueError(
-          "`sliding_window` needs a single attention axis. Received: "
-          f"attention_axes={self._attention_axes}, "
-          f"sliding_window={self._sliding_window}")
     return self._length_mask(
         lambda t, s: masks_lib.band_mask(t, s, self._sliding_window),
         query, value)

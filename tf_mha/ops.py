@@ -24,6 +24,7 @@ def dot_product_attention(query,
                           *,
                           mask=None,
                           is_causal=False,
+                          sliding_window=None,
                           scale=None,
                           dropout_rate=0.0,
                           dropout_seed=None,
@@ -48,6 +49,10 @@ def dot_product_attention(query,
     mask: boolean, broadcastable to `[B, N, T, S]`, `True` where attention is
       allowed; or `None`.
     is_causal: also apply `masks.causal_mask(T, S)` (query `t` sees `s <= t`).
+    sliding_window: `None`, or a positive int `W`: also apply
+      `masks.band_mask(T, S, W)` (query `t` sees keys with `|t - s| < W`;
+      with `is_causal`, the `W` keys up to its own). The chunked and
+      blockwise paths skip the keys outside the band.
     scale: multiplies the query; defaults to `1 / sqrt(H)`.
     dropout_rate: fraction of attention probabilities dropped, in `[0, 1)`.
     dropout_seed: shape-`[2]` int seed for the stateless dropout; drawn at
@@ -75,6 +80,11 @@ def dot_product_attention(query,
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError("`dropout_rate` must be in [0, 1). "
                      f"Received: dropout_rate={dropout_rate!r}")
+  if sliding_window is not None and (
+      isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
+      or sliding_window < 1):
+    raise ValueError("`sliding_window` must be None or a positive integer. "
+                     f"Received: sliding_window={sliding_window!r}")
   if flash_attention and return_scores:
     raise ValueError(
         "Returning attention scores is not supported when flash attention "
@@ -96,16 +106,20 @@ def dot_product_attention(query,
   if use_flash:
     out = flash.blockwise_attention(
         query, key, value, mask=mask, is_causal=is_causal,
-        dropout_rate=dropout_rate, dropout_seed=dropout_seed,
-        block_sizes=block_sizes)
+        sliding_window=sliding_window, dropout_rate=dropout_rate,
+        dropout_seed=dropout_seed, block_sizes=block_sizes)
     return (out, None) if return_scores else out
-  chunks = _causal_chunks(query, key, mask) if is_causal and not return_scores else None
+  chunks = None
+  if is_causal and not return_scores:
+    chunks = _causal_chunks(query, key, mask, sliding_window)
   if chunks:
     return _chunked_causal_attention(query, key, value, mask, chunks,
-                                     dropout_rate, dropout_seed)
+                                     sliding_window, dropout_rate, dropout_seed)
+  t, s = tf.shape(query)[1], tf.shape(key)[1]
   if is_causal:
-    causal = masks_lib.causal_mask(tf.shape(query)[1], tf.shape(key)[1])
-    mask = masks_lib.combine_masks(mask, causal)
+    mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(t, s))
+  if sliding_window is not None:
+    mask = masks_lib.combine_masks(mask, masks_lib.band_mask(t, s, sliding_window))
   out, probs = _plain_attention(query, key, value, mask, dropout_rate,
                                 dropout_seed)
   return (out, probs) if return_scores else out
@@ -192,8 +206,9 @@ def _in_xla_context():
       tf.compat.v1.get_default_graph())
 
 
-def _causal_chunks(query, key, mask):
-  """Static `[(t0, t1, s1)]`: query rows `[t0, t1)` see only keys `< s1`.
+def _causal_chunks(query, key, mask, window=None):
+  """Static `[(t0, t1, s0, s1)]`: query rows `[t0, t1)` see only keys in
+  `[s0, s1)` (`s0 > 0` under a sliding window `W`: `t0 - W + 1`).
 
   `None` (no chunking) for short or dynamic lengths, or a mask whose `T`
   and `S` sizes are not static.
@@ -209,36 +224,42 @@ def _causal_chunks(query, key, mask):
     return None
   count = t // rows
   bounds = [i * t // count for i in range(count + 1)]
-  return [(a, b, min(s, b)) for a, b in zip(bounds, bounds[1:])]
+  first = lambda t0: 0 if window is None else min(s, max(0, t0 - window + 1))
+  return [(a, b, first(a), min(s, b)) for a, b in zip(bounds, bounds[1:])]
 
 
-def _chunked_causal_attention(query, key, value, mask, chunks, dropout_rate,
-                              dropout_seed):
+def _chunked_causal_attention(query, key, value, mask, chunks, window,
+                              dropout_rate, dropout_seed):
   """Causal attention chunk by chunk of queries, each reading only the keys
-  at or before its last row: the blocks above the diagonal (about half the
-  work at long lengths) are never computed, and there is no loop to run."""
+  it can see (at or before its last row, and within the sliding window):
+  the blocks above the diagonal (about half the work at long lengths) are
+  never computed, and there is no loop to run."""
   s = key.shape[1]
   if mask is not None:
     for _ in range(4 - mask.shape.rank):  # leading axes; its batch may be dynamic
       mask = tf.expand_dims(mask, 0)
   # Heads-major once, so that every product below is a plain batched matmul.
   q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (query, key, value))
+  may_mask_rows = mask is not None or window is not None
   value_mean = None
   outs = []
-  for i, (t0, t1, s1) in enumerate(chunks):
-    keep = masks_lib.causal_mask(t1 - t0, s1, query_offset=t0)
+  for i, (t0, t1, s0, s1) in enumerate(chunks):
+    keep = masks_lib.causal_mask(t1 - t0, s1 - s0, query_offset=t0, key_offset=s0)
+    if window is not None:
+      keep = tf.logical_and(keep, masks_lib.band_mask(
+          t1 - t0, s1 - s0, window, query_offset=t0, key_offset=s0))
     if mask is not None:
       rows = slice(t0, t1) if mask.shape[2] != 1 else slice(None)
-      cols = slice(0, s1) if mask.shape[3] != 1 else slice(None)
-      keep = tf.logical_and(keep, mask[:, :, rows, cols])  # [B, N, rows, s1]
+      cols = slice(s0, s1) if mask.shape[3] != 1 else slice(None)
+      keep = tf.logical_and(keep, mask[:, :, rows, cols])  # [B, N, rows, s1 - s0]
     seed = None
     if dropout_rate > 0.0:
       seed = tf.random.experimental.stateless_fold_in(dropout_seed, i)
-    out = _chunk_attention(q[:, :, t0:t1], k[:, :, :s1], v[:, :, :s1], keep,
-                           dropout_rate, seed, mask is not None)  # [B, N, rows, V]
-    if mask is not None and s1 < s:
+    out = _chunk_attention(q[:, :, t0:t1], k[:, :, s0:s1], v[:, :, s0:s1], keep,
+                           dropout_rate, seed, may_mask_rows)  # [B, N, rows, V]
+    if may_mask_rows and (s0 > 0 or s1 < s):
       # A row with no visible key attends to all `S` keys uniformly, as the
-      # unchunked path does: the mean of every value, not of the first s1.
+      # unchunked path does: the mean of every value, not of the chunk's.
       if value_mean is None:
         value_mean = tf.reduce_mean(v, axis=2, keepdims=True)  # [B, N, 1, V]
       seen = tf.reduce_any(keep, -1, keepdims=True)  # [B, N, rows, 1]
