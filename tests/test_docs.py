@@ -40,14 +40,16 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     proc = subprocess.run(
         [sys.executable, "-m", "tools.benchmark", "--seq_lens=16", "--passes=fwd",
          "--jit=false", "--repeats=1", "--batch=1", f"--results_dir={out_dir}",
-         "--memory_seq_lens=32", "--memory_impls=tf_mha", "--memory_passes=fwd+bwd"],
+         "--memory_seq_lens=32", "--memory_impls=tf_mha", "--memory_passes=fwd+bwd",
+         "--memory_sliding_window=8"],
         capture_output=True, text=True, cwd=_REPO, timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
     with open(os.path.join(out_dir, "benchmark.md")) as f:
       table = f.read()
     self.assertRegex(table, r"\| 16 \| fwd \| no \| [\d.]+ \| [\d.]+ \| [\d.]+ \|")
-    self.assertRegex(table, r"\| 32 \| fwd\+bwd \| tf_mha \| [\d.]+ s, [\d.]+ GiB peak RSS \|")
+    self.assertRegex(table, r"\| 32 sliding_window=8 \| fwd\+bwd \| tf_mha \| "
+                     r"[\d.]+ s, [\d.]+ GiB peak RSS \|")
     self.assertTrue(os.path.isfile(os.path.join(out_dir, "benchmark.png")))
 
 

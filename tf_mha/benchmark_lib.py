@@ -25,6 +25,7 @@ class Point:
   causal: bool = True
   backward: bool = False
   jit: bool = True
+  sliding_window: int = None  # tf_mha and Keras 3 only
 
   def attention_flops(self):
     """Full (non-causal) attention FLOPs: QK^T and PV, times 3 with backward."""
@@ -52,7 +53,10 @@ def make_layer(impl):
 
 def make_step(impl, point, seed=0):
   """A compiled step for one implementation and its input."""
-  layer = make_layer(impl)(num_heads=point.num_heads, key_dim=point.key_dim)
+  window = {} if point.sliding_window is None else {
+      "sliding_window": point.sliding_window}
+  layer = make_layer(impl)(num_heads=point.num_heads, key_dim=point.key_dim,
+                           **window)
   x = tf.random.stateless_normal([point.batch, point.seq_len, point.model_dim],
                                  seed=[seed, 1])
   layer(x[:, :8], x[:, :8])  # build

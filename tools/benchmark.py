@@ -35,23 +35,28 @@ _MEMORY_IMPLS = flags.DEFINE_list("memory_impls", ["tf_mha", "keras3"],
 _MEMORY_PASSES = flags.DEFINE_list(
     "memory_passes", ["fwd"], "fwd and/or fwd+bwd (a training step's "
     "gradients) for the peak-RSS points.")
+_MEMORY_WINDOW = flags.DEFINE_integer(
+    "memory_sliding_window", None, "A `sliding_window` for the peak-RSS "
+    "points (tf_mha and Keras 3 have one; tf_keras does not).")
 _RESULTS_DIR = flags.DEFINE_string("results_dir", "results", "Where to write outputs.")
-_SINGLE = flags.DEFINE_string("single_point", None,
-                              "Internal: 'impl,T,backward' run in this process.")
+_SINGLE = flags.DEFINE_string(
+    "single_point", None,
+    "Internal: 'impl,T,backward,window' run in this process.")
 
 
 def _single(spec):
   from tf_mha import benchmark_lib as lib
-  impl, t, backward = spec.split(",")
-  point = lib.Point(int(t), batch=1, backward=backward == "1")
+  impl, t, backward, window = spec.split(",")
+  point = lib.Point(int(t), batch=1, backward=backward == "1",
+                    sliding_window=int(window) if window else None)
   seconds, rss = lib.peak_rss_point(impl, point)
   print(json.dumps({"seconds": seconds, "peak_rss": rss}))
 
 
-def _memory_point(impl, t, backward):
+def _memory_point(impl, t, backward, window):
   """Runs one point in a fresh process; None when it fails (e.g. OOM)."""
   cmd = [sys.executable, "-m", "tools.benchmark",
-         f"--single_point={impl},{t},{int(backward)}"]
+         f"--single_point={impl},{t},{int(backward)},{window or ''}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -94,6 +99,14 @@ def main(argv):
     _choices(flag, lib.IMPLEMENTATIONS)
   jits = [j == "true" for j in _choices(
       _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
+  window = _MEMORY_WINDOW.value
+  if window is not None:
+    if window < 1:
+      raise app.UsageError(f"--memory_sliding_window must be a positive "
+                           f"integer, got {window}")
+    if "tf_keras" in _MEMORY_IMPLS.value:
+      raise app.UsageError("--memory_sliding_window: tf_keras has no "
+                           "sliding_window; leave it out of --memory_impls")
   for flag in (_BATCH, _REPEATS):
     if flag.value < 1:
       raise app.UsageError(f"--{flag.name} must be a positive integer, got "
@@ -108,12 +121,14 @@ def main(argv):
   for t in memory_seq_lens:
     for passes in _MEMORY_PASSES.value:
       for impl in _MEMORY_IMPLS.value:
-        print(f"Peak memory: {impl} T={t} causal {passes} (own process)...", flush=True)
-        result = _memory_point(impl, t, backward=passes == "fwd+bwd")
+        band = "" if window is None else f" sliding_window={window}"
+        print(f"Peak memory: {impl} T={t} causal{band} {passes} (own process)...",
+              flush=True)
+        result = _memory_point(impl, t, passes == "fwd+bwd", window)
         text = ("did not complete" if result is None else
                 f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
         print(f"  {text}", flush=True)
-        memory_lines.append(f"| {t} | {passes} | {impl} | {text} |")
+        memory_lines.append(f"| {t}{band} | {passes} | {impl} | {text} |")
   rows = []
   for t in seq_lens:
     for backward in (p == "fwd+bwd" for p in _PASSES.value):
