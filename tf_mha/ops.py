@@ -244,6 +244,11 @@ def _chunked_causal_attention(query, key, value, mask, chunks, window,
   value_mean = None
   outs = []
   for i, (t0, t1, s0, s1) in enumerate(chunks):
+    if s0 >= s1:  # rows past the last key's window: no key to see
+      if value_mean is None:
+        value_mean = tf.reduce_mean(v, axis=2, keepdims=True)  # [B, N, 1, V]
+      outs.append(tf.repeat(value_mean, t1 - t0, axis=2))
+      continue
     keep = masks_lib.causal_mask(t1 - t0, s1 - s0, query_offset=t0, key_offset=s0)
     if window is not None:
       keep = tf.logical_and(keep, masks_lib.band_mask(
