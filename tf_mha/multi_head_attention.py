@@ -75,7 +75,8 @@ class MultiHeadAttention(_layers.Layer):
     sliding_window: `None`, or a positive int `W` (Keras 3's argument): a
       query attends only to keys within `W - 1` positions of its own
       (`|t - s| < W`, a symmetric band over one attention axis); with
-      `use_causal_mask=True` the causal sliding window of Mistral.
+      `use_causal_mask=True` the causal sliding window of Mistral. Applied
+      in the op, which skips the keys outside the band (no `[T, S]` mask).
     softmax_robust_masking: accepted for tf.keras compatibility; masking is
       always robust here (masked logits are replaced, not offset).
     **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
