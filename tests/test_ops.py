@@ -318,6 +318,9 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
     for bad in (0, -2, 1.5, True):
       with self.assertRaisesRegex(ValueError, "sliding_window="):
         tf_mha.dot_product_attention(x, x, x, sliding_window=bad)
+    self.assertAllClose(  # a NumPy integer is an integer
+        tf_mha.dot_product_attention(x, x, x, sliding_window=np.int64(2)),
+        tf_mha.dot_product_attention(x, x, x, sliding_window=2))
 
 
 class MasksTest(tf.test.TestCase):

@@ -10,6 +10,7 @@ exact path in `tf_mha.flash` (linear memory, online softmax).
 """
 
 import math
+import numbers
 
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
@@ -80,11 +81,12 @@ def dot_product_attention(query,
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError("`dropout_rate` must be in [0, 1). "
                      f"Received: dropout_rate={dropout_rate!r}")
-  if sliding_window is not None and (
-      isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
-      or sliding_window < 1):
-    raise ValueError("`sliding_window` must be None or a positive integer. "
-                     f"Received: sliding_window={sliding_window!r}")
+  if sliding_window is not None:
+    if (isinstance(sliding_window, bool) or
+        not isinstance(sliding_window, numbers.Integral) or sliding_window < 1):
+      raise ValueError("`sliding_window` must be None or a positive integer. "
+                       f"Received: sliding_window={sliding_window!r}")
+    sliding_window = int(sliding_window)
   if flash_attention and return_scores:
     raise ValueError(
         "Returning attention scores is not supported when flash attention "
