@@ -676,6 +676,19 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(ours(x, x, use_causal_mask=True),
                         theirs(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
 
+  def test_projections_follow_the_compiler(self):
+    # Under XLA the projections are matmuls on the reshaped kernels (no
+    # transposed gradient copies); without it, one einsum op each.
+    layer = tf_mha.MultiHeadAttention(2, 4)
+    x = tf.zeros([2, 5, 6])
+    layer(x, x)
+    for jit, matmuls in ((True, 4), (False, 0)):
+      graph = tf.function(lambda x: layer(x, x), jit_compile=jit).get_concrete_function(
+          x).graph
+      types = [op.type for op in graph.get_operations()]
+      self.assertEqual(types.count("MatMul"), matmuls, f"jit={jit}")
+      self.assertEqual(types.count("Einsum"), 6 - matmuls, f"jit={jit}")
+
   def test_activity_regularizer_losses_match_tf_keras(self):
     x = _normal(2, 5, 6)
     for q, v in ((x, x), (x, _normal(2, 3, 6))):

@@ -13,8 +13,8 @@ import math
 import numbers
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
+from tf_mha import _compiler
 from tf_mha import flash
 from tf_mha import masks as masks_lib
 
@@ -193,19 +193,9 @@ def _chunk_rows(length):
   836 ms with 256, 256 and 512 rows, against 112, 334 and 1092 ms with 128;
   so without XLA, at least 256 rows and at most four chunks.
   """
-  if _in_xla_context():
+  if _compiler.in_xla_context():
     return 128
   return max(256, length // 4)
-
-
-def _in_xla_context():
-  """Whether the op being built will be compiled by XLA: traced inside
-  `tf.function(jit_compile=True)`, a Keras model compiled with
-  `jit_compile=True`, or a TPU replica step (tf.keras asks the same way)."""
-  if tf.executing_eagerly():
-    return False
-  return control_flow_util.GraphOrParentsInXlaContext(
-      tf.compat.v1.get_default_graph())
 
 
 def _causal_chunks(query, key, mask, window=None):
