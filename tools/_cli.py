@@ -16,3 +16,12 @@ def run(main):
   if os.environ.get("BUILD_WORKING_DIRECTORY"):
     os.chdir(os.environ["BUILD_WORKING_DIRECTORY"])
   app.run(main)
+
+
+def check_positive(*flags):
+  """Raises a UsageError naming the first integer flag that is set and not
+  positive (a flag left at None passes)."""
+  for flag in flags:
+    if flag.value is not None and flag.value < 1:
+      raise app.UsageError(
+          f"--{flag.name} must be a positive integer, got {flag.value}")

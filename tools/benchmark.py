@@ -99,18 +99,11 @@ def main(argv):
     _choices(flag, lib.IMPLEMENTATIONS)
   jits = [j == "true" for j in _choices(
       _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
+  _cli.check_positive(_BATCH, _REPEATS, _MEMORY_WINDOW)
   window = _MEMORY_WINDOW.value
-  if window is not None:
-    if window < 1:
-      raise app.UsageError(f"--memory_sliding_window must be a positive "
-                           f"integer, got {window}")
-    if "tf_keras" in _MEMORY_IMPLS.value:
-      raise app.UsageError("--memory_sliding_window: tf_keras has no "
-                           "sliding_window; leave it out of --memory_impls")
-  for flag in (_BATCH, _REPEATS):
-    if flag.value < 1:
-      raise app.UsageError(f"--{flag.name} must be a positive integer, got "
-                           f"{flag.value}")
+  if window is not None and "tf_keras" in _MEMORY_IMPLS.value:
+    raise app.UsageError("--memory_sliding_window: tf_keras has no "
+                         "sliding_window; leave it out of --memory_impls")
   os.makedirs(_RESULTS_DIR.value, exist_ok=True)
   print("Measuring this machine's matmul peak...", flush=True)
   peak = lib.matmul_peak()

@@ -35,10 +35,7 @@ _QUANTIZE = flags.DEFINE_list(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _VERSION.value is not None and _VERSION.value < 1:
-    raise app.UsageError(f"--version must be a positive integer, got {_VERSION.value}")
-  if _EPOCHS.value < 1:
-    raise app.UsageError(f"--epochs must be a positive integer, got {_EPOCHS.value}")
+  _cli.check_positive(_VERSION, _EPOCHS)
   from tf_mha.export import serving
   from tf_mha.export import tflite
   try:

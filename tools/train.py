@@ -62,9 +62,7 @@ def main(argv):
   if bool(_MODEL.value) != bool(_DATA.value):
     raise app.UsageError("--model and --data go together; received "
                          f"--model={_MODEL.value!r} --data={_DATA.value!r}")
-  for flag in (_STEPS, _EPOCHS, _BATCH_SIZE, _CHECKPOINT_EVERY, _LOG_EVERY):
-    if flag.value is not None and flag.value < 1:
-      raise app.UsageError(f"--{flag.name} must be a positive integer, got {flag.value}")
+  _cli.check_positive(_STEPS, _EPOCHS, _BATCH_SIZE, _CHECKPOINT_EVERY, _LOG_EVERY)
   from tf_mha import training
   try:
     strategy = training.make_strategy(_STRATEGY.value, tpu=_TPU.value)
