@@ -10,10 +10,10 @@ exact path in `tf_mha.flash` (linear memory, online softmax).
 """
 
 import math
-import numbers
 
 import tensorflow as tf
 
+from tf_mha import _checks
 from tf_mha import _compiler
 from tf_mha import flash
 from tf_mha import masks as masks_lib
@@ -82,11 +82,7 @@ def dot_product_attention(query,
     raise ValueError("`dropout_rate` must be in [0, 1). "
                      f"Received: dropout_rate={dropout_rate!r}")
   if sliding_window is not None:
-    if (isinstance(sliding_window, bool) or
-        not isinstance(sliding_window, numbers.Integral) or sliding_window < 1):
-      raise ValueError("`sliding_window` must be None or a positive integer. "
-                       f"Received: sliding_window={sliding_window!r}")
-    sliding_window = int(sliding_window)
+    sliding_window = _checks.positive_int("sliding_window", sliding_window)
   if flash_attention and return_scores:
     raise ValueError(
         "Returning attention scores is not supported when flash attention "
@@ -233,12 +229,15 @@ def _chunked_causal_attention(query, key, value, mask, chunks, window,
   # Heads-major once, so that every product below is a plain batched matmul.
   q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (query, key, value))
   may_mask_rows = mask is not None or window is not None
+  # What a row with no visible key gets: it attends to all `S` keys
+  # uniformly, as the unchunked path does (the mean of every value, not of
+  # its chunk's).
   value_mean = None
+  if may_mask_rows:
+    value_mean = tf.reduce_mean(v, axis=2, keepdims=True)  # [B, N, 1, V]
   outs = []
   for i, (t0, t1, s0, s1) in enumerate(chunks):
     if s0 >= s1:  # rows past the last key's window: no key to see
-      if value_mean is None:
-        value_mean = tf.reduce_mean(v, axis=2, keepdims=True)  # [B, N, 1, V]
       outs.append(tf.repeat(value_mean, t1 - t0, axis=2))
       continue
     keep = masks_lib.causal_mask(t1 - t0, s1 - s0, query_offset=t0, key_offset=s0)
@@ -255,10 +254,6 @@ def _chunked_causal_attention(query, key, value, mask, chunks, window,
     out = _chunk_attention(q[:, :, t0:t1], k[:, :, s0:s1], v[:, :, s0:s1], keep,
                            dropout_rate, seed, may_mask_rows)  # [B, N, rows, V]
     if may_mask_rows and (s0 > 0 or s1 < s):
-      # A row with no visible key attends to all `S` keys uniformly, as the
-      # unchunked path does: the mean of every value, not of the chunk's.
-      if value_mean is None:
-        value_mean = tf.reduce_mean(v, axis=2, keepdims=True)  # [B, N, 1, V]
       seen = tf.reduce_any(keep, -1, keepdims=True)  # [B, N, rows, 1]
       out = tf.where(seen, out, value_mean)
     outs.append(out)
