@@ -86,13 +86,11 @@ def export(obj, output_dir, model_name, version=None, *, signatures=None,
     The path of the version directory.
 
   Raises:
-    ExportRefused: the version exists and `overwrite` is False (nothing is
-      changed).
+    ExportRefused: as `check_destination` (nothing is changed).
     ValueError: `model_name` or `version` are not usable.
   """
   final = check_destination(output_dir, model_name, version, overwrite)
-  model_dir = os.path.dirname(final)
-  version = int(os.path.basename(final))
+  model_dir, version = os.path.split(final)
   os.makedirs(model_dir, exist_ok=True)
   staging = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
   try:
