@@ -126,10 +126,28 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
        "mask list of length 2 or 3"),
       ("key_dim", lambda: [tf.ones([1, 2, 3]), tf.ones([1, 2, 4])], None, "last dimension"),
       ("lengths", lambda: [tf.ones([1, 2, 3]), tf.ones([1, 2, 3]), tf.ones([1, 4, 3])],
-       None, "same length"))
+       None, "same length"),
+      ("batch", lambda: [tf.ones([3, 2, 3]), tf.ones([2, 4, 3])], None,
+       r"batch dimensions.*\(3, 2, 3\).*\(2, 4, 3\)"),
+      ("missing_value", lambda: [tf.ones([1, 2, 3]), None], None,
+       "`value` is required"),
+      ("query_mask", lambda: [tf.ones([2, 3, 4]), tf.ones([2, 5, 4])],
+       [tf.ones([2, 4], tf.bool), None], r"`mask\[0\]` \(query_mask\).*\(2, 4\)"),
+      ("value_mask", lambda: [tf.ones([2, 3, 4]), tf.ones([2, 5, 4])],
+       [None, tf.ones([2, 6], tf.bool)], r"`mask\[1\]` \(value_mask\).*\(2, 6\)"))
   def test_bad_inputs(self, make, mask, pattern):
     with self.assertRaisesRegex(ValueError, pattern):
       tf_mha.Attention()(make(), mask=mask)
+
+  def test_non_numeric_input_is_named(self):
+    with self.assertRaisesRegex(TypeError, "`key` must be a numeric.*string"):
+      tf_mha.Attention()([tf.ones([1, 2, 3]), tf.ones([1, 4, 3]),
+                          tf.fill([1, 4, 3], "a")])
+
+  def test_batch_of_one_broadcasts_as_in_tf_keras(self):
+    query, value = tf.ones([3, 2, 4]), _RNG.normal(size=(1, 5, 4)).astype("float32")
+    self.assertAllClose(tf_mha.Attention()([query, value]),
+                        tf_keras.layers.Attention()([query, value]))
 
   def test_bad_constructor_arguments(self):
     with self.assertRaisesRegex(

@@ -502,6 +502,7 @@ class ErrorsTest(tf.test.TestCase, parameterized.TestCase):
       ("axes_negative", dict(attention_axes=-7), {}, "attention_axes"),
       ("rank", {}, dict(value=np.ones((2, 5, 4, 8))), "same rank"),
       ("batch", {}, dict(value=np.ones((3, 5, 8))), "same batch size"),
+      ("missing_value", {}, dict(value=None), "`value` is required"),
       ("key_value_lengths", {}, dict(key=np.ones((2, 6, 8))), "`key` and `value`"),
       ("attention_mask", {}, dict(attention_mask=np.ones((2, 4, 5))),
        r"`attention_mask` must broadcast.*\[2, 3, 5\].*\(2, 4, 5\)"),
@@ -521,6 +522,14 @@ class ErrorsTest(tf.test.TestCase, parameterized.TestCase):
     args = {"query": np.ones((2, 3, 8)), "value": np.ones((2, 5, 8)), **call_kwargs}
     with self.assertRaisesRegex(ValueError, pattern):
       layer(**args)
+
+  def test_non_numeric_inputs_are_named(self):
+    layer = tf_mha.MultiHeadAttention(2, 4)
+    with self.assertRaisesRegex(TypeError, "`query` must be a numeric.*string"):
+      layer(tf.fill([2, 3, 8], "a"), np.ones((2, 5, 8)))
+    with self.assertRaisesRegex(TypeError, "`key`.*array of numbers.*object"):
+      layer(np.ones((2, 3, 8)), np.ones((2, 5, 8)), object())
+    self.assertEqual(layer.weights, [])
 
   def test_refused_first_call_leaves_the_layer_unbuilt(self):
     layer = tf_mha.MultiHeadAttention(2, 4, attention_axes=(5,))

@@ -145,15 +145,46 @@ class DotProductAttentionTest(tf.test.TestCase, parameterized.TestCase):
       ("heads", dict(key=tf.ones([1, 5, 3, 4]), value=tf.ones([1, 5, 3, 4])),
        "number of heads"),
       ("head_size", dict(key=tf.ones([1, 5, 2, 3])), "head size"),
-      ("dropout", dict(dropout_rate=1.0), "dropout_rate"),
+      ("dropout", dict(dropout_rate=1.0), r"dropout_rate=1\.0"),
+      ("dropout_type", dict(dropout_rate="0.1"), "dropout_rate='0.1'"),
       ("flash_scores", dict(flash_attention=True, return_scores=True),
-       "flash_attention=True"))
+       "flash_attention=True"),
+      ("flash_type", dict(flash_attention="yes"), "flash_attention='yes'"),
+      ("missing_key", dict(key=None), "`key` is required"),
+      ("mask_shape", dict(mask=tf.ones([1, 1, 3, 4], tf.bool)),
+       r"`mask` must broadcast to \[B, N, T, S\] = \[1, 2, 3, 5\].*\(1, 1, 3, 4\)"),
+      ("mask_rank", dict(mask=tf.ones([1, 1, 1, 3, 5], tf.bool)), "`mask`"),
+      ("scale", dict(scale="0.5"), "scale='0.5'"),
+      ("scale_tensor", dict(scale=tf.ones([2])), "`scale`"),
+      ("window", dict(sliding_window=0), "sliding_window=0"),
+      ("blocks", dict(block_sizes=(0, 4), flash_attention=True),
+       r"block_sizes=\(0, 4\)"),
+      ("blocks_type", dict(block_sizes="ab", flash_attention=True),
+       "block_sizes='ab'"))
   def test_errors_name_the_argument(self, overrides, pattern):
     args = dict(query=tf.ones([1, 3, 2, 4]), key=tf.ones([1, 5, 2, 4]),
                 value=tf.ones([1, 5, 2, 4]))
     args.update(overrides)
     with self.assertRaisesRegex(ValueError, pattern):
       tf_mha.dot_product_attention(**args)
+
+  @parameterized.named_parameters(
+      ("int_query", "query", tf.ones([1, 3, 2, 4], tf.int32), "dtype int32"),
+      ("string_value", "value", tf.fill([1, 5, 2, 4], "a"), "dtype string"),
+      ("object", "key", object(), "an array of numbers"))
+  def test_inputs_must_be_floating_point(self, name, bad, pattern):
+    args = dict(query=tf.ones([1, 3, 2, 4]), key=tf.ones([1, 5, 2, 4]),
+                value=tf.ones([1, 5, 2, 4]))
+    args[name] = bad
+    with self.assertRaisesRegex(TypeError, f"`{name}`.*{pattern}"):
+      tf_mha.dot_product_attention(**args)
+
+  def test_mask_checks_accept_what_broadcasts(self):
+    q, k, v = _inputs(2, 3, 5, 2, 4, 4)
+    ref = tf_mha.dot_product_attention(q, k, v)
+    for shape in ([5], [3, 1], [1, 3, 5], [2, 1, 1, 5]):
+      out = tf_mha.dot_product_attention(q, k, v, mask=tf.ones(shape, tf.bool))
+      self.assertAllClose(out, ref)
 
   def test_bfloat16_and_float16_accuracy(self):
     q, k, v = _inputs(2, 40, 40, 2, 8, 8)

@@ -1,4 +1,4 @@
-"""Argument and shape checks for `MultiHeadAttention`.
+"""Argument and shape checks for the layers and `dot_product_attention`.
 
 Each raises a `ValueError` (or `TypeError`) that names the argument and
 echoes what was received, before any variable exists or an op could fail
@@ -24,6 +24,54 @@ def rate(name, value):
     raise ValueError(f"`{name}` must be a float in [0, 1). "
                      f"Received: {name}={value!r}")
   return value
+
+
+def block_sizes(value):
+  """`None` or two positive ints `(query_block, key_block)`."""
+  if value is None:
+    return None
+  if not (isinstance(value, (tuple, list)) and len(value) == 2 and
+          all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and
+              b >= 1 for b in value)):
+    raise ValueError("`block_sizes` must be two positive integers, "
+                     f"(query_block, key_block). Received: block_sizes={value!r}")
+  return tuple(int(b) for b in value)
+
+
+def scalar(name, value):
+  """`None`, a real number, or a scalar real tensor."""
+  if value is None or (isinstance(value, numbers.Real) and
+                       not isinstance(value, bool)):
+    return value
+  if (tf.is_tensor(value) and value.shape.rank == 0 and
+      (value.dtype.is_floating or value.dtype.is_integer)):
+    return value
+  raise ValueError(f"`{name}` must be a number or a scalar tensor. "
+                   f"Received: {name}={_brief(value)}")
+
+
+def tensor(name, value, floating=False, dtype_hint=None):
+  """`value` as a tensor (a ragged one stays ragged) of numbers: floating
+  point if `floating`, else floating point or integer."""
+  if value is None:
+    raise ValueError(f"`{name}` is required. Received: {name}=None")
+  if not (tf.is_tensor(value) or isinstance(value, tf.RaggedTensor)):
+    try:
+      value = tf.convert_to_tensor(value, dtype_hint=dtype_hint)
+    except (TypeError, ValueError) as e:
+      raise TypeError(f"`{name}` must be a tensor or an array of numbers. "
+                      f"Received: {name}={_brief(value)}") from e
+  dtype = tf.as_dtype(value.dtype)
+  if not (dtype.is_floating or (dtype.is_integer and not floating)):
+    kind = "floating-point" if floating else "numeric (floating-point or integer)"
+    raise TypeError(f"`{name}` must be a {kind} tensor. "
+                    f"Received: {name} with dtype {dtype.name}")
+  return value
+
+
+def _brief(value, limit=80):
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def tri_state(name, value):
@@ -154,6 +202,18 @@ def check_masks(attention_axes, query, value, key, attention_mask, **masks):
     raise ValueError(
         "`attention_mask` must broadcast to [batch dims, query (T) dims, key "
         f"(S) dims] = {full}. Received: attention_mask with shape {shape}")
+
+
+def check_op_mask(mask, full):
+  """A static mask shape against `full` = `[B, N, T, S]`, aligned at the
+  end as broadcasting aligns them."""
+  shape = static_shape(mask)
+  if shape is None or shape.rank is None:
+    return
+  dims = shape.as_list()
+  if len(dims) > len(full) or not _broadcasts(dims, full[len(full) - len(dims):]):
+    raise ValueError(f"`mask` must broadcast to [B, N, T, S] = {full}. "
+                     f"Received: mask with shape {shape}")
 
 
 def _broadcasts(mask_dims, dims):

@@ -6,6 +6,7 @@ several attention axes in place of `T` and `S`.
 
 import tensorflow as tf
 
+from tf_mha import _checks
 from tf_mha import masks
 
 
@@ -19,18 +20,23 @@ def keras_mask(tensor, explicit):
 def dense_inputs(query, value, key):
   """Tensors from array-likes; ragged inputs become dense, as in tf.keras.
 
+  Raises:
+    ValueError, TypeError: naming an input that is missing or not an array
+      of numbers.
+
   Returns:
     `(query, value, key, lengths)`: `lengths` are the ragged query's nested
     row lengths, to make the output ragged again, or None.
   """
   converted = {}
 
-  def tensor(x):
-    if isinstance(x, tf.RaggedTensor) or tf.is_tensor(x):
-      return x
-    return converted.setdefault(id(x), tf.convert_to_tensor(x))
+  def tensor(name, x):
+    if id(x) not in converted:  # `key` is often `value` itself
+      converted[id(x)] = _checks.tensor(name, x)
+    return converted[id(x)]
 
-  query, value, key = tensor(query), tensor(value), tensor(key)
+  query, value, key = tensor("query", query), tensor("value", value), tensor(
+      "key", key)
   lengths = None
   if isinstance(query, tf.RaggedTensor):
     lengths = query.nested_row_lengths()

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from tf_mha import _checks
 from tf_mha import _dropout
 from tf_mha import masks as masks_lib
 from tf_mha import ops
@@ -112,9 +113,7 @@ class Attention(tf_keras.layers.Layer):
 
   def call(self, inputs, mask=None, training=None,
            return_attention_scores=False, use_causal_mask=False):
-    _check_inputs(self, inputs, mask)
-    query, value = inputs[0], inputs[1]
-    key = inputs[2] if len(inputs) > 2 else value
+    query, value, key = _check_inputs(self, inputs, mask)
     query_mask = mask[0] if mask is not None else None
     value_mask = mask[1] if mask is not None else None
     scores = self._calculate_scores(query, key)
@@ -154,7 +153,11 @@ class Attention(tf_keras.layers.Layer):
 
 
 def _check_inputs(layer, inputs, mask):
-  """Validates `[query, value(, key)]` and `[query_mask, value_mask]`."""
+  """Validates `[query, value(, key)]` and `[query_mask, value_mask]`.
+
+  Returns:
+    `(query, value, key)` as tensors; `key` is `value` when not given.
+  """
   name = type(layer).__name__
   if not isinstance(inputs, (list, tuple)):
     raise ValueError(f"{name} layer must be called on a list of inputs, "
@@ -172,14 +175,21 @@ def _check_inputs(layer, inputs, mask):
       raise ValueError(f"{name} layer mask must be a list of length 2, namely "
                        "[query_mask, value_mask] (it accepts a mask list of "
                        f"length 2 or 3). Received length: {len(mask)}")
-  query, value = inputs[0], inputs[1]
-  key = inputs[2] if len(inputs) > 2 else value
-  shapes = {n: None if getattr(t, "shape", None) is None else
-            tf.TensorShape(t.shape) for n, t in
-            (("query", query), ("value", value), ("key", key))}
-  q, v, k = shapes["query"], shapes["value"], shapes["key"]
-  if q is None or v is None or k is None:
-    return
+  query = _checks.tensor("query", inputs[0])
+  value = _checks.tensor("value", inputs[1])
+  key = _checks.tensor("key", inputs[2]) if len(inputs) > 2 else value
+  q, v, k = query.shape, value.shape, key.shape
+  if q.rank is None or v.rank is None or k.rank is None:
+    return query, value, key
+  if q.rank < 2 or v.rank < 2 or k.rank < 2:
+    raise ValueError(f"{name}: `query`, `value` and `key` must have rank 2 "
+                     "or more, [..., length, features]. Received: "
+                     f"query.shape={q}, value.shape={v}, key.shape={k}")
+  pairs = zip(q[:-2].as_list()[::-1], v[:-2].as_list()[::-1])
+  if any(a not in (None, 1) and b not in (None, 1) and a != b for a, b in pairs):
+    raise ValueError(
+        f"{name}: `query` and `value` must have the same (or broadcastable) "
+        f"batch dimensions. Received: query.shape={q}, value.shape={v}")
   if q[-1] is not None and k[-1] is not None and q[-1] != k[-1]:
     raise ValueError(
         f"{name}: `query` and `key` must have the same last dimension. "
@@ -189,3 +199,11 @@ def _check_inputs(layer, inputs, mask):
     raise ValueError(
         f"{name}: `value` and `key` must have the same length. "
         f"Received: value.shape={v}, key.shape={k}")
+  for i, (what, x) in enumerate((("query_mask", q), ("value_mask", v))):
+    shape = None if mask is None else _checks.static_shape(mask[i])
+    if shape is not None and not shape.is_compatible_with(x[:-1]):
+      raise ValueError(
+          f"{name}: `mask[{i}]` ({what}) must have the shape of its input "
+          f"without the last axis, {x[:-1]}. Received: mask[{i}] with shape "
+          f"{shape}")
+  return query, value, key

@@ -18,6 +18,7 @@ import collections
 
 import tensorflow as tf
 
+from tf_mha import _checks
 from tf_mha import masks as masks_lib
 
 DEFAULT_BLOCK_SIZES = (1024, 1024)
@@ -83,12 +84,9 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   batch_heads = None
   if query.shape[0] is not None and query.shape[2] is not None:
     batch_heads = query.shape[0] * query.shape[2]
-  bq, bk = block_sizes or choose_block_sizes(query.shape[1], key.shape[1],
-                                             batch_heads)
-  if int(bq) < 1 or int(bk) < 1:
-    raise ValueError("`block_sizes` must be two positive integers. "
-                     f"Received: block_sizes={block_sizes!r}")
-  plan = _make_plan(query, key, int(bq), int(bk), is_causal, sliding_window,
+  bq, bk = _checks.block_sizes(block_sizes) or choose_block_sizes(
+      query.shape[1], key.shape[1], batch_heads)
+  plan = _make_plan(query, key, bq, bk, is_causal, sliding_window,
                     dropout_rate)
   if mask is not None:
     mask = _prepare_mask(mask, plan)

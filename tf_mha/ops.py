@@ -71,18 +71,24 @@ def dot_product_attention(query,
     `return_scores`.
 
   Raises:
-    ValueError: on inconsistent shapes, a bad `dropout_rate`, or
-      `flash_attention=True` with `return_scores=True`.
+    ValueError: on inconsistent shapes (of the inputs or a static `mask`),
+      a missing input, a bad `dropout_rate`, `scale`, `sliding_window`,
+      `flash_attention` or `block_sizes`, or `flash_attention=True` with
+      `return_scores=True`.
+    TypeError: on inputs that are not floating-point tensors.
   """
-  query = tf.convert_to_tensor(query)
-  key = tf.convert_to_tensor(key, dtype_hint=query.dtype)
-  value = tf.convert_to_tensor(value, dtype_hint=query.dtype)
+  query = _checks.tensor("query", query, floating=True)
+  key = _checks.tensor("key", key, floating=True, dtype_hint=query.dtype)
+  value = _checks.tensor("value", value, floating=True, dtype_hint=query.dtype)
   _check_shapes(query, key, value)
-  if not 0.0 <= dropout_rate < 1.0:
-    raise ValueError("`dropout_rate` must be in [0, 1). "
-                     f"Received: dropout_rate={dropout_rate!r}")
+  dropout_rate = _checks.rate("dropout_rate", dropout_rate)
+  flash_attention = _checks.tri_state("flash_attention", flash_attention)
+  scale = _checks.scalar("scale", scale)
+  block_sizes = _checks.block_sizes(block_sizes)
   if sliding_window is not None:
     sliding_window = _checks.positive_int("sliding_window", sliding_window)
+  _checks.check_op_mask(mask, [query.shape[0], query.shape[2], query.shape[1],
+                               key.shape[1]])
   if flash_attention and return_scores:
     raise ValueError(
         "Returning attention scores is not supported when flash attention "
