@@ -110,6 +110,30 @@ class CausalTFLiteTest(tf.test.TestCase):
     self.assertAllClose(got, model(x), rtol=1e-5, atol=1e-5)
 
 
+class FlashTFLiteTest(tf.test.TestCase):
+  """The blockwise path (while loops over blocks) converts to builtins when
+  the batch size is static, at any length."""
+
+  def test_flash_model_with_a_static_batch_converts_to_builtins(self):
+    inputs = tf_keras.Input((None, 16), batch_size=1)
+    outputs = tf_mha.MultiHeadAttention(2, 8, flash_attention=True)(
+        inputs, inputs, use_causal_mask=True)
+    model = tf_keras.Model(inputs, outputs)
+    path = os.path.join(self.get_temp_dir(), "flash")
+    tf.saved_model.save(model, path)
+    converted = tflite.convert(path, signature="serving_default")
+    self.assertIn("WHILE", tflite.operators(converted))
+    self.assertEqual([op for op in tflite.operators(converted)
+                      if op.startswith("CUSTOM")], [])
+    runner = tflite.interpreter(converted).get_signature_runner("serving_default")
+    name = runner.get_input_details().popitem()[0]
+    rng = np.random.default_rng(1)
+    for length in (5, 2100):  # one block, and three 1024-row blocks
+      x = rng.normal(size=(1, length, 16)).astype(np.float32)
+      (got,) = runner(**{name: x}).values()
+      self.assertAllClose(got, model(x), rtol=1e-5, atol=1e-5)
+
+
 class DemoPipelineTest(tf.test.TestCase):
   """One trained demo, exported once, checked every way."""
 

@@ -100,7 +100,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     out_blocks, row_max, row_sum, fully_masked = _forward(
         plan, qb, kb, vb, mask, dropout_seed)
     v_mean = _key_mean(v, plan.acc)  # [B, N, 1, V]
-    out_blocks = tf.where(fully_masked[..., None], v_mean[None], out_blocks)
+    out_blocks = tf.where(tf.expand_dims(fully_masked, -1),
+                          tf.expand_dims(v_mean, 0), out_blocks)
     out = _from_blocks(out_blocks, plan.t)
 
     def grad(d_out):
@@ -113,7 +114,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
       dk = _from_blocks(dkb, plan.s)
       dv = _from_blocks(dvb, plan.s)
       # Fully masked rows attend uniformly: each key gets dO / S.
-      dob_masked = tf.where(fully_masked[..., None], dob, tf.zeros_like(dob))
+      dob_masked = tf.where(tf.expand_dims(fully_masked, -1), dob,
+                            tf.zeros_like(dob))
       dv_uniform = tf.reduce_sum(dob_masked, axis=[0, 3]) / tf.cast(
           plan.s, plan.acc)  # [B, N, V]
       dv += tf.expand_dims(dv_uniform, 1)  # [B, 1, N, V]
@@ -253,14 +255,14 @@ def _forward(plan, qb, kb, vb, mask, seed):
     def key_block(j, m, l, acc):
       s = _block_scores(plan, q_i, tf.gather(kb, j), mask, i, j)
       m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
-      p = tf.exp(s - m_new[..., None])
+      p = tf.exp(s - tf.expand_dims(m_new, -1))
       correction = tf.exp(m - m_new)
       l = l * correction + tf.reduce_sum(p, axis=-1)
       if plan.rate > 0.0:
         keep = _keep_mask(plan, seed, i, j, tf.shape(p))
         p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
       pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, vb.dtype), tf.gather(vb, j))
-      acc = acc * correction[..., None] + tf.cast(pv, plan.acc)
+      acc = acc * tf.expand_dims(correction, -1) + tf.cast(pv, plan.acc)
       return j + 1, m_new, l, acc
 
     first, end = _key_block_range(plan, i)
@@ -268,7 +270,7 @@ def _forward(plan, qb, kb, vb, mask, seed):
             tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
             tf.zeros(row_shape, plan.acc), tf.zeros(acc_shape, plan.acc))
     _, m, l, acc = tf.while_loop(lambda j, *_: j < end, key_block, init)
-    out = acc / l[..., None]
+    out = acc / tf.expand_dims(l, -1)
     # m and l apart, not log-sum-exp m + log(l): with logits of 1e4 and more
     # float32 cannot hold m + log(l) closely enough to give the row's top key
     # a probability of exactly 1, and the backward pass's P (dP - D) stops
@@ -276,8 +278,12 @@ def _forward(plan, qb, kb, vb, mask, seed):
     return (i + 1, outs.write(i, out), maxes.write(i, m), sums.write(i, l),
             masked.write(i, m <= big_neg))
 
-  arrays = [tf.TensorArray(dtype, size=plan.nq, element_shape=None)
-            for dtype in (plan.acc, plan.acc, plan.acc, tf.bool)]
+  # Element shapes of known rank let TFLite lower the lists to builtins.
+  rows = tf.TensorShape([qb.shape[1], qb.shape[2], plan.bq])
+  arrays = [tf.TensorArray(dtype, size=plan.nq, element_shape=shape)
+            for dtype, shape in ((plan.acc, rows.concatenate([vb.shape[-1]])),
+                                 (plan.acc, rows), (plan.acc, rows),
+                                 (tf.bool, rows))]
   _, outs, maxes, sums, masked = tf.while_loop(
       lambda i, *_: i < plan.nq, query_block, [tf.constant(0)] + arrays)
   return outs.stack(), maxes.stack(), sums.stack(), masked.stack()
@@ -300,8 +306,8 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
       s = _block_scores(plan, q_i, k_j, mask, i, j)
       # Masked and padded entries (and so fully masked rows) get p = 0.
       p = tf.where(s > masks_lib.large_negative(acc),
-                   tf.exp(s - tf.gather(row_max, i)[..., None]) *
-                   tf.gather(inv_sum, i)[..., None], tf.zeros_like(s))
+                   tf.exp(s - tf.expand_dims(tf.gather(row_max, i), -1)) *
+                   tf.expand_dims(tf.gather(inv_sum, i), -1), tf.zeros_like(s))
       dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, acc))
       p_used = p
       if plan.rate > 0.0:
@@ -310,7 +316,7 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
         p_used = tf.where(keep, p * scale, tf.zeros_like(p))
         dp = tf.where(keep, dp * scale, tf.zeros_like(dp))
       dv += tf.einsum("BNTS,BNTV->BNSV", p_used, do_i)
-      ds = p * (dp - tf.gather(delta, i)[..., None])  # [B, N, bq, bk]
+      ds = p * (dp - tf.expand_dims(tf.gather(delta, i), -1))  # [B, N, bq, bk]
       dq_i = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k_j, acc))
       dq_buf = tf.tensor_scatter_nd_add(dq_buf, [[i]], dq_i[None])
       dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, acc))
