@@ -87,51 +87,46 @@ class ServingExportTest(tf.test.TestCase):
     self.assertEqual(trained, [])
 
 
-class CausalTFLiteTest(tf.test.TestCase):
-  """A fixed-length causal model (the plain path's static query chunks, with
-  their custom gradient) converts to builtins and matches TensorFlow."""
+class AttentionTFLiteTest(tf.test.TestCase):
+  """Causal models on each attention path convert to builtins and match
+  TensorFlow."""
+
+  def _builtins_runner(self, model, expected_op):
+    """Exports `model`, converts it, checks its operators; returns a
+    function from an input array to the TFLite output."""
+    path = os.path.join(self.get_temp_dir(), expected_op)
+    tf.saved_model.save(model, path)
+    converted = tflite.convert(path, signature="serving_default")
+    self.assertIn(expected_op, tflite.operators(converted))
+    self.assertEqual([op for op in tflite.operators(converted)
+                      if op.startswith("CUSTOM")], [])
+    runner = tflite.interpreter(converted).get_signature_runner("serving_default")
+    name = runner.get_input_details().popitem()[0]
+    return lambda x: list(runner(**{name: x}).values())[0]
 
   def test_static_causal_model_converts_to_builtins(self):
+    # The plain path's static query chunks, with their custom gradient.
     length = 600  # Long enough to be chunked without XLA (see ops._chunk_rows).
     self.assertLen(ops._causal_chunks(tf.zeros([2, length, 2, 8]),
                                       tf.zeros([2, length, 2, 8]), None), 2)
     inputs = tf_keras.Input((length, 16))
     outputs = tf_mha.MultiHeadAttention(2, 8)(inputs, inputs, use_causal_mask=True)
     model = tf_keras.Model(inputs, outputs)
+    run = self._builtins_runner(model, "BATCH_MATMUL")
     x = np.random.default_rng(0).normal(size=(2, length, 16)).astype(np.float32)
-    path = os.path.join(self.get_temp_dir(), "causal")
-    tf.saved_model.save(model, path)
-    converted = tflite.convert(path, signature="serving_default")
-    self.assertIn("BATCH_MATMUL", tflite.operators(converted))
-    self.assertEqual([op for op in tflite.operators(converted)
-                      if op.startswith("CUSTOM")], [])
-    runner = tflite.interpreter(converted).get_signature_runner("serving_default")
-    (got,) = runner(**{runner.get_input_details().popitem()[0]: x}).values()
-    self.assertAllClose(got, model(x), rtol=1e-5, atol=1e-5)
-
-
-class FlashTFLiteTest(tf.test.TestCase):
-  """The blockwise path (while loops over blocks) converts to builtins when
-  the batch size is static, at any length."""
+    self.assertAllClose(run(x), model(x), rtol=1e-5, atol=1e-5)
 
   def test_flash_model_with_a_static_batch_converts_to_builtins(self):
+    # The blockwise path's while loops, at any length.
     inputs = tf_keras.Input((None, 16), batch_size=1)
     outputs = tf_mha.MultiHeadAttention(2, 8, flash_attention=True)(
         inputs, inputs, use_causal_mask=True)
     model = tf_keras.Model(inputs, outputs)
-    path = os.path.join(self.get_temp_dir(), "flash")
-    tf.saved_model.save(model, path)
-    converted = tflite.convert(path, signature="serving_default")
-    self.assertIn("WHILE", tflite.operators(converted))
-    self.assertEqual([op for op in tflite.operators(converted)
-                      if op.startswith("CUSTOM")], [])
-    runner = tflite.interpreter(converted).get_signature_runner("serving_default")
-    name = runner.get_input_details().popitem()[0]
+    run = self._builtins_runner(model, "WHILE")
     rng = np.random.default_rng(1)
     for length in (5, 2100):  # one block, and three 1024-row blocks
       x = rng.normal(size=(1, length, 16)).astype(np.float32)
-      (got,) = runner(**{name: x}).values()
-      self.assertAllClose(got, model(x), rtol=1e-5, atol=1e-5)
+      self.assertAllClose(run(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 class DemoPipelineTest(tf.test.TestCase):
