@@ -243,7 +243,13 @@ def _query_block_range(plan, j):
 
 def _forward(plan, qb, kb, vb, mask, seed):
   """Returns out `[nq, B, N, bq, V]`, then the row max `m`, row sum `l` and
-  fully-masked flags, each `[nq, B, N, bq]`."""
+  fully-masked flags, each `[nq, B, N, bq]`.
+
+  Written for TFLite as well: new axes come from `tf.expand_dims` (an
+  ellipsis slice with a new axis is not a builtin), and the outputs'
+  TensorArrays have element shapes of known rank (static with a static
+  batch, which TFLite needs to lower them to builtins).
+  """
   big_neg = masks_lib.large_negative(plan.acc)
   lead = tf.shape(qb)[1:3]  # [B, N]
   row_shape = tf.concat([lead, [plan.bq]], 0)
