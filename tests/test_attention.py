@@ -156,6 +156,9 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
       tf_mha.Attention(score_mode="add")
     with self.assertRaisesRegex(ValueError, "dropout.*Received: dropout=1.5"):
       tf_mha.Attention(dropout=1.5)
+    with self.assertRaisesRegex(TypeError, r"`seed`.*Received: seed='x'"):
+      tf_mha.Attention(seed="x")
+    self.assertAllClose(tf_mha.Attention(dropout=np.float32(0.25)).dropout, 0.25)
 
 
 if __name__ == "__main__":

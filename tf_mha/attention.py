@@ -61,13 +61,10 @@ class Attention(tf_keras.layers.Layer):
       raise ValueError("Invalid value for argument score_mode. Expected one "
                        "of {'dot', 'concat'}. "
                        f"Received: score_mode={score_mode!r}")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-      raise ValueError(
-          f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
     self.use_scale = use_scale
     self.score_mode = score_mode
-    self.dropout = dropout
-    self.seed = seed
+    self.dropout = _checks.rate("dropout", dropout)
+    self.seed = _checks.seed(seed)
     self.causal = bool(causal)
     self.supports_masking = True
     self._seeds = _dropout.SeedStream(seed)
