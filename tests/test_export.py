@@ -59,8 +59,9 @@ class ServingExportTest(tf.test.TestCase):
     self.assertEqual(os.listdir(os.path.join(base, "m")), [])
 
   def test_bad_arguments(self):
-    with self.assertRaisesRegex(ValueError, "version"):
-      serving.export(_Tiny(), self.get_temp_dir(), "m", version=0)
+    for version in (0, "1", 1.0, True):
+      with self.assertRaisesRegex(ValueError, f"version={version!r}"):
+        serving.export(_Tiny(), self.get_temp_dir(), "m", version=version)
     with self.assertRaisesRegex(ValueError, "model_name"):
       serving.export(_Tiny(), self.get_temp_dir(), "a/b")
     with self.assertRaisesRegex(ValueError, "quantize"):

@@ -272,6 +272,16 @@ class TrainerArgumentsTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "`model_dir`="):
       training.Trainer(strategy, _build, _loss, model_dir=os.path.join(blocker, "run"))
 
+  def test_step_counts_must_be_positive_integers(self):
+    strategy = tf.distribute.get_strategy()
+    for bad in (0, -3, 2.5, "10"):
+      with self.assertRaisesRegex(ValueError, f"checkpoint_every={bad!r}"):
+        training.Trainer(strategy, _build, _loss, checkpoint_every=bad)
+    trainer = training.Trainer(strategy, _build, _loss)
+    for bad in (0, 1.5, "3"):
+      with self.assertRaisesRegex(ValueError, f"steps={bad!r}"):
+        trainer.train(None, steps=bad, batch_size=1)
+
 
 class StrategyTest(tf.test.TestCase):
 

@@ -1,4 +1,5 @@
-"""Argument and shape checks for the layers and `dot_product_attention`.
+"""Argument and shape checks: the layers, `dot_product_attention`, and the
+library functions the tools call.
 
 Each raises a `ValueError` (or `TypeError`) that names the argument and
 echoes what was received, before any variable exists or an op could fail

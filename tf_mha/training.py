@@ -24,6 +24,8 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from tf_mha import _checks
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = {"adam": tf_keras.optimizers.Adam,
@@ -217,9 +219,7 @@ class Trainer:
 
   def __init__(self, strategy, build_model, loss, *, learning_rate=1e-3,
                optimizer="adam", jit_compile=False, model_dir=None, checkpoint_every=100):
-    if checkpoint_every < 1:
-      raise ValueError(f"`checkpoint_every` must be a positive integer. "
-                       f"Received: checkpoint_every={checkpoint_every!r}")
+    checkpoint_every = _checks.positive_int("checkpoint_every", checkpoint_every)
     if optimizer not in OPTIMIZERS:
       raise ValueError(f"`optimizer` must be one of {tuple(OPTIMIZERS)}. "
                        f"Received: optimizer={optimizer!r}")
@@ -281,8 +281,7 @@ class Trainer:
 
   def train(self, examples, *, steps, batch_size, seed=0, log_every=50):
     """Trains until `self.step == steps`, returning a `Result`."""
-    if steps < 1:
-      raise ValueError(f"`steps` must be a positive integer. Received: steps={steps!r}")
+    steps = _checks.positive_int("steps", steps)
     start = int(self.step.numpy())
     schedule = batch_schedule(len(examples.y), batch_size, steps, seed)[start:]
     if not len(schedule):

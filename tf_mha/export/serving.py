@@ -12,6 +12,8 @@ import uuid
 
 import tensorflow as tf
 
+from tf_mha import _checks
+
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
@@ -49,8 +51,7 @@ def check_destination(output_dir, model_name, version=None, overwrite=False):
   model_dir = os.path.join(output_dir, model_name)
   if version is None:
     version = next_version(model_dir)
-  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-    raise ValueError(f"`version` must be a positive integer. Received: version={version!r}")
+  version = _checks.positive_int("version", version)
   final = os.path.join(model_dir, str(version))
   if os.path.exists(final) and not overwrite:
     raise ExportRefused(f"{final} already exists; pass --overwrite to replace "
