@@ -191,12 +191,9 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   dtype = masks_lib.logits_dtype(q_i.dtype)
   s = tf.einsum("BNTH,BNSH->BNTS", tf.cast(q_i, dtype), tf.cast(k_j, dtype))
   s = tf.cast(s, plan.acc)
-  keep = None
-  if plan.is_causal:
-    keep = masks_lib.causal_mask(plan.bq, plan.bk, i * plan.bq, j * plan.bk)
-  if plan.window is not None:
-    keep = masks_lib.combine_masks(keep, masks_lib.band_mask(
-        plan.bq, plan.bk, plan.window, i * plan.bq, j * plan.bk))
+  keep = masks_lib.position_mask(
+      plan.bq, plan.bk, causal=plan.is_causal, window=plan.window,
+      query_offset=i * plan.bq, key_offset=j * plan.bk)
   if mask is not None:
     keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
   if keep is not None:

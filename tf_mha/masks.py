@@ -115,6 +115,22 @@ def band_mask(query_length, key_length, width, query_offset=0, key_offset=0):
   return tf.abs(rows - cols) < width
 
 
+def position_mask(query_length, key_length, *, causal=False, window=None,
+                  query_offset=0, key_offset=0):
+  """The masks set by positions alone on `[T, S]`: `causal_mask` if
+  `causal`, `band_mask` of `window` if it is not `None`, both ANDed, or
+  `None` for neither. Offsets as in `causal_mask`.
+
+  >>> position_mask(3, 3, causal=True, window=2).numpy().astype(int).tolist()
+  [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+  """
+  offsets = dict(query_offset=query_offset, key_offset=key_offset)
+  return combine_masks(
+      causal_mask(query_length, key_length, **offsets) if causal else None,
+      None if window is None else band_mask(query_length, key_length, window,
+                                            **offsets))
+
+
 def combine_masks(*masks):
   """Logical AND of the masks that are not `None` (cast to bool).
 

@@ -119,11 +119,9 @@ def dot_product_attention(query,
   if chunks:
     return _chunked_causal_attention(query, key, value, mask, chunks,
                                      sliding_window, dropout_rate, dropout_seed)
-  t, s = tf.shape(query)[1], tf.shape(key)[1]
-  if is_causal:
-    mask = masks_lib.combine_masks(mask, masks_lib.causal_mask(t, s))
-  if sliding_window is not None:
-    mask = masks_lib.combine_masks(mask, masks_lib.band_mask(t, s, sliding_window))
+  mask = masks_lib.combine_masks(mask, masks_lib.position_mask(
+      tf.shape(query)[1], tf.shape(key)[1], causal=is_causal,
+      window=sliding_window))
   out, probs = _plain_attention(query, key, value, mask, dropout_rate,
                                 dropout_seed)
   return (out, probs) if return_scores else out
@@ -246,10 +244,8 @@ def _chunked_causal_attention(query, key, value, mask, chunks, window,
     if s0 >= s1:  # rows past the last key's window: no key to see
       outs.append(tf.repeat(value_mean, t1 - t0, axis=2))
       continue
-    keep = masks_lib.causal_mask(t1 - t0, s1 - s0, query_offset=t0, key_offset=s0)
-    if window is not None:
-      keep = tf.logical_and(keep, masks_lib.band_mask(
-          t1 - t0, s1 - s0, window, query_offset=t0, key_offset=s0))
+    keep = masks_lib.position_mask(t1 - t0, s1 - s0, causal=True, window=window,
+                                   query_offset=t0, key_offset=s0)
     if mask is not None:
       rows = slice(t0, t1) if mask.shape[2] != 1 else slice(None)
       cols = slice(s0, s1) if mask.shape[3] != 1 else slice(None)
