@@ -47,6 +47,11 @@ class Attention(tf_keras.layers.Layer):
   Returns:
     `[B, T, D_v]`, and the probabilities if `return_attention_scores`. A
     query row with every key masked attends uniformly (finite output).
+
+  Raises:
+    ValueError / TypeError: naming the argument, for a bad `score_mode`,
+      `dropout` or `seed`, and at call time for inputs that are missing or
+      not numeric, or whose batch, feature, length or mask shapes do not fit.
   """
 
   def __init__(self, use_scale=False, score_mode="dot", dropout=0.0, seed=None,
