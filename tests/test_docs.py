@@ -6,11 +6,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
 import tf_mha
-from tf_mha import attention, equations, masks, multi_head_attention, ops
+from tf_mha import attention, benchmark_lib, equations, masks, multi_head_attention, ops
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
   def test_benchmark_tool_smoke(self):
     out_dir = self.get_temp_dir()
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.benchmark", "--seq_lens=16", "--passes=fwd",
+        [sys.executable, "-m", "tools.benchmark", "--seq_lens=16", "--passes=fwd,fwd+bwd",
          "--jit=false", "--repeats=1", "--batch=1", f"--results_dir={out_dir}",
          "--memory_seq_lens=32", "--memory_impls=tf_mha", "--memory_passes=fwd+bwd",
          "--memory_sliding_window=8"],
@@ -48,10 +49,32 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     with open(os.path.join(out_dir, "benchmark.md")) as f:
       table = f.read()
     self.assertRegex(table, r"\| 16 \| fwd \| no \| [\d.]+ \| [\d.]+ \| [\d.]+ \|")
+    # The matmul ceiling: timed for the forward pass only.
+    self.assertRegex(table, r"\n\| 16 \| fwd \| .* \| \d+% \| \d+% \|\n")
+    self.assertRegex(table, r"\n\| 16 \| fwd\+bwd \| .* \| \d+% \| n/a \|\n")
     self.assertRegex(table, r"\| 32 sliding_window=8 \| fwd\+bwd \| tf_mha \| "
                      r"[\d.]+ s, [\d.]+ GiB peak RSS \|")
     self.assertTrue(os.path.isfile(os.path.join(out_dir, "benchmark.png")))
 
+
+  def test_matmuls_only_does_the_chunked_products(self):
+    # The benchmark's ceiling must do all of tf_mha's matmul work: per causal
+    # chunk (two of 256 rows at T=512 without XLA), QK^T and PV over the
+    # keys at or before the chunk's last row.
+    layer = benchmark_lib.MatmulsOnly(num_heads=2, key_dim=3)
+    x = tf.random.stateless_normal([1, 512, 5], seed=[1, 2])
+    got = layer(x, x, use_causal_mask=True)
+    wq, wk, wv, wo = (np.float64(layer._kernels[n].numpy())  # pylint: disable=protected-access
+                      for n in ("query", "key", "value", "output"))
+    x = np.float64(x.numpy())
+    q, k, v = (np.einsum("btd,dnh->bnth", x, w) for w in (wq, wk, wv))
+    out = np.concatenate(
+        [q[:, :, t0:t0 + 256] @ np.swapaxes(k[:, :, :t0 + 256], -1, -2)
+         @ v[:, :, :t0 + 256] for t0 in (0, 256)], axis=2)
+    want = np.einsum("bnth,nhd->btd", out, wo)
+    self.assertAllClose(got, want, rtol=1e-4, atol=1e-3)
+    full = np.einsum("bnth,nhd->btd", q @ np.swapaxes(k, -1, -2) @ v, wo)
+    self.assertAllClose(layer(x, x), full, rtol=1e-4, atol=1e-3)
 
   def test_benchmark_tool_names_a_bad_flag(self):
     for flag, value in (("seq_lens", "abc"), ("seq_lens", "0"), ("impls", "torch"),

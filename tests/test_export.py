@@ -108,7 +108,7 @@ class AttentionTFLiteTest(tf.test.TestCase):
   def test_static_causal_model_converts_to_builtins(self):
     # The plain path's static query chunks, with their custom gradient.
     length = 600  # Long enough to be chunked without XLA (see ops._chunk_rows).
-    self.assertLen(ops._causal_chunks(tf.zeros([2, length, 2, 8]),
+    self.assertLen(ops.causal_chunks(tf.zeros([2, length, 2, 8]),
                                       tf.zeros([2, length, 2, 8]), None), 2)
     inputs = tf_keras.Input((length, 16))
     outputs = tf_mha.MultiHeadAttention(2, 8)(inputs, inputs, use_causal_mask=True)

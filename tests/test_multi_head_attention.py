@@ -112,7 +112,7 @@ class LongCausalTest(tf.test.TestCase, parameterized.TestCase):
     keep = _RNG.random((2, 520, 520)) > 0.2
     ours, theirs = _pair(num_heads=2, key_dim=8)
     _share(ours, theirs, x, x)
-    self.assertLen(tf_mha.ops._causal_chunks(tf.zeros([2, 520, 2, 8]),
+    self.assertLen(tf_mha.ops.causal_chunks(tf.zeros([2, 520, 2, 8]),
                                              tf.zeros([2, 520, 2, 8]), None), 2)
     inputs = tf_keras.Input((520, 16))
     mask = tf_keras.Input((520, 520), dtype="bool")

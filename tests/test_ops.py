@@ -226,7 +226,7 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
       mask = _RNG.random(mask_shape) > 0.4
       if len(mask_shape) == 4 and mask_shape[2] > 1:
         mask[:, :, 4, :] = False  # row 4 sees nothing (falls in a short chunk)
-    self.assertIsNotNone(ops._causal_chunks(q, k, None))
+    self.assertIsNotNone(ops.causal_chunks(q, k, None))
     cotangent = tf.constant(_RNG.normal(size=dims[:2] + (dims[3], dims[5])))
 
     def run(chunked):
@@ -268,24 +268,24 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
     ops._chunk_rows = self._rows
     q, k = tf.zeros([1, 512, 2, 4]), tf.zeros([1, 300, 2, 4])
     # Without XLA: at least 256 rows, at most four chunks.
-    self.assertEqual(ops._causal_chunks(q, k, None),
+    self.assertEqual(ops.causal_chunks(q, k, None),
                      [(0, 256, 0, 256), (256, 512, 0, 300)])
     # A sliding window starts each chunk's keys W - 1 before its first row.
-    self.assertEqual(ops._causal_chunks(q, k, None, window=100),
+    self.assertEqual(ops.causal_chunks(q, k, None, window=100),
                      [(0, 256, 0, 256), (256, 512, 157, 300)])
-    self.assertLen(ops._causal_chunks(tf.zeros([1, 2048, 2, 4]), q, None), 4)
-    self.assertIsNone(ops._causal_chunks(tf.zeros([1, 511, 2, 4]), q, None))
+    self.assertLen(ops.causal_chunks(tf.zeros([1, 2048, 2, 4]), q, None), 4)
+    self.assertIsNone(ops.causal_chunks(tf.zeros([1, 511, 2, 4]), q, None))
     # Compiled by XLA (traced in a jit function): 128 rows.
     traced = []
-    record = lambda a, b: traced.append(ops._causal_chunks(a, b, None)) or a
+    record = lambda a, b: traced.append(ops.causal_chunks(a, b, None)) or a
     tf.function(record, jit_compile=True)(q, k)
     tf.function(record)(q, k)
     self.assertEqual(traced[0][:2], [(0, 128, 0, 128), (128, 256, 0, 256)])
     self.assertEqual(traced[0][-1], (384, 512, 0, 300))
     self.assertLen(traced[1], 2)
-    self.assertIsNone(ops._causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
+    self.assertIsNone(ops.causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
     dynamic = tf.TensorSpec([None, None, 2, 4])
-    self.assertIsNone(tf.function(lambda x: ops._causal_chunks(x, x, None))
+    self.assertIsNone(tf.function(lambda x: ops.causal_chunks(x, x, None))
                       .get_concrete_function(dynamic).structured_outputs)
 
 
@@ -328,7 +328,7 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
           self.assertAllClose(got, want, rtol=1e-8, atol=1e-9,
                               msg=f"{path} window={window}")
     if causal and mask_shape is None and dims[1] == dims[2]:
-      chunks = ops._causal_chunks(q, k, None, window=4)
+      chunks = ops.causal_chunks(q, k, None, window=4)
       self.assertGreater(chunks[-1][2], 0)  # the chunked path skips keys
 
   def test_blockwise_visits_only_blocks_in_the_band(self):

@@ -11,8 +11,13 @@ import statistics
 import time
 
 import tensorflow as tf
+import tf_keras
+
+from tf_mha import ops
 
 IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3")
+# Not a peer: tf_mha's matmuls alone, the ceiling for its `% matmul peak`.
+MATMULS_ONLY = "matmuls_only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +53,46 @@ def make_layer(impl):
   if impl == "keras3":
     import keras
     return keras.layers.MultiHeadAttention
-  raise ValueError(f"`impl` must be one of {IMPLEMENTATIONS}. Received: impl={impl!r}")
+  if impl == MATMULS_ONLY:
+    return MatmulsOnly
+  raise ValueError(f"`impl` must be one of {IMPLEMENTATIONS + (MATMULS_ONLY,)}. "
+                   f"Received: impl={impl!r}")
+
+
+class MatmulsOnly(tf_keras.layers.Layer):
+  """The matmuls of tf_mha's plain path and nothing else: a timing ceiling.
+
+  The four projections, and per causal query chunk (as `ops` cuts them) the
+  `QK^T` and `PV` products over the keys that chunk reads; no bias, scale,
+  mask, softmax or dropout. No forward pass built from the same XLA
+  matmuls can be faster, so its `% matmul peak` bounds tf_mha's forward.
+  (Not its backward: autodiff of this chain transposes more than tf_mha's
+  closed-form gradient does.)
+  """
+
+  def __init__(self, num_heads, key_dim, sliding_window=None, **kwargs):
+    super().__init__(**kwargs)
+    self._heads, self._size, self._window = num_heads, key_dim, sliding_window
+
+  def build(self, input_shape):
+    d = input_shape[-1]
+    shapes = {"query": [d, self._heads, self._size], "key": [d, self._heads, self._size],
+              "value": [d, self._heads, self._size], "output": [self._heads, self._size, d]}
+    self._kernels = {name: self.add_weight(name=name, shape=shape)
+                     for name, shape in shapes.items()}
+    super().build(input_shape)
+
+  def call(self, query, value, use_causal_mask=False):
+    q, k, v = (tf.einsum("BTD,DNH->BTNH", x, self._kernels[name])
+               for x, name in ((query, "query"), (value, "key"), (value, "value")))
+    chunks = (use_causal_mask and ops.causal_chunks(q, k, None, self._window)
+              or [(0, q.shape[1], 0, k.shape[1])])
+    q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # [B, N, *, H]
+    outs = [tf.einsum("BNTS,BNSH->BNTH",
+                      tf.einsum("BNTH,BNSH->BNTS", q[:, :, t0:t1], k[:, :, s0:s1]),
+                      v[:, :, s0:s1])
+            for t0, t1, s0, s1 in chunks]
+    return tf.einsum("BNTH,NHD->BTD", tf.concat(outs, axis=2), self._kernels["output"])
 
 
 def make_step(impl, point, seed=0):
@@ -144,20 +188,29 @@ def peak_rss():
 
 
 def markdown_table(rows, peak):
-  """Rows of (point, {impl: seconds}) -> a Markdown table with ratios."""
+  """Rows of (point, {impl: seconds}) -> a Markdown table with ratios.
+
+  With `MATMULS_ONLY` timed, a last column gives its `% matmul peak`: the
+  ceiling for tf_mha's.
+  """
+  ceiling = any(MATMULS_ONLY in times for _, times in rows)
   header = ("| T | pass | jit | tf_mha (ms) | tf_keras (ms) | Keras 3 (ms) | "
             "vs tf_keras | vs Keras 3 | % matmul peak (full-attention FLOPs) |")
-  lines = [header, "|" + "---|" * 9]
+  if ceiling:
+    header += " its matmuls alone: % matmul peak |"
+  lines = [header, "|" + "---|" * header[1:].count("|")]
   for point, times in rows:
-    ours = times["tf_mha"]
     flops = point.attention_flops() + point.projection_flops()
-    ratio = lambda impl: (f"{times[impl] / ours:.2f}x" if impl in times else "n/a")
+    ratio = lambda impl: (f"{times[impl] / times['tf_mha']:.2f}x"
+                          if impl in times and "tf_mha" in times else "n/a")
     ms = lambda impl: f"{times[impl] * 1e3:.1f}" if impl in times else "n/a"
-    lines.append(
-        f"| {point.seq_len} | {'fwd+bwd' if point.backward else 'fwd'} | "
-        f"{'yes' if point.jit else 'no'} | {ms('tf_mha')} | {ms('tf_keras')} | "
-        f"{ms('keras3')} | {ratio('tf_keras')} | {ratio('keras3')} | "
-        f"{100 * flops / ours / peak:.0f}% |")
+    share = lambda impl: (f"{100 * flops / times[impl] / peak:.0f}%"
+                          if impl in times else "n/a")
+    line = (f"| {point.seq_len} | {'fwd+bwd' if point.backward else 'fwd'} | "
+            f"{'yes' if point.jit else 'no'} | {ms('tf_mha')} | {ms('tf_keras')} | "
+            f"{ms('keras3')} | {ratio('tf_keras')} | {ratio('keras3')} | "
+            f"{share('tf_mha')} |")
+    lines.append(line + (f" {share(MATMULS_ONLY)} |" if ceiling else ""))
   return "\n".join(lines)
 
 

@@ -115,7 +115,7 @@ def dot_product_attention(query,
     return (out, None) if return_scores else out
   chunks = None
   if is_causal and not return_scores:
-    chunks = _causal_chunks(query, key, mask, sliding_window)
+    chunks = causal_chunks(query, key, mask, sliding_window)
   if chunks:
     return _chunked_causal_attention(query, key, value, mask, chunks,
                                      sliding_window, dropout_rate, dropout_seed)
@@ -198,7 +198,7 @@ def _chunk_rows(length):
   return max(256, length // 4)
 
 
-def _causal_chunks(query, key, mask, window=None):
+def causal_chunks(query, key, mask, window=None):
   """Static `[(t0, t1, s0, s1)]`: query rows `[t0, t1)` see only keys in
   `[s0, s1)` (`s0 > 0` under a sliding window `W`: `t0 - W + 1`).
 

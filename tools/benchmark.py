@@ -25,8 +25,10 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Batch size B.")
 _REPEATS = flags.DEFINE_integer(
     "repeats", 5, "Least timed calls per point (median); short points get more, "
     "to about a second per implementation.")
-_IMPLS = flags.DEFINE_list("impls", ["tf_mha", "tf_keras", "keras3"],
-                           "Implementations to compare.")
+_IMPLS = flags.DEFINE_list(
+    "impls", ["tf_mha", "tf_keras", "keras3", "matmuls_only"],
+    "Implementations to compare. matmuls_only is not a peer: tf_mha's matmuls "
+    "alone (no softmax), the ceiling for its forward % matmul peak.")
 _MEMORY_SEQ_LENS = flags.DEFINE_list(
     "memory_seq_lens", [], "Lengths for peak-RSS points (B=1, causal forward, "
     "jit), each implementation in its own subprocess.")
@@ -95,8 +97,8 @@ def main(argv):
   memory_seq_lens = _positive_ints(_MEMORY_SEQ_LENS)
   for flag in (_PASSES, _MEMORY_PASSES):
     _choices(flag, ("fwd", "fwd+bwd"))
-  for flag in (_IMPLS, _MEMORY_IMPLS):
-    _choices(flag, lib.IMPLEMENTATIONS)
+  _choices(_IMPLS, lib.IMPLEMENTATIONS + (lib.MATMULS_ONLY,))
+  _choices(_MEMORY_IMPLS, lib.IMPLEMENTATIONS)
   jits = [j == "true" for j in _choices(
       _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
   _cli.check_positive(_BATCH, _REPEATS, _MEMORY_WINDOW)
@@ -128,7 +130,10 @@ def main(argv):
       for jit in jits:
         point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit)
         print(f"T={t} {'fwd+bwd' if backward else 'fwd'} jit={jit}:", flush=True)
-        times = lib.time_point(point, _IMPLS.value, _REPEATS.value,
+        # The matmul ceiling is a forward one: differentiated by autodiff,
+        # its chain gets transposes that tf_mha's closed-form gradient avoids.
+        impls = [i for i in _IMPLS.value if not (backward and i == lib.MATMULS_ONLY)]
+        times = lib.time_point(point, impls, _REPEATS.value,
                                log=lambda s: print(s, flush=True))
         print("  " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()),
               flush=True)
