@@ -7,7 +7,8 @@ axes and several attention axes in place of `B` and `T`/`S`.
 The layer holds the config and the four `EinsumDense` projections (same
 names, shapes and order as tf.keras, so weights and checkpoints load both
 ways) and calls `tf_mha.ops.dot_product_attention` from `_compute_attention`,
-the documented override point.
+the documented override point. tf.keras' other protected methods, for
+subclasses written against it, are in `_keras_hooks`.
 """
 
 import math
@@ -18,6 +19,7 @@ import tf_keras
 from tf_mha import _checks
 from tf_mha import _dropout
 from tf_mha import _inputs
+from tf_mha import _keras_hooks
 from tf_mha import _projections
 from tf_mha import equations
 from tf_mha import masks as masks_lib
@@ -39,7 +41,7 @@ _SERIALIZED_CONFIG = (
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_mha")
-class MultiHeadAttention(_layers.Layer):
+class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
   """Multi-head attention (Vaswani et al., 2017), API of tf.keras and Keras 3.
 
   Projects `query`, `key` and `value` to `num_heads` heads, runs scaled
@@ -246,55 +248,6 @@ class MultiHeadAttention(_layers.Layer):
       self._build_from_signature(query_shape, value_shape, key_shape)
     super().build(query_shape)
 
-  def _make_output_dense(self, free_dims, common_kwargs, name=None):
-    """The output projection, as tf.keras builds it (subclasses override)."""
-    return _projections.output_projection(
-        free_dims, self._output_shape or self._query_shape[-1], name=name,
-        use_bias=self._use_bias, **common_kwargs)
-
-  def _get_common_kwargs_for_sublayer(self):
-    """The sublayer arguments tf.keras subclasses build their own with."""
-    # Fresh initializer instances per sublayer: a shared seeded instance
-    # would give the four kernels the same values.
-    def clone(initializer):
-      return initializer.__class__.from_config(initializer.get_config())
-
-    return dict(
-        kernel_initializer=clone(self._kernel_initializer),
-        bias_initializer=clone(self._bias_initializer),
-        kernel_regularizer=self._kernel_regularizer,
-        bias_regularizer=self._bias_regularizer,
-        activity_regularizer=self._activity_regularizer,
-        kernel_constraint=self._kernel_constraint,
-        bias_constraint=self._bias_constraint,
-        dtype=self._dtype_policy)
-
-  def _build_attention(self, rank):
-    """Sets what `_compute_attention` overrides written for tf.keras use."""
-    (self._dot_product_equation, self._combine_equation,
-     scores_rank) = equations.attention_equations(rank, self._attention_axes)
-    self._axes_plan = equations.AxesPlan(rank, self._attention_axes)
-    self._norm_axes = tuple(
-        range(scores_rank - len(self._attention_axes), scores_rank))
-    # tf.keras' sublayers, for overrides that call them (the default path
-    # does not). Built now: SavedModel export skips an unbuilt sublayer.
-    self._softmax = _layers.Softmax(
-        axis=self._norm_axes, robust_masking=self._softmax_robust_masking,
-        dtype=self._dtype_policy)
-    self._dropout_layer = _layers.Dropout(
-        rate=self._dropout, seed=self._seed, dtype=self._dtype_policy)
-    for sublayer in (self._softmax, self._dropout_layer):
-      sublayer.build(None)
-
-  def _masked_softmax(self, attention_scores, attention_mask=None):
-    """Softmax over the key axes; the mask gains the head axis it lacks."""
-    if attention_mask is not None:
-      axis = -len(self._attention_axes) * 2 - 1
-      for _ in range(attention_scores.shape.rank - attention_mask.shape.rank):
-        attention_mask = tf.expand_dims(attention_mask, axis)
-    norm_axes = self._norm_axes[0] if len(self._norm_axes) == 1 else self._norm_axes
-    return masks_lib.masked_softmax(attention_scores, attention_mask, norm_axes)
-
   def _compute_attention(self, query, key, value, attention_mask=None,
                          training=None, return_attention_scores=False,
                          use_causal_mask=False):
@@ -350,14 +303,6 @@ class MultiHeadAttention(_layers.Layer):
     if scores is not None:
       scores = plan.scores_from_flat(scores, query, key)
     return out, scores
-
-  def _einsum_attention(self, query, key, value, attention_mask, training):
-    """tf.keras' own recipe, for subclasses overriding `_masked_softmax`."""
-    query = query * tf.constant(1.0 / math.sqrt(float(self._key_dim)), query.dtype)
-    scores = tf.einsum(self._dot_product_equation, key, query)
-    scores = self._masked_softmax(scores, attention_mask)
-    dropped = self._dropout_layer(scores, training=training)
-    return tf.einsum(self._combine_equation, dropped, value), scores
 
   def call(self,
            query,
@@ -425,55 +370,6 @@ class MultiHeadAttention(_layers.Layer):
         _projections.apply(dense, x, 1, self._compute_dtype_object)
         for dense, x in ((self._query_dense, query), (self._key_dense, key),
                          (self._value_dense, value)))
-
-  def _compute_attention_mask(self, query, value, key=None,
-                              attention_mask=None, use_causal_mask=False,
-                              query_mask=None, value_mask=None, key_mask=None):
-    """Combines the explicit, Keras, causal and sliding-window masks into
-    `[B, T, S]`.
-
-    Query masks become `[B, T, 1]`, value and key masks `[B, 1, S]`, the
-    causal and sliding-window masks `[1, T, S]`; all are ANDed with
-    `attention_mask`.
-    """
-    return self._combined_mask(
-        query, value, key, attention_mask, query_mask, value_mask, key_mask,
-        causal=use_causal_mask, window=self._sliding_window is not None)
-
-  def _combined_mask(self, query, value, key=None, attention_mask=None,
-                     query_mask=None, value_mask=None, key_mask=None,
-                     causal=False, window=False):
-    """`_compute_attention_mask`, with the causal and window parts optional."""
-    if query_mask is None and value_mask is None and key_mask is None:
-      query_mask = getattr(query, "_keras_mask", None)
-      value_mask = getattr(value, "_keras_mask", None)
-      if key is not None and key is not value:
-        key_mask = getattr(key, "_keras_mask", None)
-    axes = len(self._attention_axes) if self._built_from_signature else 1
-    parts = [attention_mask, *_inputs.padding_masks(
-        query_mask, value_mask, key_mask, axes)]
-    if causal:
-      parts.append(self._compute_causal_mask(query, value))
-    if window:
-      parts.append(self._compute_sliding_window_mask(query, value))
-    return masks_lib.combine_masks(*parts)
-
-  def _compute_causal_mask(self, query, value=None):
-    """Lower-triangular `[1, T, S]` mask over the (first) attention axis."""
-    return self._length_mask(masks_lib.causal_mask, query, value)
-
-  def _compute_sliding_window_mask(self, query, value=None):
-    """The `[1, T, S]` band `|t - s| < sliding_window` over the attention axis."""
-    return self._length_mask(
-        lambda t, s: masks_lib.band_mask(t, s, self._sliding_window),
-        query, value)
-
-  def _length_mask(self, make_mask, query, value):
-    """`make_mask(T, S)` on the lengths of the first attention axis, `[1, T, S]`."""
-    axis = self._attention_axes[0] if self._built_from_signature else 1
-    value = query if value is None else value
-    return tf.expand_dims(
-        make_mask(tf.shape(query)[axis], tf.shape(value)[axis]), 0)
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
     query_shape = tf.TensorShape(query_shape)
