@@ -234,7 +234,9 @@ def plot(rows, path):
     ax.set_ylabel("ms per call (median)")
     ax.set_title("forward + backward" if backward else "forward")
     ax.grid(True, which="both", alpha=0.3)
-  next((ax for ax in axes if ax.get_lines()), axes[0]).legend(fontsize=7)
+  plotted = [ax for ax in axes if ax.get_lines()]
+  if plotted:  # nothing to plot when only `MATMULS_ONLY` ran
+    plotted[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
