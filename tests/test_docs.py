@@ -41,6 +41,7 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     proc = subprocess.run(
         [sys.executable, "-m", "tools.benchmark", "--seq_lens=16", "--passes=fwd,fwd+bwd",
          "--jit=false", "--repeats=1", "--batch=1", f"--results_dir={out_dir}",
+         "--impls=tf_mha,tf_keras,keras3,matmuls_only",
          "--memory_seq_lens=32", "--memory_impls=tf_mha", "--memory_passes=fwd+bwd",
          "--memory_sliding_window=8"],
         capture_output=True, text=True, cwd=_REPO, timeout=600,

@@ -2,6 +2,7 @@
 
   python -m tools.benchmark                       # the default grid
   python -m tools.benchmark --seq_lens=512 --passes=fwd,fwd+bwd --jit=true
+  python -m tools.benchmark --seq_lens=512 --impls=tf_mha,tf_keras,keras3,matmuls_only  # + ceiling
   python -m tools.benchmark --memory_seq_lens=8192,16384   # peak RSS, one process each
 
 Writes results/benchmark.md and results/benchmark.png.
@@ -26,9 +27,10 @@ _REPEATS = flags.DEFINE_integer(
     "repeats", 5, "Least timed calls per point (median); short points get more, "
     "to about a second per implementation.")
 _IMPLS = flags.DEFINE_list(
-    "impls", ["tf_mha", "tf_keras", "keras3", "matmuls_only"],
-    "Implementations to compare. matmuls_only is not a peer: tf_mha's matmuls "
-    "alone (no softmax), the ceiling for its forward % matmul peak.")
+    "impls", ["tf_mha", "tf_keras", "keras3"],
+    "Implementations to compare. Add matmuls_only for a last column: not a "
+    "peer, tf_mha's matmuls alone (no softmax), the ceiling for its forward "
+    "% matmul peak.")
 _MEMORY_SEQ_LENS = flags.DEFINE_list(
     "memory_seq_lens", [], "Lengths for peak-RSS points (B=1, causal forward, "
     "jit), each implementation in its own subprocess.")
