@@ -75,16 +75,17 @@ class MatmulsOnly(tf_keras.layers.Layer):
     self._heads, self._size, self._window = num_heads, key_dim, sliding_window
 
   def build(self, input_shape):
-    d = input_shape[-1]
-    shapes = {"query": [d, self._heads, self._size], "key": [d, self._heads, self._size],
-              "value": [d, self._heads, self._size], "output": [self._heads, self._size, d]}
+    d, heads = input_shape[-1], [self._heads, self._size]  # D; [N, H]
+    shapes = {"query": [d, *heads], "key": [d, *heads], "value": [d, *heads],
+              "output": [*heads, d]}
     self._kernels = {name: self.add_weight(name=name, shape=shape)
                      for name, shape in shapes.items()}
     super().build(input_shape)
 
   def call(self, query, value, use_causal_mask=False):
     q, k, v = (tf.einsum("BTD,DNH->BTNH", x, self._kernels[name])
-               for x, name in ((query, "query"), (value, "key"), (value, "value")))
+               for x, name in ((query, "query"), (value, "key"),
+                               (value, "value")))
     chunks = (use_causal_mask and ops.causal_chunks(q, k, None, self._window)
               or [(0, q.shape[1], 0, k.shape[1])])
     q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # [B, N, *, H]
@@ -92,7 +93,8 @@ class MatmulsOnly(tf_keras.layers.Layer):
                       tf.einsum("BNTH,BNSH->BNTS", q[:, :, t0:t1], k[:, :, s0:s1]),
                       v[:, :, s0:s1])
             for t0, t1, s0, s1 in chunks]
-    return tf.einsum("BNTH,NHD->BTD", tf.concat(outs, axis=2), self._kernels["output"])
+    return tf.einsum("BNTH,NHD->BTD", tf.concat(outs, axis=2),
+                     self._kernels["output"])
 
 
 def make_step(impl, point, seed=0):
