@@ -5,8 +5,12 @@ override or call, with tf.keras' behaviour: `KerasHooks`, a mixin of
 Model Garden's attention variants (TalkingHeadsAttention, ...) build their
 sublayers with `_get_common_kwargs_for_sublayer` and `_make_output_dense`,
 replace `_build_attention` or `_masked_softmax`, and read the masks from
-`_compute_attention_mask`. tf_mha's own path skips these when they are not
-overridden (the op applies the causal and sliding-window masks itself).
+`_compute_attention_mask`. The layer always builds through the first three.
+Its call combines the explicit and Keras masks with `_combined_mask`; it
+calls `_masked_softmax`, `_einsum_attention`, `_compute_attention_mask` and
+the causal and sliding-window mask methods only for subclasses that
+override the attention math or the masks (otherwise the op applies the
+causal and sliding-window masks itself, without materialising them).
 
 Shapes: `B` batch, `T` query length, `S` key/value length, `N` heads; N-D
 inputs put several attention axes in place of `T` and `S`.
