@@ -634,6 +634,52 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(talking(x, x, use_causal_mask=True),
                         plain(x, x, use_causal_mask=True), rtol=1e-5, atol=1e-5)
 
+  def test_mask_hook_overrides_are_honoured(self):
+    # Subclasses that change how the causal mask or the attention mask is
+    # made get their mask, as in tf.keras (the op would otherwise apply its
+    # own causal mask and ignore the override).
+    def prefix_lm(self, query, value=None):  # the first 3 keys are seen by all
+      del self
+      rows = tf.range(tf.shape(query)[1])[:, None]
+      cols = tf.range(tf.shape(query if value is None else value)[1])[None, :]
+      return tf.expand_dims((rows >= cols) | (cols < 3), 0)
+
+    def no_causal(self, query, value, key=None, attention_mask=None,
+                  use_causal_mask=False, **masks):
+      del use_causal_mask  # ignores the flag: the override's choice
+      return super(type(self), self)._compute_attention_mask(
+          query, value, key, attention_mask, **masks)
+
+    x = _normal(2, 7, 6)
+    for hook, override in (("_compute_causal_mask", prefix_lm),
+                           ("_compute_attention_mask", no_causal)):
+      ours = type("Ours", (tf_mha.MultiHeadAttention,), {hook: override})(2, 3)
+      theirs = type("Theirs", (tf_keras.layers.MultiHeadAttention,),
+                    {hook: override})(2, 3)
+      _share(ours, theirs, x, x)
+      self.assertAllClose(ours(x, x, use_causal_mask=True),
+                          theirs(x, x, use_causal_mask=True),
+                          rtol=1e-5, atol=1e-5, msg=hook)
+
+  def test_sliding_window_mask_override_is_honoured(self):
+    def wide(self, query, value=None):  # |t - s| < 4, not the layer's 2
+      del self
+      rows = tf.range(tf.shape(query)[1])[:, None]
+      cols = tf.range(tf.shape(query if value is None else value)[1])[None, :]
+      return tf.expand_dims(tf.abs(rows - cols) < 4, 0)
+
+    x = _normal(2, 7, 6)
+    layer = type("Wide", (tf_mha.MultiHeadAttention,),
+                 {"_compute_sliding_window_mask": wide})(2, 3, sliding_window=2)
+    plain = tf_mha.MultiHeadAttention(2, 3)
+    layer(x, x)
+    plain(x, x)
+    plain.set_weights(layer.get_weights())
+    t, s = np.arange(7)[:, None], np.arange(7)[None, :]
+    band = np.broadcast_to(np.abs(t - s) < 4, (2, 7, 7))
+    self.assertAllClose(layer(x, x), plain(x, x, attention_mask=band),
+                        rtol=1e-5, atol=1e-5)
+
   def test_make_output_dense_override_is_called(self):
     # The projections run as matmuls on the kernels only for the layer's own
     # linear EinsumDense; a subclass's own output layer must still be called.

@@ -250,7 +250,7 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
 
   def _compute_attention(self, query, key, value, attention_mask=None,
                          training=None, return_attention_scores=False,
-                         use_causal_mask=False):
+                         use_causal_mask=False, sliding_window=None):
     """Attention over projected heads; the documented override point.
 
     Args:
@@ -260,9 +260,10 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
       attention_mask: boolean `[B, T, S]` (or N-D), `True` attends.
       training: whether dropout applies.
       return_attention_scores: whether the scores are needed (tf_mha only).
-      use_causal_mask: apply the causal mask without materialising it
-        (tf_mha only; overrides receive it inside `attention_mask`). The
-        sliding window, too, is applied here and not in `attention_mask`.
+      use_causal_mask: also apply the causal mask, without materialising it
+        (tf_mha only; tf.keras puts it in `attention_mask`).
+      sliding_window: `None`, or also apply this band, without materialising
+        it (tf_mha only; Keras 3 puts it in `attention_mask`).
 
     Returns:
       `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
@@ -286,7 +287,7 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
           *flat,
           mask=mask,
           is_causal=use_causal_mask,
-          sliding_window=self._sliding_window,
+          sliding_window=sliding_window,
           scale=1.0 / math.sqrt(float(self._key_dim)),
           dropout_rate=rate,
           dropout_seed=self._seeds.next() if rate else None,
@@ -330,24 +331,28 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
                           value_mask=value_mask, key_mask=key_mask)
     # The op path: the op applies the causal and sliding-window masks and
     # skips the keys they hide, instead of materialising `[T, S]` masks.
-    # Overrides of the attention math get them inside `attention_mask`.
+    # Subclasses that override the attention math, or how those masks are
+    # made, get them inside `attention_mask`, as in tf.keras.
     ours = lambda name: getattr(type(self), name) is getattr(MultiHeadAttention, name)
     op_path = ours("_compute_attention") and ours("_masked_softmax")
+    op_masks = op_path and all(ours(name) for name in (
+        "_compute_attention_mask", "_compute_causal_mask",
+        "_compute_sliding_window_mask"))
     masks = dict(attention_mask=attention_mask, query_mask=query_mask,
                  value_mask=value_mask, key_mask=key_mask)
-    if op_path and ours("_compute_attention_mask"):
+    if op_masks:
       attention_mask = self._combined_mask(query, value, key, **masks)
     else:
       attention_mask = self._compute_attention_mask(
-          query, value, key=key, use_causal_mask=use_causal_mask and not op_path,
-          **masks)
+          query, value, key=key, use_causal_mask=use_causal_mask, **masks)
     gate = self._gate_dense(query) if self._use_gate else None  # [B, T, N, V]
     query, key, value = self._project(query, key, value)
     if op_path:
       output, scores = self._compute_attention(
           query, key, value, attention_mask, training,
           return_attention_scores=return_attention_scores,
-          use_causal_mask=use_causal_mask)
+          use_causal_mask=use_causal_mask and op_masks,
+          sliding_window=self._sliding_window if op_masks else None)
     else:
       output, scores = self._compute_attention(query, key, value,
                                                attention_mask, training)
