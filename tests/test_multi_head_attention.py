@@ -640,9 +640,9 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     # own causal mask and ignore the override).
     def prefix_lm(self, query, value=None):  # the first 3 keys are seen by all
       del self
-      rows = tf.range(tf.shape(query)[1])[:, None]
-      cols = tf.range(tf.shape(query if value is None else value)[1])[None, :]
-      return tf.expand_dims((rows >= cols) | (cols < 3), 0)
+      t, s = tf.shape(query)[1], tf.shape(query if value is None else value)[1]
+      return tf.expand_dims(tf_mha.masks.causal_mask(t, s) |
+                            tf_mha.masks.prefix_mask(s, 3), 0)
 
     def no_causal(self, query, value, key=None, attention_mask=None,
                   use_causal_mask=False, **masks):
@@ -664,9 +664,8 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
   def test_sliding_window_mask_override_is_honoured(self):
     def wide(self, query, value=None):  # |t - s| < 4, not the layer's 2
       del self
-      rows = tf.range(tf.shape(query)[1])[:, None]
-      cols = tf.range(tf.shape(query if value is None else value)[1])[None, :]
-      return tf.expand_dims(tf.abs(rows - cols) < 4, 0)
+      t, s = tf.shape(query)[1], tf.shape(query if value is None else value)[1]
+      return tf.expand_dims(tf_mha.masks.band_mask(t, s, 4), 0)
 
     x = _normal(2, 7, 6)
     layer = type("Wide", (tf_mha.MultiHeadAttention,),

@@ -53,7 +53,6 @@ class KerasHooks:
         bias_constraint=self._bias_constraint,
         dtype=self._dtype_policy)
 
-
   def _build_attention(self, rank):
     """Sets what `_compute_attention` overrides written for tf.keras use."""
     (self._dot_product_equation, self._combine_equation,
@@ -80,7 +79,6 @@ class KerasHooks:
     norm_axes = self._norm_axes[0] if len(self._norm_axes) == 1 else self._norm_axes
     return masks_lib.masked_softmax(attention_scores, attention_mask, norm_axes)
 
-
   def _einsum_attention(self, query, key, value, attention_mask, training):
     """tf.keras' own recipe, for subclasses overriding `_masked_softmax`."""
     query = query * tf.constant(1.0 / math.sqrt(float(self._key_dim)), query.dtype)
@@ -88,7 +86,6 @@ class KerasHooks:
     scores = self._masked_softmax(scores, attention_mask)
     dropped = self._dropout_layer(scores, training=training)
     return tf.einsum(self._combine_equation, dropped, value), scores
-
 
   def _compute_attention_mask(self, query, value, key=None,
                               attention_mask=None, use_causal_mask=False,

@@ -268,7 +268,7 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     Returns:
       `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
     """
-    if type(self)._masked_softmax is not MultiHeadAttention._masked_softmax:
+    if _overrides(self, "_masked_softmax"):
       return self._einsum_attention(query, key, value, attention_mask, training)
     if return_attention_scores and self._flash_attention:
       raise ValueError(
@@ -333,9 +333,9 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     # skips the keys they hide, instead of materialising `[T, S]` masks.
     # Subclasses that override the attention math, or how those masks are
     # made, get them inside `attention_mask`, as in tf.keras.
-    ours = lambda name: getattr(type(self), name) is getattr(MultiHeadAttention, name)
-    op_path = ours("_compute_attention") and ours("_masked_softmax")
-    op_masks = op_path and all(ours(name) for name in (
+    op_path = not any(_overrides(self, name) for name in (
+        "_compute_attention", "_masked_softmax"))
+    op_masks = op_path and not any(_overrides(self, name) for name in (
         "_compute_attention_mask", "_compute_causal_mask",
         "_compute_sliding_window_mask"))
     masks = dict(attention_mask=attention_mask, query_mask=query_mask,
@@ -390,3 +390,7 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
       return query_shape[:-1].concatenate(self._output_shape)
     return query_shape
 
+
+def _overrides(layer, name):
+  """Whether `layer`'s class replaces `MultiHeadAttention.<name>`."""
+  return getattr(type(layer), name) is not getattr(MultiHeadAttention, name)
