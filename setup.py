@@ -16,7 +16,7 @@ setuptools.setup(
     "exact blockwise attention in linear memory, export to Serving and TFLite.",
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["tf_mha", "tf_mha.*", "tools"]),
+    packages=setuptools.find_packages(include=["tf_mha", "tf_mha.*"]),
     package_data={"tf_mha": ["demo/data/*"]},
     python_requires=">=3.10",
     install_requires=[
@@ -40,10 +40,10 @@ setuptools.setup(
     },
     entry_points={
         "console_scripts": [
-            "tf_mha_export=tools.export_saved_model:run",
-            "tf_mha_convert_tflite=tools.convert_tflite:run",
-            "tf_mha_train=tools.train:run",
-            "tf_mha_benchmark=tools.benchmark:run",
+            "tf_mha_export=tf_mha.cli.export_saved_model:run",
+            "tf_mha_convert_tflite=tf_mha.cli.convert_tflite:run",
+            "tf_mha_train=tf_mha.cli.train:run",
+            "tf_mha_benchmark=tf_mha.cli.benchmark:run",
         ],
     },
 )

@@ -75,19 +75,30 @@ class MixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
     finally:
       tf_keras.mixed_precision.set_global_policy("float32")
 
-  def test_float16_logits_beyond_range_match_float32(self):
-    # Logits of order 1e5 overflow float16; the layer computes them in float32.
+  def test_float16_logits_beyond_range_are_computed_in_float32(self):
+    # Logits of order 1e5 overflow float16; the layer computes them in
+    # float32 from its float16 projections. The judge is the float64
+    # attention of those same float16 projections: comparing with a float32
+    # layer instead fails for some weights, where float16's rounding of the
+    # projections (1e-3 relative, ~1e2 on these logits) exceeds the gap
+    # between a row's two largest logits and another key wins.
     x = _normal(2, 9, 32) * 1000.0
     tf_keras.mixed_precision.set_global_policy("mixed_float16")
     try:
       low = tf_mha.MultiHeadAttention(4, 16)
-      out = low(x, x).numpy().astype(np.float32)
+      out = low(x, x).numpy().astype(np.float64)
+      q, k, v = (dense(x).numpy().astype(np.float64) for dense in (
+          low.query_dense, low.key_dense, low.value_dense))
     finally:
       tf_keras.mixed_precision.set_global_policy("float32")
-    full = tf_mha.MultiHeadAttention(4, 16)
-    full(x, x)
-    full.set_weights(low.get_weights())
-    expected = full(x, x).numpy()
+    logits = np.einsum("btnh,bsnh->bnts", q, k) / 4.0
+    self.assertGreater(np.max(np.abs(logits)), 65504.0)  # beyond float16
+    attended, _ = reference.attention(q, k, v)
+    attended = attended.astype(np.float16).astype(np.float64)  # the layer's dtype
+    kernel, bias = (w.astype(np.float16).astype(np.float64)
+                    for w in low.output_dense.get_weights())
+    expected = np.einsum("btnh,nhd->btd", attended, kernel) + bias
+    self.assertTrue(np.all(np.isfinite(out)))
     self.assertLess(np.max(np.abs(out - expected)) / np.max(np.abs(expected)), 1e-2)
 
   def test_softmax_runs_in_float32(self):

@@ -10,7 +10,6 @@ import sys
 from absl import app
 from absl import flags
 
-from tools import _cli
 from tools import build_files
 
 _ROOT = flags.DEFINE_string(
@@ -34,10 +33,5 @@ def main(argv):
   return 0
 
 
-def run():
-  """Console-script entry point."""
-  _cli.run(main)
-
-
 if __name__ == "__main__":
-  run()
+  app.run(main)

@@ -1,6 +1,7 @@
 """The main job as a library: train the demo, export it, convert, compare.
 
-`tools/export_saved_model.py` is a thin command line over `export_demo`.
+`tf_mha.cli.export_saved_model` (`tf_mha_export`) is a thin command line
+over `export_demo`.
 """
 
 import dataclasses
@@ -92,8 +93,9 @@ def demo_data(seed=0):
                   ids(test_texts), test_labels)
 
 
-def train_demo(epochs=6, seed=0, verbose=2):
-  """Generates the data, builds the vocabulary and trains the model."""
+def train_demo(epochs=6, seed=0):
+  """Generates the data, builds the vocabulary and trains the model,
+  logging one progress line per epoch."""
   tf_keras.utils.set_random_seed(seed)
   corpus = demo_data(seed)
   classifier = model_lib.build_classifier(len(corpus.vocab))
@@ -102,10 +104,25 @@ def train_demo(epochs=6, seed=0, verbose=2):
                      "sparse_categorical_crossentropy", metrics=["accuracy"])
   classifier.fit(corpus.ids, corpus.labels, batch_size=64, epochs=epochs,
                  validation_data=(corpus.test_ids, corpus.test_labels),
-                 verbose=verbose)
+                 verbose=0, callbacks=[_EpochLog(epochs)])
   _, accuracy = classifier.evaluate(corpus.test_ids, corpus.test_labels, verbose=0)
   return Demo(corpus.vocab, classifier, text_model, corpus.test_texts,
               corpus.test_labels, float(accuracy))
+
+
+class _EpochLog(tf_keras.callbacks.Callback):
+  """One INFO line per epoch (Keras' own progress bars go to stdout)."""
+
+  def __init__(self, epochs):
+    super().__init__()
+    self._epochs = epochs
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    logging.info("  epoch %d/%d: loss %.4f, accuracy %.4f, held-out %.4f",
+                 epoch + 1, self._epochs, logs.get("loss", float("nan")),
+                 logs.get("accuracy", float("nan")),
+                 logs.get("val_accuracy", float("nan")))
 
 
 def id_samples(ids, lengths=(1, 5, 11, 20)):

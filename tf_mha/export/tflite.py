@@ -6,6 +6,7 @@ custom ops), with dynamic batch and sequence length.
 
 import csv
 import io
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -77,7 +78,11 @@ def _int8_keeping_masked_logits_float(converter, samples):
   debug = tf.lite.experimental.QuantizationDebugger(
       converter=converter, debug_dataset=lambda: (
           [np.asarray(v) for _, v in sorted(s.items())] for s in samples[:8]))
-  debug.run()
+  with warnings.catch_warnings():
+    # TensorFlow's debugger runs the deprecated tf.lite.Interpreter inside;
+    # tf_mha itself runs models in LiteRT (`interpreter`).
+    warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+    debug.run()
   buffer = io.StringIO()
   debug.layer_statistics_dump(buffer)
   buffer.seek(0)

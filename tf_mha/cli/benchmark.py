@@ -1,0 +1,172 @@
+"""Benchmark tf_mha against tf_keras and Keras 3 MultiHeadAttention.
+
+Installed as `tf_mha_benchmark`; from a checkout, `python -m tools.benchmark`.
+TensorFlow's own logs are hidden unless --verbosity is given.
+
+  python -m tools.benchmark                       # the default grid
+  python -m tools.benchmark --seq_lens=512 --passes=fwd,fwd+bwd --jit=true
+  python -m tools.benchmark --seq_lens=512 --impls=tf_mha,tf_keras,keras3,matmuls_only  # + ceiling
+  python -m tools.benchmark --memory_seq_lens=8192,16384   # peak RSS, one process each
+
+Writes results/benchmark.md and results/benchmark.png.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+from tf_mha.cli import _console
+
+_SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512", "2048"],
+                              "Sequence lengths for the timing table.")
+_PASSES = flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "fwd and/or fwd+bwd.")
+_JIT = flags.DEFINE_list("jit", ["true", "false"], "jit_compile settings to time.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size B.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "Least timed calls per point (median); short points get more, "
+    "to about a second per implementation.")
+_IMPLS = flags.DEFINE_list(
+    "impls", ["tf_mha", "tf_keras", "keras3"],
+    "Implementations to compare. Add matmuls_only for a last column: not a "
+    "peer, tf_mha's matmuls alone (no softmax), the ceiling for its forward "
+    "% matmul peak.")
+_MEMORY_SEQ_LENS = flags.DEFINE_list(
+    "memory_seq_lens", [], "Lengths for peak-RSS points (B=1, causal forward, "
+    "jit), each implementation in its own subprocess.")
+_MEMORY_IMPLS = flags.DEFINE_list("memory_impls", ["tf_mha", "keras3"],
+                                  "Implementations for the peak-RSS points.")
+_MEMORY_PASSES = flags.DEFINE_list(
+    "memory_passes", ["fwd"], "fwd and/or fwd+bwd (a training step's "
+    "gradients) for the peak-RSS points.")
+_MEMORY_WINDOW = flags.DEFINE_integer(
+    "memory_sliding_window", None, "A `sliding_window` for the peak-RSS "
+    "points (tf_mha and Keras 3 have one; tf_keras does not).")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", "results", "Where to write outputs.")
+_SINGLE = flags.DEFINE_string(
+    "single_point", None,
+    "Internal: 'impl,T,backward,window' run in this process.")
+
+
+def _single(spec):
+  from tf_mha import benchmark_lib as lib
+  impl, t, backward, window = spec.split(",")
+  point = lib.Point(int(t), batch=1, backward=backward == "1",
+                    sliding_window=int(window) if window else None)
+  seconds, rss = lib.peak_rss_point(impl, point)
+  print(json.dumps({"seconds": seconds, "peak_rss": rss}))
+
+
+def _memory_point(impl, t, backward, window):
+  """Runs one point in a fresh process; None when it fails (e.g. OOM)."""
+  cmd = [sys.executable, "-m", "tf_mha.cli.benchmark",
+         f"--single_point={impl},{t},{int(backward)},{window or ''}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+
+
+def _positive_ints(flag):
+  """The flag's list of positive integers, or a UsageError naming it."""
+  try:
+    values = [int(v) for v in flag.value]
+  except ValueError:
+    values = []
+  if len(values) != len(flag.value) or any(v < 1 for v in values):
+    raise app.UsageError(f"--{flag.name} takes positive integers, got "
+                         f"{','.join(flag.value)!r}")
+  return values
+
+
+def _choices(flag, allowed, values=None):
+  """`values` (default: the flag's) if all are `allowed`, else a UsageError."""
+  values = flag.value if values is None else values
+  bad = [v for v in values if v not in allowed]
+  if bad:
+    raise app.UsageError(f"--{flag.name} takes {', '.join(allowed)}; got {bad}")
+  return values
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _SINGLE.value:
+    _single(_SINGLE.value)
+    return 0
+  from tf_mha import benchmark_lib as lib
+  seq_lens = _positive_ints(_SEQ_LENS)
+  memory_seq_lens = _positive_ints(_MEMORY_SEQ_LENS)
+  for flag in (_PASSES, _MEMORY_PASSES):
+    _choices(flag, ("fwd", "fwd+bwd"))
+  _choices(_IMPLS, lib.IMPLEMENTATIONS + (lib.MATMULS_ONLY,))
+  _choices(_MEMORY_IMPLS, lib.IMPLEMENTATIONS)
+  jits = [j == "true" for j in _choices(
+      _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
+  _console.check_positive(_BATCH, _REPEATS, _MEMORY_WINDOW)
+  window = _MEMORY_WINDOW.value
+  if window is not None and "tf_keras" in _MEMORY_IMPLS.value:
+    raise app.UsageError("--memory_sliding_window: tf_keras has no "
+                         "sliding_window; leave it out of --memory_impls")
+  os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+  print("Measuring this machine's matmul peak...", flush=True)
+  peak = lib.matmul_peak()
+  print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
+  # Peak-memory points first, each in a fresh process forked while this one
+  # is still small (a child needs its own memory next to its parent's).
+  memory_lines = []
+  for t in memory_seq_lens:
+    for passes in _MEMORY_PASSES.value:
+      for impl in _MEMORY_IMPLS.value:
+        band = "" if window is None else f" sliding_window={window}"
+        print(f"Peak memory: {impl} T={t} causal{band} {passes} (own process)...",
+              flush=True)
+        result = _memory_point(impl, t, passes == "fwd+bwd", window)
+        text = ("did not complete" if result is None else
+                f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
+        print(f"  {text}", flush=True)
+        memory_lines.append(f"| {t}{band} | {passes} | {impl} | {text} |")
+  rows = []
+  for t in seq_lens:
+    for backward in (p == "fwd+bwd" for p in _PASSES.value):
+      for jit in jits:
+        point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit)
+        print(f"T={t} {'fwd+bwd' if backward else 'fwd'} jit={jit}:", flush=True)
+        # The matmul ceiling is a forward one: differentiated by autodiff,
+        # its chain gets transposes that tf_mha's closed-form gradient avoids.
+        impls = [i for i in _IMPLS.value if not (backward and i == lib.MATMULS_ONLY)]
+        times = lib.time_point(point, impls, _REPEATS.value,
+                               log=lambda s: print(s, flush=True))
+        print("  " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()),
+              flush=True)
+        rows.append((point, times))
+  table = lib.markdown_table(rows, peak) if rows else ""
+  report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
+            "N=8, H=64, causal self-attention; median of interleaved calls (at "
+            f"least {_REPEATS.value}, about 1 s per implementation for short "
+            "points). Ratios are peer time / tf_mha time.",
+            "", table]
+  if memory_lines:
+    report += ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
+               "|---|---|---|---|"]
+    report += memory_lines
+  md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
+  with open(md_path, "w") as f:
+    f.write("\n".join(report) + "\n")
+  print("\n".join(report))
+  if rows:
+    lib.plot(rows, os.path.join(_RESULTS_DIR.value, "benchmark.png"))
+  print(f"Wrote {md_path}")
+  return 0
+
+
+def run():
+  """Console-script entry point."""
+  _console.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run()
