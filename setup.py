@@ -36,6 +36,10 @@ setuptools.setup(
             "h5py>=3.10",
             "matplotlib>=3.8",
             "portpicker>=1.6",
+            # What Model Garden's tests need besides tf-models-official, which
+            # the test command installs with --no-deps (it pins TF 2.20).
+            "gin-config>=0.5",
+            "scipy>=1.10",
         ],
     },
     entry_points={

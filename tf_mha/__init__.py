@@ -1,13 +1,15 @@
 """tf_mha: multi-head attention for TensorFlow (tf_keras), drop-in and scalable.
 
 Public names: the layers `MultiHeadAttention` and `Attention`, the pure op
-`dot_product_attention`, and the mask helpers.
+`dot_product_attention`, the mask helpers, and `patch_tf_keras` (tf_keras'
+`MultiHeadAttention` resolves to ours, for libraries that subclass it).
 """
 
 from tf_mha import _startup
 
 with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
   from tf_mha.attention import Attention
+  from tf_mha.keras_patch import patch_tf_keras
   from tf_mha.masks import causal_mask
   from tf_mha.masks import combine_masks
   from tf_mha.multi_head_attention import MultiHeadAttention
@@ -21,4 +23,5 @@ __all__ = [
     "causal_mask",
     "combine_masks",
     "dot_product_attention",
+    "patch_tf_keras",
 ]

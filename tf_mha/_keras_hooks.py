@@ -57,6 +57,9 @@ class KerasHooks:
     """Sets what `_compute_attention` overrides written for tf.keras use."""
     (self._dot_product_equation, self._combine_equation,
      scores_rank) = equations.attention_equations(rank, self._attention_axes)
+    # What the op path computes; a subclass that changes the equations
+    # afterwards gets tf.keras' recipe with its own (`_einsum_attention`).
+    self._op_equations = (self._dot_product_equation, self._combine_equation)
     self._axes_plan = equations.AxesPlan(rank, self._attention_axes)
     self._norm_axes = tuple(
         range(scores_rank - len(self._attention_axes), scores_rank))
@@ -66,22 +69,23 @@ class KerasHooks:
         axis=self._norm_axes, robust_masking=self._softmax_robust_masking,
         dtype=self._dtype_policy)
     self._dropout_layer = tf_keras.layers.Dropout(
-        rate=self._dropout, seed=self._seed, dtype=self._dtype_policy)
+        rate=self._dropout, seed=self._dropout_seed, dtype=self._dtype_policy)
     for sublayer in (self._softmax, self._dropout_layer):
       sublayer.build(None)
 
   def _masked_softmax(self, attention_scores, attention_mask=None):
-    """Softmax over the key axes; the mask gains the head axis it lacks."""
+    """`self._softmax` over the key axes; the mask (a tensor or an array)
+    gains the head axis it lacks."""
     if attention_mask is not None:
       axis = -len(self._attention_axes) * 2 - 1
-      for _ in range(attention_scores.shape.rank - attention_mask.shape.rank):
+      for _ in range(len(attention_scores.shape) - len(attention_mask.shape)):
         attention_mask = tf.expand_dims(attention_mask, axis)
-    norm_axes = self._norm_axes[0] if len(self._norm_axes) == 1 else self._norm_axes
-    return masks_lib.masked_softmax(attention_scores, attention_mask, norm_axes)
+    return self._softmax(attention_scores, attention_mask)
 
   def _einsum_attention(self, query, key, value, attention_mask, training):
-    """tf.keras' own recipe, for subclasses overriding `_masked_softmax`."""
-    query = query * tf.constant(1.0 / math.sqrt(float(self._key_dim)), query.dtype)
+    """tf.keras' own recipe, with whatever equations, softmax and dropout
+    a subclass has set: for subclasses that take over the computation."""
+    query = tf.multiply(query, 1.0 / math.sqrt(float(self._key_dim)))
     scores = tf.einsum(self._dot_product_equation, key, query)
     scores = self._masked_softmax(scores, attention_mask)
     dropped = self._dropout_layer(scores, training=training)
@@ -111,13 +115,14 @@ class KerasHooks:
       if key is not None and key is not value:
         key_mask = getattr(key, "_keras_mask", None)
     axes = len(self._attention_axes) if self._built_from_signature else 1
-    parts = [attention_mask, *_inputs.padding_masks(
-        query_mask, value_mask, key_mask, axes)]
+    parts = _inputs.padding_masks(query_mask, value_mask, key_mask, axes)
     if causal:
       parts.append(self._compute_causal_mask(query, value))
     if window:
       parts.append(self._compute_sliding_window_mask(query, value))
-    return masks_lib.combine_masks(*parts)
+    if not parts:  # as tf.keras: the caller's mask, as it came
+      return attention_mask
+    return masks_lib.combine_masks(attention_mask, *parts)
 
   def _compute_causal_mask(self, query, value=None):
     """Lower-triangular `[1, T, S]` mask over the (first) attention axis."""

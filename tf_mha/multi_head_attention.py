@@ -27,17 +27,30 @@ from tf_mha import ops
 
 _layers = tf_keras.layers
 
-# `get_config` entries: the attributes `_<name>` as they are, and the ones
-# their Keras module serializes.
+# `get_config` entries: the attributes `_<name>` as they are (`seed` is
+# `_dropout_seed`: Model Garden's KernelAttention keeps its own `_seed`,
+# and tf.keras has none), and the ones their Keras module serializes.
 _PLAIN_CONFIG = ("num_heads", "key_dim", "value_dim", "dropout", "use_bias",
-                 "output_shape", "attention_axes", "flash_attention", "seed",
-                 "sliding_window", "use_gate", "softmax_robust_masking")
+                 "output_shape", "attention_axes", "flash_attention",
+                 "dropout_seed", "sliding_window", "use_gate",
+                 "softmax_robust_masking")
 _SERIALIZED_CONFIG = (
     (tf_keras.initializers, ("kernel_initializer", "bias_initializer")),
     (tf_keras.regularizers, ("kernel_regularizer", "bias_regularizer",
                              "activity_regularizer")),
     (tf_keras.constraints, ("kernel_constraint", "bias_constraint")),
 )
+
+
+class _Alias:
+  """A read-only alias of an attribute that an assignment can shadow: a
+  non-data descriptor, unlike `property`."""
+
+  def __init__(self, attribute):
+    self._attribute = attribute
+
+  def __get__(self, layer, owner=None):
+    return self if layer is None else getattr(layer, self._attribute)
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_mha")
@@ -139,7 +152,7 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     self._attention_axes = _checks.attention_axes(attention_axes)
     self._flash_attention = _checks.tri_state("flash_attention",
                                               flash_attention)
-    self._seed = _checks.seed(seed)
+    self._dropout_seed = _checks.seed(seed)
     self._sliding_window = (None if sliding_window is None else
                             _checks.positive_int("sliding_window", sliding_window))
     self._use_gate = bool(use_gate)
@@ -153,27 +166,30 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     self._bias_constraint = tf_keras.constraints.get(bias_constraint)
     self._built_from_signature = False
     self._query_shape = self._key_shape = self._value_shape = None
-    self._seeds = _dropout.SeedStream(seed)
+    self._dropout_seeds = _dropout.SeedStream(seed)
 
-  # Read-only properties of tf.keras / Keras 3.
-  num_heads = property(lambda self: self._num_heads)
-  key_dim = property(lambda self: self._key_dim)
-  value_dim = property(lambda self: self._value_dim)
-  dropout = property(lambda self: self._dropout)
-  use_bias = property(lambda self: self._use_bias)
-  output_shape = property(lambda self: self._output_shape)
-  attention_axes = property(lambda self: self._attention_axes)
-  flash_attention = property(lambda self: self._flash_attention)
-  seed = property(lambda self: self._seed)
-  sliding_window = property(lambda self: self._sliding_window)
-  use_gate = property(lambda self: self._use_gate)
-  query_dense = property(lambda self: self._query_dense)
-  key_dense = property(lambda self: self._key_dense)
-  value_dense = property(lambda self: self._value_dense)
-  output_dense = property(lambda self: self._output_dense)
+  # Keras 3's read-only properties. Not `property`s: tf.keras has none, and
+  # a subclass written for it may assign these names (Model Garden sets
+  # `self.output_dense`); its assignment then shadows the alias.
+  num_heads = _Alias("_num_heads")
+  key_dim = _Alias("_key_dim")
+  value_dim = _Alias("_value_dim")
+  dropout = _Alias("_dropout")
+  use_bias = _Alias("_use_bias")
+  output_shape = _Alias("_output_shape")
+  attention_axes = _Alias("_attention_axes")
+  flash_attention = _Alias("_flash_attention")
+  seed = _Alias("_dropout_seed")
+  sliding_window = _Alias("_sliding_window")
+  use_gate = _Alias("_use_gate")
+  query_dense = _Alias("_query_dense")
+  key_dense = _Alias("_key_dense")
+  value_dense = _Alias("_value_dense")
+  output_dense = _Alias("_output_dense")
 
   def get_config(self):
     config = {name: getattr(self, "_" + name) for name in _PLAIN_CONFIG}
+    config["seed"] = config.pop("dropout_seed")
     for module, names in _SERIALIZED_CONFIG:
       config.update({name: module.serialize(getattr(self, "_" + name))
                      for name in names})
@@ -195,8 +211,11 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     """Creates the projections from the shapes (or tensors) of the inputs."""
     shapes = (_checks.as_shape(query), _checks.as_shape(value),
               _checks.as_shape(value if key is None else key))
-    # Checks first: a refused call leaves the layer unbuilt.
-    _checks.check_signature(*shapes)
+    # Checks first: a refused call leaves the layer unbuilt. A subclass that
+    # takes over the computation gets tf.keras' leniency (Model Garden's
+    # MultiChannelAttention builds with a rank-4 value).
+    if not _overrides_any(self, _COMPUTING_HOOKS):
+      _checks.check_signature(*shapes)
     rank = shapes[0].rank
     axes = equations.normalize_attention_axes(self._attention_axes, rank)
     if self._sliding_window is not None and len(axes) != 1:
@@ -268,7 +287,12 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     Returns:
       `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
     """
-    if _overrides(self, "_masked_softmax"):
+    if self._state_changed():
+      # A subclass's own equations, softmax or tensor layout (Model Garden's
+      # multi-query layer calls this with its rank-5 queries): tf.keras'
+      # recipe on its state, with the masks the op would have applied.
+      attention_mask = masks_lib.combine_masks(attention_mask, self._op_only_mask(
+          query, key, use_causal_mask, sliding_window))
       return self._einsum_attention(query, key, value, attention_mask, training)
     if return_attention_scores and self._flash_attention:
       raise ValueError(
@@ -290,7 +314,7 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
           sliding_window=sliding_window,
           scale=1.0 / math.sqrt(float(self._key_dim)),
           dropout_rate=rate,
-          dropout_seed=self._seeds.next() if rate else None,
+          dropout_seed=self._dropout_seeds.next() if rate else None,
           return_scores=return_attention_scores,
           flash_attention=self._flash_attention)
 
@@ -324,20 +348,19 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     query, value, key, ragged_lengths = _inputs.dense_inputs(query, value, key)
     if not self._built_from_signature:
       self._build_from_signature(query=query, value=value, key=key)
-    _checks.check_call(self, query, value, key)
-    if ragged_lengths is None:
-      _checks.check_masks(self._attention_axes, query, value, key,
-                          attention_mask, query_mask=query_mask,
-                          value_mask=value_mask, key_mask=key_mask)
     # The op path: the op applies the causal and sliding-window masks and
     # skips the keys they hide, instead of materialising `[T, S]` masks.
-    # Subclasses that override the attention math, or how those masks are
-    # made, get them inside `attention_mask`, as in tf.keras.
-    op_path = not any(_overrides(self, name) for name in (
-        "_compute_attention", "_masked_softmax"))
-    op_masks = op_path and not any(_overrides(self, name) for name in (
-        "_compute_attention_mask", "_compute_causal_mask",
-        "_compute_sliding_window_mask"))
+    # Subclasses that take over the attention math, or how those masks are
+    # made, get them inside `attention_mask`, and tf.keras' leniency: the
+    # checks below guard only what the op consumes.
+    op_path = not self._takes_over()
+    op_masks = op_path and not _overrides_any(self, _MASK_HOOKS)
+    if op_path:
+      _checks.check_call(self, query, value, key)
+      if ragged_lengths is None:
+        _checks.check_masks(self._attention_axes, query, value, key,
+                            attention_mask, query_mask=query_mask,
+                            value_mask=value_mask, key_mask=key_mask)
     masks = dict(attention_mask=attention_mask, query_mask=query_mask,
                  value_mask=value_mask, key_mask=key_mask)
     if op_masks:
@@ -363,6 +386,28 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     if ragged_lengths is not None:
       output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
     return (output, scores) if return_attention_scores else output
+
+  def _takes_over(self):
+    """Whether a subclass computes attention its own way (then `call` passes
+    it the masks as tf.keras does)."""
+    return _overrides(self, "_compute_attention") or self._state_changed()
+
+  def _state_changed(self):
+    """Whether a subclass set up attention its own way: it overrides a
+    `_STATE_HOOKS` method, or changed the equations `_build_attention` set."""
+    return (_overrides_any(self, _STATE_HOOKS) or
+            getattr(self, "_op_equations", None) !=
+            (self._dot_product_equation, self._combine_equation))
+
+  def _op_only_mask(self, query, key, causal, window):
+    """The causal and sliding-window masks, `[1, T, S]` over the first
+    attention axis of the projected `query` and `key`, or None."""
+    if not causal and window is None:
+      return None
+    axis = self._attention_axes[0]
+    return tf.expand_dims(masks_lib.position_mask(
+        tf.shape(query)[axis], tf.shape(key)[axis], causal=causal,
+        window=window), 0)
 
   def _project(self, query, key, value):
     """The three input projections (`_projections.apply`).
@@ -391,6 +436,23 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     return query_shape
 
 
+# Methods whose override means a subclass sets up attention its own way:
+# `_compute_attention` then runs tf.keras' recipe on the subclass's state.
+_STATE_HOOKS = ("_build_attention", "_masked_softmax")
+# ... or computes it its own way: the layer's stricter checks step aside.
+_COMPUTING_HOOKS = ("call", "_build_from_signature", "_compute_attention",
+                    *_STATE_HOOKS)
+# Methods whose override means a subclass makes the masks its own way.
+_MASK_HOOKS = ("_compute_attention_mask", "_compute_causal_mask",
+               "_compute_sliding_window_mask")
+
+
 def _overrides(layer, name):
-  """Whether `layer`'s class replaces `MultiHeadAttention.<name>`."""
-  return getattr(type(layer), name) is not getattr(MultiHeadAttention, name)
+  """Whether `layer` replaces `MultiHeadAttention.<name>`: in its class, or
+  on the instance (Model Garden assigns `self._masked_softmax` a layer)."""
+  return (name in vars(layer) or
+          getattr(type(layer), name) is not getattr(MultiHeadAttention, name))
+
+
+def _overrides_any(layer, names):
+  return any(_overrides(layer, name) for name in names)
