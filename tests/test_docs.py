@@ -49,10 +49,12 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
     with open(os.path.join(out_dir, "benchmark.md")) as f:
       table = f.read()
-    self.assertRegex(table, r"\| 16 \| fwd \| no \| [\d.]+ \| [\d.]+ \| [\d.]+ \|")
-    # The matmul ceiling: timed for the forward pass only.
-    self.assertRegex(table, r"\n\| 16 \| fwd \| .* \| \d+% \| \d+% \|\n")
-    self.assertRegex(table, r"\n\| 16 \| fwd\+bwd \| .* \| \d+% \| n/a \|\n")
+    for mask in ("causal", "padding"):  # beside each other, every peer timed
+      self.assertRegex(table, rf"\| 16 \| {mask} \| fwd \| no \| [\d.]+ \| [\d.]+ \| [\d.]+ \|")
+    # The matmul ceiling: timed for the causal forward pass only.
+    self.assertRegex(table, r"\n\| 16 \| causal \| fwd \| .* \| \d+% \| \d+% \|\n")
+    self.assertRegex(table, r"\n\| 16 \| causal \| fwd\+bwd \| .* \| \d+% \| n/a \|\n")
+    self.assertRegex(table, r"\n\| 16 \| padding \| fwd \| .* \| \d+% \| n/a \|\n")
     self.assertRegex(table, r"\| 32 sliding_window=8 \| fwd\+bwd \| tf_mha \| "
                      r"[\d.]+ s, [\d.]+ GiB peak RSS \|")
     self.assertTrue(os.path.isfile(os.path.join(out_dir, "benchmark.png")))

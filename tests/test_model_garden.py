@@ -7,6 +7,7 @@ on tf_mha and on tf_keras with the same weights, gives the same outputs.
 """
 
 import importlib
+import json
 import importlib.util
 import os
 import subprocess
@@ -120,6 +121,25 @@ class ModelGardenSuiteTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(result.returncode, 0, tail)
     self.assertRegex(result.stdout, r"\d+ passed", tail)
     self.assertNotRegex(result.stdout, r"\d+ (failed|error)", tail)
+
+
+class BertBenchmarkTest(tf.test.TestCase):
+
+  def test_bert_steps_share_weights_and_outputs(self):
+    if not _HAVE_MODEL_GARDEN:
+      self.skipTest(_SKIP)
+    code = ("import json\nfrom tf_mha import benchmark_lib as lib\n"
+            "times, diff = lib.bert_training_steps(batch=2, length=16, layers=1,"
+            " hidden=32, heads=2, repeats=2, log=lambda s: None)\n"
+            "print(json.dumps({'times': times, 'difference': diff}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, cwd=_REPO, timeout=600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    self.assertEqual(sorted(report["times"]), ["tf_keras", "tf_mha"])
+    self.assertTrue(all(t > 0 for t in report["times"].values()))
+    self.assertLess(report["difference"], 1e-5)
 
 
 class ParityTest(tf.test.TestCase, parameterized.TestCase):

@@ -28,6 +28,7 @@ class Point:
   num_heads: int = 8
   key_dim: int = 64
   causal: bool = True
+  padding: bool = False  # a [B, T, S] padding mask (BERT's), not causal
   backward: bool = False
   jit: bool = True
   sliding_window: int = None  # tf_mha and Keras 3 only
@@ -107,8 +108,11 @@ def make_step(impl, point, seed=0):
                                  seed=[seed, 1])
   layer(x[:, :8], x[:, :8])  # build
   variables = list(layer.trainable_variables)
+  mask = padding_mask(point.batch, point.seq_len) if point.padding else None
 
   def forward(inp):
+    if mask is not None:
+      return layer(inp, inp, attention_mask=mask)
     return layer(inp, inp, use_causal_mask=point.causal)
 
   def forward_backward(inp):
@@ -120,6 +124,69 @@ def make_step(impl, point, seed=0):
   fn = tf.function(forward_backward if point.backward else forward,
                    jit_compile=point.jit)
   return fn, x
+
+
+def padding_mask(batch, length, seed=0):
+  """BERT's `[B, T, S]` self-attention mask for rows padded at the end: row
+  `b` has `length - pad_b` real tokens, `pad_b` up to an eighth of `T`."""
+  pads = tf.random.stateless_uniform([batch], [seed, 2], 0, length // 8 + 1,
+                                     dtype=tf.int32)
+  keys = tf.sequence_mask(length - pads, length)  # [B, S]
+  return tf.tile(keys[:, None, :], [1, length, 1])  # [B, T, S]
+
+
+def bert_training_steps(batch=4, length=512, layers=4, hidden=512, heads=8,
+                        repeats=5, log=print):
+  """Model Garden's `BertEncoderV2`, built on tf_keras' attention and on
+  tf_mha's (`patch_tf_keras`) with the same weights: a jit-compiled training
+  step (forward, backward, Adam) of each, interleaved.
+
+  Returns:
+    `({"tf_mha": s, "tf_keras": s}, max |output difference|)`.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tf_mha  # pylint: disable=g-import-not-at-top
+  with tf_mha.patch_tf_keras():  # Model Garden's own subclasses on tf_mha
+    from official.nlp.modeling import networks  # pylint: disable=g-import-not-at-top
+
+  def build():
+    return networks.BertEncoderV2(
+        vocab_size=1000, hidden_size=hidden, num_layers=layers,
+        num_attention_heads=heads, inner_dim=4 * hidden,
+        max_sequence_length=length)
+
+  ids = tf.random.stateless_uniform([batch, length], [0, 3], 1, 1000, tf.int32)
+  mask = tf.cast(padding_mask(batch, length)[:, 0], tf.int32)  # [B, S]
+  inputs = dict(input_word_ids=ids, input_mask=mask,
+                input_type_ids=tf.zeros_like(ids))
+  tf_keras.utils.set_random_seed(0)
+  encoders = {"tf_keras": build()}
+  with tf_mha.patch_tf_keras():  # the blocks build their attention on call
+    encoders["tf_mha"] = build()
+    encoders["tf_mha"](inputs)
+  encoders["tf_keras"](inputs)
+  encoders["tf_mha"].set_weights(encoders["tf_keras"].get_weights())
+  outputs = [encoders[k](inputs)["sequence_output"].numpy()
+             for k in ("tf_keras", "tf_mha")]
+  difference = float(np.max(np.abs(outputs[0] - outputs[1])))
+  steps = {}
+  for name, encoder in encoders.items():
+    optimizer = tf_keras.optimizers.Adam(1e-4)
+
+    def step(x, encoder=encoder, optimizer=optimizer):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(encoder(x)["sequence_output"]))
+      grads = tape.gradient(loss, encoder.trainable_variables)
+      optimizer.apply_gradients(zip(grads, encoder.trainable_variables))
+      return loss
+
+    steps[name] = (tf.function(step, jit_compile=True), inputs)
+    log(f"  BERT on {name}: compiled and warmed up in {_timed(*steps[name]):.1f} s")
+  samples = {name: [] for name in steps}
+  for _ in range(repeats):
+    for name in steps:
+      samples[name].append(_timed(*steps[name]))
+  return {k: statistics.median(v) for k, v in samples.items()}, difference
 
 
 def _timed(fn, x):
@@ -196,7 +263,7 @@ def markdown_table(rows, peak):
   ceiling for tf_mha's.
   """
   ceiling = any(MATMULS_ONLY in times for _, times in rows)
-  header = ("| T | pass | jit | tf_mha (ms) | tf_keras (ms) | Keras 3 (ms) | "
+  header = ("| T | mask | pass | jit | tf_mha (ms) | tf_keras (ms) | Keras 3 (ms) | "
             "vs tf_keras | vs Keras 3 | % matmul peak (full-attention FLOPs) |")
   if ceiling:
     header += " its matmuls alone: % matmul peak |"
@@ -208,7 +275,8 @@ def markdown_table(rows, peak):
     ms = lambda impl: f"{times[impl] * 1e3:.1f}" if impl in times else "n/a"
     share = lambda impl: (f"{100 * flops / times[impl] / peak:.0f}%"
                           if impl in times else "n/a")
-    line = (f"| {point.seq_len} | {'fwd+bwd' if point.backward else 'fwd'} | "
+    kind = "padding" if point.padding else "causal" if point.causal else "none"
+    line = (f"| {point.seq_len} | {kind} | {'fwd+bwd' if point.backward else 'fwd'} | "
             f"{'yes' if point.jit else 'no'} | {ms('tf_mha')} | {ms('tf_keras')} | "
             f"{ms('keras3')} | {ratio('tf_keras')} | {ratio('keras3')} | "
             f"{share('tf_mha')} |")

@@ -25,6 +25,14 @@ _SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512", "2048"],
                               "Sequence lengths for the timing table.")
 _PASSES = flags.DEFINE_list("passes", ["fwd", "fwd+bwd"], "fwd and/or fwd+bwd.")
 _JIT = flags.DEFINE_list("jit", ["true", "false"], "jit_compile settings to time.")
+_MASKS = flags.DEFINE_list(
+    "masks", ["causal", "padding"],
+    "Self-attention masks to time: causal (a decoder's), padding (BERT's "
+    "[B, T, S] mask of padded rows, not causal).")
+_BERT = flags.DEFINE_bool(
+    "bert", False, "Also time a training step of Model Garden's BertEncoderV2 "
+    "(4 layers, D=512, 8 heads, T=512, B=4, padding mask, jit) on tf_mha's "
+    "attention against tf_keras' (needs tf-models-official).")
 _BATCH = flags.DEFINE_integer("batch", 4, "Batch size B.")
 _REPEATS = flags.DEFINE_integer(
     "repeats", 5, "Least timed calls per point (median); short points get more, "
@@ -91,6 +99,39 @@ def _choices(flag, allowed, values=None):
   return values
 
 
+def _time(lib, point):
+  """Times one point for every implementation asked for, with progress."""
+  print(f"T={point.seq_len} {'padding' if point.padding else 'causal'} "
+        f"{'fwd+bwd' if point.backward else 'fwd'} jit={point.jit}:", flush=True)
+  # The matmul ceiling is a forward one: differentiated by autodiff, its
+  # chain gets transposes that tf_mha's closed-form gradient avoids.
+  impls = [i for i in _IMPLS.value
+           if not ((point.backward or point.padding) and i == lib.MATMULS_ONLY)]
+  times = lib.time_point(point, impls, _REPEATS.value,
+                         log=lambda s: print(s, flush=True))
+  print("  " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()),
+        flush=True)
+  return times
+
+
+def _bert_lines(lib):
+  """The BertEncoderV2 training-step comparison, as Markdown lines."""
+  print("BertEncoderV2 training step (Model Garden) on tf_mha and tf_keras:",
+        flush=True)
+  try:
+    times, difference = lib.bert_training_steps(
+        repeats=_REPEATS.value, log=lambda s: print(s, flush=True))
+  except ImportError as e:
+    raise app.UsageError(f"--bert needs tf-models-official: {e}") from e
+  return ["", "| Model Garden BertEncoderV2 training step (4 layers, D=512, "
+          "8 heads, T=512, B=4, padding mask, jit) | tf_mha (ms) | tf_keras (ms) "
+          "| vs tf_keras | max output difference, same weights |",
+          "|---|---|---|---|---|",
+          f"| median of {_REPEATS.value} interleaved steps | "
+          f"{times['tf_mha'] * 1e3:.1f} | {times['tf_keras'] * 1e3:.1f} | "
+          f"{times['tf_keras'] / times['tf_mha']:.2f}x | {difference:.2g} |"]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -102,6 +143,7 @@ def main(argv):
   memory_seq_lens = _positive_ints(_MEMORY_SEQ_LENS)
   for flag in (_PASSES, _MEMORY_PASSES):
     _choices(flag, ("fwd", "fwd+bwd"))
+  _choices(_MASKS, ("causal", "padding"))
   _choices(_IMPLS, lib.IMPLEMENTATIONS + (lib.MATMULS_ONLY,))
   _choices(_MEMORY_IMPLS, lib.IMPLEMENTATIONS)
   jits = [j == "true" for j in _choices(
@@ -131,24 +173,20 @@ def main(argv):
         memory_lines.append(f"| {t}{band} | {passes} | {impl} | {text} |")
   rows = []
   for t in seq_lens:
-    for backward in (p == "fwd+bwd" for p in _PASSES.value):
-      for jit in jits:
-        point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit)
-        print(f"T={t} {'fwd+bwd' if backward else 'fwd'} jit={jit}:", flush=True)
-        # The matmul ceiling is a forward one: differentiated by autodiff,
-        # its chain gets transposes that tf_mha's closed-form gradient avoids.
-        impls = [i for i in _IMPLS.value if not (backward and i == lib.MATMULS_ONLY)]
-        times = lib.time_point(point, impls, _REPEATS.value,
-                               log=lambda s: print(s, flush=True))
-        print("  " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()),
-              flush=True)
-        rows.append((point, times))
+    for padding in (m == "padding" for m in _MASKS.value):
+      for backward in (p == "fwd+bwd" for p in _PASSES.value):
+        for jit in jits:
+          point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit,
+                            causal=not padding, padding=padding)
+          rows.append((point, _time(lib, point)))
   table = lib.markdown_table(rows, peak) if rows else ""
+  bert = _bert_lines(lib) if _BERT.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
-            "N=8, H=64, causal self-attention; median of interleaved calls (at "
+            "N=8, H=64, self-attention (causal, or BERT's padding mask); "
+            "median of interleaved calls (at "
             f"least {_REPEATS.value}, about 1 s per implementation for short "
             "points). Ratios are peer time / tf_mha time.",
-            "", table]
+            "", table, *bert]
   if memory_lines:
     report += ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
                "|---|---|---|---|"]
