@@ -130,6 +130,95 @@ class AttentionTFLiteTest(tf.test.TestCase):
       self.assertAllClose(run(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+_KILLED_EXPORT = """
+import os, signal, sys
+import tensorflow as tf
+from tf_mha.export import serving
+
+class Scaled(tf.Module):
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+  def __call__(self, x):
+    return {"y": x * %(scale)s}
+
+serving._step_hook = lambda name: (os.kill(os.getpid(), signal.SIGKILL)
+                                   if name == %(step)r else None)
+serving.export(Scaled(), %(base)r, "m", version=7, overwrite=%(overwrite)s)
+"""
+
+
+class PublishTest(tf.test.TestCase):
+  """A version directory appears, or is replaced, in one atomic step."""
+
+  def _scale_of(self, version_dir):
+    """The version's `y / x`: which export it is; fails if incomplete."""
+    self.assertTrue(os.path.isfile(os.path.join(version_dir, "saved_model.pb")))
+    loaded = tf.saved_model.load(version_dir)
+    return float(loaded.signatures["serving_default"](x=tf.constant([1.0]))["y"][0])
+
+  def _killed_export(self, base, step, overwrite, scale):
+    script = _KILLED_EXPORT % dict(base=base, step=step, overwrite=overwrite,
+                                   scale=scale)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, cwd=_REPO, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return result.returncode
+
+  def test_sigkill_at_each_step_never_leaves_a_missing_or_partial_version(self):
+    for step in ("saved", "complete", "published"):
+      base = os.path.join(self.get_temp_dir(), f"new_{step}")
+      self.assertEqual(self._killed_export(base, step, False, 2.0), -9)
+      versions = [n for n in os.listdir(os.path.join(base, "m")) if n.isdigit()]
+      if step == "published":
+        self.assertEqual(self._scale_of(os.path.join(base, "m", "7")), 2.0)
+      else:
+        self.assertEqual(versions, [])
+    for step in ("saved", "complete", "exchanged", "published"):
+      base = os.path.join(self.get_temp_dir(), f"replace_{step}")
+      serving.export(_Tiny(), base, "m", version=7)  # the old one: y = 2x
+      self.assertEqual(self._killed_export(base, step, True, 5.0), -9)
+      model_dir = os.path.join(base, "m")
+      scale = self._scale_of(os.path.join(model_dir, "7"))
+      self.assertEqual(scale, 5.0 if step in ("exchanged", "published") else 2.0)
+      # The next export removes what the killed one left.
+      self.assertTrue(any(n.startswith(".tmp-") for n in os.listdir(model_dir))
+                      or step == "published")
+      serving.export(_Tiny(), base, "m", version=8)
+      self.assertEqual(sorted(os.listdir(model_dir)), ["7", "8"])
+
+  def test_a_version_that_appears_during_the_export_is_not_replaced(self):
+    base = self.get_temp_dir()
+    final = os.path.join(base, "m", "4")
+
+    class Other(tf.Module):
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+      def __call__(self, x):
+        return {"y": x * 3.0}
+
+    def someone_else_exports(name):
+      if name == "complete" and not os.path.exists(final):
+        tf.saved_model.save(Other(), final)
+
+    serving._step_hook = someone_else_exports
+    try:
+      with self.assertRaisesRegex(serving.ExportRefused, "appeared while"):
+        serving.export(_Tiny(), base, "m", version=4)
+      self.assertEqual(self._scale_of(final), 3.0)
+      self.assertEqual(os.listdir(os.path.join(base, "m")), ["4"])
+      serving.export(_Tiny(), base, "m", version=4, overwrite=True)
+      self.assertEqual(self._scale_of(final), 2.0)
+    finally:
+      serving._step_hook = None
+
+  def test_live_exports_staging_is_kept(self):
+    model_dir = os.path.join(self.get_temp_dir(), "m")
+    os.makedirs(os.path.join(model_dir, f".tmp-3-{os.getpid()}-abcdef12"))
+    os.makedirs(os.path.join(model_dir, ".tmp-3-999999999-abcdef12"))
+    os.makedirs(os.path.join(model_dir, ".tmp-5-0f00d3e9"))  # older naming
+    removed = serving.remove_stale_staging(model_dir)
+    self.assertLen(removed, 2)
+    self.assertEqual(os.listdir(model_dir), [f".tmp-3-{os.getpid()}-abcdef12"])
+
+
 class DemoPipelineTest(tf.test.TestCase):
   """One trained demo, exported once, checked every way."""
 

@@ -1,14 +1,31 @@
 """SavedModels for TF Serving: `<output_dir>/<model_name>/<version>/`.
 
-Writing is atomic: the export goes to a hidden sibling directory and is
-renamed into place only when complete, so a server polling the model
-directory never sees half a model and an interrupted export leaves nothing.
+Publishing is one atomic step, and no step makes a version disappear. The
+export is written to a hidden staging directory beside the versions
+(`.tmp-<version>-<pid>-<hex>`, which TF Serving ignores), then:
+  * a new version is renamed into place with Linux's
+    `renameat2(RENAME_NOREPLACE)`, which fails, at the moment of the rename,
+    if the version appeared meanwhile (someone else's export): refused
+    unless `overwrite`;
+  * an existing version is replaced with `renameat2(RENAME_EXCHANGE)`, which
+    swaps the two directories in one step (a server sees the old version or
+    the new one, never none); the old one, now in staging, is deleted after.
+Where `renameat2` is unavailable (not Linux, or a filesystem without those
+flags), a plain `rename` publishes a new version (it still fails on a
+non-empty existing version), and replacing falls back to two renames, with a
+moment between them in which the version is absent.
+A killed export leaves only its staging directory; the next export of the
+same model removes those whose process is gone.
 """
 
+import ctypes
+import errno
 import os
 import re
 import shutil
 import uuid
+
+from absl import logging
 
 import tensorflow as tf
 
@@ -87,32 +104,129 @@ def export(obj, output_dir, model_name, version=None, *, signatures=None,
     The path of the version directory.
 
   Raises:
-    ExportRefused: as `check_destination` (nothing is changed).
+    ExportRefused: as `check_destination`, or the version appeared while
+      this export was being written and `overwrite` is False (nothing of
+      theirs is changed).
     ValueError: `model_name` or `version` are not usable.
   """
   final = check_destination(output_dir, model_name, version, overwrite)
   model_dir, version = os.path.split(final)
   os.makedirs(model_dir, exist_ok=True)
-  staging = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+  remove_stale_staging(model_dir)
+  staging = os.path.join(
+      model_dir, f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
   try:
     tf.saved_model.save(obj, staging, signatures=signatures)
+    _step("saved")
     if warmup_inputs is not None:
       write_warmup(staging, warmup_inputs)
-    _replace(staging, final)
+    _step("complete")
+    _publish(staging, final, overwrite)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return final
 
 
+# Called with each step's name; tests inject faults (a SIGKILL) through it.
+_step_hook = None
+
+
+def _step(name):
+  if _step_hook is not None:
+    _step_hook(name)
+
+
+_STAGING = re.compile(r"\.tmp-\d+-(\d+)-[0-9a-f]+(-old)?")
+
+
+def remove_stale_staging(model_dir):
+  """Deletes staging directories of exports whose process is gone (killed
+  mid-export); returns their paths. Live exports' staging is kept."""
+  removed = []
+  for name in os.listdir(model_dir):
+    match = _STAGING.fullmatch(name)
+    if not name.startswith(".tmp-"):
+      continue
+    if match and _alive(int(match.group(1))):
+      continue
+    path = os.path.join(model_dir, name)
+    shutil.rmtree(path, ignore_errors=True)
+    logging.info("Removed %s, left by an interrupted export", path)
+    removed.append(path)
+  return removed
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _publish(staging, final, overwrite):
+  """Moves the complete `staging` to `final` in one atomic step."""
+  try:
+    _renameat2(staging, final, _RENAME_NOREPLACE)
+  except FileExistsError:
+    if not overwrite:
+      raise ExportRefused(
+          f"{final} appeared while this export was being written (another "
+          "export?); pass --overwrite to replace it. It was left as it is.")
+    _replace(staging, final)
+  except _Unsupported:
+    try:
+      os.rename(staging, final)  # fails on a non-empty `final`
+    except OSError as e:
+      if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not overwrite:
+        raise ExportRefused(f"{final} exists; pass --overwrite to replace "
+                            f"it. It was left as it is. ({e.strerror})") from e
+      _replace(staging, final)
+  _step("published")
+
+
 def _replace(staging, final):
-  """Renames `staging` to `final`; an old `final` is moved aside first."""
-  if os.path.exists(final):
-    retired = f"{staging}-old"
-    os.rename(final, retired)
+  """Swaps `staging` and the existing `final`, then deletes the old one."""
+  try:
+    _renameat2(staging, final, _RENAME_EXCHANGE)
+  except _Unsupported:  # two renames: `final` is absent between them
+    os.rename(final, staging + "-old")
     os.rename(staging, final)
-    shutil.rmtree(retired, ignore_errors=True)
-  else:
-    os.rename(staging, final)
+    shutil.rmtree(staging + "-old", ignore_errors=True)
+  _step("exchanged")
+  shutil.rmtree(staging, ignore_errors=True)  # the old version, now here
+
+
+class _Unsupported(Exception):
+  """`renameat2` with these flags is not available here."""
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(source, target, flags):
+  """Linux `renameat2(source, target, flags)`.
+
+  Raises:
+    _Unsupported: no `renameat2` in the C library, or not for these flags
+      on this filesystem.
+    FileExistsError: `RENAME_NOREPLACE` and `target` exists.
+    OSError: any other failure.
+  """
+  function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+  if function is None:
+    raise _Unsupported()
+  if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+              flags) == 0:
+    return
+  code = ctypes.get_errno()
+  if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+    raise _Unsupported()
+  raise OSError(code, os.strerror(code), target)
 
 
 def write_warmup(export_dir, inputs, signature="serving_default"):
