@@ -381,5 +381,27 @@ class MasksTest(tf.test.TestCase):
     self.assertEqual(flash.choose_block_sizes(300, 4096, batch_heads=32), (300, 512))
 
 
+class HostileInputTest(tf.test.TestCase):
+
+  def test_flash_with_no_keys_matches_the_plain_path(self):
+    q = tf.constant(np.random.default_rng(0).standard_normal((2, 3, 4, 8)), tf.float32)
+    empty = tf.zeros([2, 0, 4, 8])
+    flash = tf_mha.dot_product_attention(q, empty, empty, flash_attention=True)
+    plain = tf_mha.dot_product_attention(q, empty, empty, flash_attention=False)
+    self.assertTrue(np.all(np.isfinite(flash.numpy())))
+    self.assertAllEqual(flash, plain)
+
+  def test_string_masks_are_named(self):
+    q = tf.ones([2, 3, 4, 8])
+    with self.assertRaisesRegex(TypeError, "`mask` must be boolean or numeric.*string"):
+      tf_mha.dot_product_attention(q, q, q, mask=tf.constant("x"))
+    layer = tf_mha.MultiHeadAttention(2, 4)
+    x = tf.ones([2, 3, 8])
+    with self.assertRaisesRegex(TypeError, "`attention_mask` must be boolean or numeric"):
+      layer(x, x, attention_mask=np.full((2, 3, 3), "a"))
+    with self.assertRaisesRegex(TypeError, "`query_mask` must be boolean or numeric"):
+      layer(x, x, query_mask=np.full((2, 3), "a"))
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -173,12 +173,28 @@ def check_call(layer, query, value, key):
   check_signature(query.shape, value.shape, key.shape)
 
 
+def mask_dtype(name, mask):
+  """Raises a TypeError naming `name` unless `mask` (if given) is boolean
+  or numeric: a string mask would fail deep inside, casting to bool."""
+  if mask is None:
+    return
+  dtype = getattr(mask, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(mask).dtype
+  dtype = tf.as_dtype(dtype) if not isinstance(dtype, tf.DType) else dtype
+  if not (dtype.is_bool or dtype.is_integer or dtype.is_floating):
+    raise TypeError(f"`{name}` must be boolean or numeric (True or 1 "
+                    f"attends). Received: {name} of dtype {dtype.name}")
+
+
 def check_masks(attention_axes, query, value, key, attention_mask, **masks):
   """Static mask shapes against the inputs, so a mismatch is a clear
   `ValueError` rather than an `InvalidArgumentError` from a broadcast."""
+  mask_dtype("attention_mask", attention_mask)
   for name, mask, x in (("query_mask", masks["query_mask"], query),
                         ("value_mask", masks["value_mask"], value),
                         ("key_mask", masks["key_mask"], key)):
+    mask_dtype(name, mask)
     shape = static_shape(mask)
     if shape is not None and not shape.is_compatible_with(x.shape[:-1]):
       raise ValueError(
@@ -208,6 +224,7 @@ def check_masks(attention_axes, query, value, key, attention_mask, **masks):
 def check_op_mask(mask, full):
   """A static mask shape against `full` = `[B, N, T, S]`, aligned at the
   end as broadcasting aligns them."""
+  mask_dtype("mask", mask)
   shape = static_shape(mask)
   if shape is None or shape.rank is None:
     return

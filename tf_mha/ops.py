@@ -105,6 +105,8 @@ def dot_product_attention(query,
     dropout_seed = random_seed()
 
   use_flash = flash_attention
+  if key.shape[1] == 0:  # no key: blocks of zero rows; the plain path copes
+    use_flash = False
   if use_flash is None:
     use_flash = not return_scores and flash.is_preferred(query, key, is_causal)
   if use_flash:
