@@ -87,6 +87,19 @@ class ServingExportTest(tf.test.TestCase):
       pipeline.train_demo = original
     self.assertEqual(trained, [])
 
+  def test_whole_destination_is_checked_before_any_work(self):
+    base = self.get_temp_dir()
+    with open(os.path.join(base, "a_file"), "w") as f:
+      f.write("x")
+    with self.assertRaisesRegex(serving.ExportRefused, "is a file"):
+      serving.check_destination(base, "a_file")
+    with self.assertRaisesRegex(ValueError, "`model_name` is longer than"):
+      serving.check_destination(base, "m" * 300)
+    with self.assertRaisesRegex(serving.ExportRefused, "cannot be written"):
+      serving.check_destination("/proc", "tf_mha_demo")  # root may "access" it
+    final = serving.check_destination(base, "fresh")
+    self.assertEqual(os.listdir(os.path.dirname(final)), [])  # no probe left
+
 
 class AttentionTFLiteTest(tf.test.TestCase):
   """Causal models on each attention path convert to builtins and match
@@ -301,6 +314,20 @@ class DemoPipelineTest(tf.test.TestCase):
     lines = result.stdout.strip().splitlines()
     self.assertIn('"label": "negative"', lines[0])
     self.assertIn('"label": "positive"', lines[1])
+
+  def test_run_signature_names_bad_input(self):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    script = os.path.join(_REPO, "tools", "run_signature.py")
+    model = f"--saved_model_dir={self.report.saved_model_dir}"
+    for args, expected in (([b"--text=caf\xe9 \xff"], "--text must be UTF-8"),
+                           (["--signature=classify_ids", "--text=hi"],
+                            "does not take one string input")):
+      result = subprocess.run([sys.executable, script, model, *args],
+                              capture_output=True, cwd=_REPO, env=env, timeout=300)
+      stderr = result.stderr.decode(errors="replace")
+      self.assertEqual(result.returncode, 1, stderr[-2000:])
+      self.assertIn(expected, stderr)
+      self.assertNotIn("Traceback", stderr)
 
   def test_convert_tool_and_refusal_exit_codes(self):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -234,6 +234,9 @@ class ToolTest(tf.test.TestCase):
     self.assertRegex(result.stdout, r"held-out accuracy: [\d.]+")
 
   def test_errors_are_clear_and_exit_nonzero(self):
+    self.text_file = os.path.join(self.dir, "notes.txt")
+    with open(self.text_file, "w") as f:
+      f.write("not a model\n")
     env = _env()
     env.pop("TF_CONFIG", None)
     cases = [
@@ -247,6 +250,8 @@ class ToolTest(tf.test.TestCase):
          "`data` must be an .npz file"),
         (["--batch_size=100000"], "--batch_size=100000 is more than the"),
         ([f"--model_dir={self.model_path}/run", "--steps=1"], "`model_dir`="),
+        ([f"--model={self.text_file}", f"--data={self.data_path}", "--steps=1"],
+         "`model` is not a saved Keras model"),
     ]
     for flags, message in cases:
       start = time.time()
@@ -271,6 +276,19 @@ class TrainerArgumentsTest(tf.test.TestCase):
       f.write("x")
     with self.assertRaisesRegex(ValueError, "`model_dir`="):
       training.Trainer(strategy, _build, _loss, model_dir=os.path.join(blocker, "run"))
+
+  def test_checkpoint_of_another_model_is_named(self):
+    strategy = tf.distribute.get_strategy()
+    model_dir = os.path.join(self.get_temp_dir(), "run")
+    trainer = training.Trainer(strategy, _build, _loss, model_dir=model_dir,
+                               checkpoint_every=1)
+    trainer.train(_examples(count=32), steps=1, batch_size=8)
+
+    def other():
+      return tf_keras.Sequential([tf_keras.Input((7,)), tf_keras.layers.Dense(3)])
+
+    with self.assertRaisesRegex(ValueError, "holds a checkpoint of another model"):
+      training.Trainer(strategy, other, _loss, model_dir=model_dir)
 
   def test_step_counts_must_be_positive_integers(self):
     strategy = tf.distribute.get_strategy()

@@ -55,7 +55,13 @@ def keras_task(model_path, data_path, loss="sparse_categorical_crossentropy",
 
   def build_model():
     tf_keras.utils.set_random_seed(seed)
-    return tf_keras.models.load_model(model_path, compile=False)
+    try:
+      return tf_keras.models.load_model(model_path, compile=False)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+      raise ValueError(
+          "`model` is not a saved Keras model (.keras, .h5 or SavedModel "
+          f"directory). Received: model={model_path!r} ({type(e).__name__}: "
+          f"{str(e)[:300]})") from e
 
   return Task(build_model, loss_fn, examples, None)
 

@@ -254,7 +254,14 @@ class Trainer:
                                        optimizer=self.optimizer, step=self.step)
       latest = tf.train.latest_checkpoint(model_dir)
       if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+          checkpoint.restore(latest).assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as e:
+          raise ValueError(
+              f"`model_dir`={model_dir!r} holds a checkpoint of another model "
+              f"({latest}), which does not fit this one: give a new "
+              f"--model_dir, or remove that one to start afresh. "
+              f"({type(e).__name__}: {str(e)[:300]})") from e
         logging.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
       self._manager = tf.train.CheckpointManager(
           checkpoint, _write_dir(model_dir, strategy), max_to_keep=3)

@@ -9,6 +9,7 @@ this tool imports it first.
 """
 
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -24,6 +25,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _TEXT.value:
     raise app.UsageError("Give at least one --text")
+  for text in _TEXT.value:
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:  # argv bytes that are not UTF-8
+      raise app.UsageError(
+          f"--text must be UTF-8 text. Received: {os.fsencode(text)!r}") from e
   import tensorflow as tf
   import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
   try:
@@ -34,7 +41,16 @@ def main(argv):
     raise app.UsageError(f"--signature={_SIGNATURE.value!r} not in "
                          f"{sorted(loaded.signatures)}")
   fn = loaded.signatures[_SIGNATURE.value]
-  (name,) = fn.structured_input_signature[1].keys()
+  inputs = fn.structured_input_signature[1]
+  text_inputs = [n for n, spec in inputs.items() if spec.dtype == tf.string]
+  if len(inputs) != 1 or not text_inputs:
+    described = ", ".join(f"{n}: {spec.dtype.name} {spec.shape}"
+                          for n, spec in inputs.items())
+    raise app.UsageError(
+        f"--signature={_SIGNATURE.value!r} does not take one string input "
+        f"(it takes {described}); --text can only feed a signature that does, "
+        "e.g. serving_default or tokenize")
+  (name,) = text_inputs
   outputs = fn(**{name: tf.constant(_TEXT.value)})
   for i, text in enumerate(_TEXT.value):
     row = {k: _plain(v.numpy()[i]) for k, v in sorted(outputs.items())}

@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 import uuid
 
 from absl import logging
@@ -50,21 +51,28 @@ def next_version(model_dir):
 
 def check_destination(output_dir, model_name, version=None, overwrite=False):
   """Checks where `export` would write, before any work is spent on it,
-  and makes `output_dir` if it is missing.
+  and makes the model directory `<output_dir>/<model_name>` if it is
+  missing (writing a probe into it: permission bits say nothing for root).
 
   Returns:
     The version directory `<output_dir>/<model_name>/<version>` (`version`
     defaults to `next_version`).
 
   Raises:
-    ExportRefused: the version exists and `overwrite` is False, or
-      `output_dir` cannot be created or written to (nothing is changed).
+    ExportRefused: the version exists and `overwrite` is False, or the
+      model directory is a file or cannot be created or written to (nothing
+      is changed).
     ValueError: `model_name` or `version` are not usable.
   """
   if (not isinstance(model_name, str) or not model_name or os.sep in model_name
       or model_name.startswith(".")):
     raise ValueError("`model_name` must be a plain directory name. "
                      f"Received: model_name={model_name!r}")
+  name_max = _name_max(output_dir)
+  if len(os.fsencode(model_name)) > name_max:
+    raise ValueError(f"`model_name` is longer than this filesystem's {name_max}"
+                     f" bytes. Received: model_name={model_name[:40]!r}... "
+                     f"({len(os.fsencode(model_name))} bytes)")
   model_dir = os.path.join(output_dir, model_name)
   if version is None:
     version = next_version(model_dir)
@@ -73,17 +81,32 @@ def check_destination(output_dir, model_name, version=None, overwrite=False):
   if os.path.exists(final) and not overwrite:
     raise ExportRefused(f"{final} already exists; pass --overwrite to replace "
                         "it. Nothing was written.")
-  try:  # The base directory is made now, so that a bad one fails early.
-    os.makedirs(output_dir, exist_ok=True)
-    writable = os.access(output_dir, os.W_OK | os.X_OK)
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise ExportRefused(f"`output_dir`={output_dir!r}, `model_name`="
+                        f"{model_name!r}: the model directory {model_dir} is a "
+                        "file. Nothing was written.")
+  try:  # Made now, and written to, so that a bad destination fails early
+    # (`os.access` is always true for root, even on /proc).
+    os.makedirs(model_dir, exist_ok=True)
+    os.rmdir(tempfile.mkdtemp(prefix=".tmp-probe-", dir=model_dir))
   except OSError as e:
-    writable, why = False, f": {e.strerror}"
-  else:
-    why = " (no write permission)"
-  if not writable:
-    raise ExportRefused(f"`output_dir`={output_dir!r} cannot be written{why}. "
-                        "Nothing was written.")
+    raise ExportRefused(
+        f"`output_dir`={output_dir!r}, `model_name`={model_name!r}: the model "
+        f"directory {model_dir} cannot be written ({e.strerror}). Nothing was "
+        "written.") from e
   return final
+
+
+def _name_max(directory):
+  """The longest file name, in bytes, that `directory` (or the nearest
+  existing parent) allows."""
+  directory = os.path.abspath(directory)
+  while not os.path.exists(directory):
+    directory = os.path.dirname(directory)
+  try:
+    return os.pathconf(directory, "PC_NAME_MAX")
+  except (OSError, ValueError):
+    return 255
 
 
 def export(obj, output_dir, model_name, version=None, *, signatures=None,
