@@ -81,10 +81,12 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_benchmark_tool_names_a_bad_flag(self):
     for flag, value in (("seq_lens", "abc"), ("seq_lens", "0"), ("impls", "torch"),
-                        ("jit", "maybe")):
+                        ("jit", "maybe"), ("masks", "diagonal"),
+                        ("results_dir", "/proc/results"),
+                        ("single_point", "tf_mha")):
       proc = subprocess.run(
-          [sys.executable, "-m", "tools.benchmark", f"--{flag}={value}",
-           f"--results_dir={self.get_temp_dir()}"],
+          [sys.executable, "-m", "tools.benchmark",
+           f"--results_dir={self.get_temp_dir()}", f"--{flag}={value}"],
           capture_output=True, text=True, cwd=_REPO, timeout=300,
           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
       self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -59,9 +60,25 @@ _SINGLE = flags.DEFINE_string(
     "Internal: 'impl,T,backward,window' run in this process.")
 
 
+def _check_results_dir(path):
+  """Makes `path` and writes a probe there, or a UsageError naming it
+  (before minutes of timing; permission bits say nothing for root)."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    os.remove(tempfile.mkstemp(prefix=".probe-", dir=path)[1])
+  except OSError as e:
+    raise app.UsageError(f"--results_dir={path!r} cannot be written: "
+                         f"{e.strerror}") from e
+
+
 def _single(spec):
   from tf_mha import benchmark_lib as lib
-  impl, t, backward, window = spec.split(",")
+  try:
+    impl, t, backward, window = spec.split(",")
+    int(t)
+  except ValueError as e:
+    raise app.UsageError(f"--single_point takes 'impl,T,backward,window'; "
+                         f"got {spec!r}") from e
   point = lib.Point(int(t), batch=1, backward=backward == "1",
                     sliding_window=int(window) if window else None)
   seconds, rss = lib.peak_rss_point(impl, point)
@@ -153,7 +170,7 @@ def main(argv):
   if window is not None and "tf_keras" in _MEMORY_IMPLS.value:
     raise app.UsageError("--memory_sliding_window: tf_keras has no "
                          "sliding_window; leave it out of --memory_impls")
-  os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+  _check_results_dir(_RESULTS_DIR.value)
   print("Measuring this machine's matmul peak...", flush=True)
   peak = lib.matmul_peak()
   print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
