@@ -108,12 +108,15 @@ class ModelGardenSuiteTest(tf.test.TestCase, parameterized.TestCase):
       self.skipTest(_SKIP)
     root = os.path.join(os.path.dirname(
         importlib.util.find_spec("official").origin), "nlp", "modeling")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_REPO)
+    # Options through PYTEST_ADDOPTS: tf.test parses sys.argv with absl's
+    # flags (for its temporary directory) and refuses pytest's own.
+    options = ["-q", "-p", "tests.model_garden_plugin", "-p", "no:cacheprovider",
+               "-W", "ignore", f"--rootdir={root}",
+               *(f"--deselect={t}" for t in _FAILS_ON_TF_KERAS)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_REPO,
+               PYTEST_ADDOPTS=" ".join(options))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.model_garden_plugin",
-         "-p", "no:cacheprovider", "-W", "ignore",
-         *(f"--deselect={os.path.join(root, t)}" for t in _FAILS_ON_TF_KERAS),
-         *(os.path.join(root, f) for f in files)],
+        [sys.executable, "-m", "pytest", *(os.path.join(root, f) for f in files)],
         capture_output=True, text=True, cwd=self.get_temp_dir(), env=env,
         timeout=1500)
     tail = result.stdout[-3000:] + result.stderr[-3000:]

@@ -381,6 +381,87 @@ class MasksTest(tf.test.TestCase):
     self.assertEqual(flash.choose_block_sizes(300, 4096, batch_heads=32), (300, 512))
 
 
+class GroupedQueryTest(tf.test.TestCase, parameterized.TestCase):
+  """Keys and values with K heads (K divides N), on every path, against
+  the float64 reference with the keys repeated in NumPy."""
+
+  def _inputs(self, t, s, n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((2, t, n, 8)).astype(np.float32)
+    kk = rng.standard_normal((2, s, k, 8)).astype(np.float32)
+    v = rng.standard_normal((2, s, k, 6)).astype(np.float32)
+    return q, kk, v
+
+  def _reference(self, q, k, v, **kwargs):
+    group = q.shape[2] // k.shape[2]
+    return reference.attention(q, np.repeat(k, group, 2), np.repeat(v, group, 2),
+                               **kwargs)
+
+  @parameterized.named_parameters(
+      *[(f"{path}_k{k}_{'causal' if causal else 'full'}{'_window' if w else ''}",
+         path, k, causal, w)
+        for path in ("plain", "chunked", "flash") for k in (4, 2, 1)
+        for causal in (False, True) for w in (None, 5)
+        if not (path == "chunked" and not causal)])
+  def test_matches_reference(self, path, kv_heads, causal, window):
+    t = 520 if path == "chunked" else 13
+    q, k, v = self._inputs(t, t if causal else 11, 4, kv_heads)
+    mask = np.random.default_rng(5).random((2, 1, t, k.shape[1])) < 0.8
+    kwargs = dict(flash_attention=path == "flash",
+                  block_sizes=(4, 3) if path == "flash" else None)
+    if path == "chunked":
+      chunks = ops.causal_chunks(ops._rows_of_groups(tf.constant(q), 4 // kv_heads),
+                                 tf.constant(k), None, window, 4 // kv_heads)
+      self.assertGreater(len(chunks), 1)
+    got = tf_mha.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                       sliding_window=window, **kwargs)
+    want, _ = self._reference(q, k, v, mask=mask, causal=causal, window=window)
+    self.assertAllClose(got, want, atol=2e-5, rtol=2e-5)
+
+  @parameterized.named_parameters(("k2", 2), ("k1", 1))
+  def test_scores_and_head_mask(self, kv_heads):
+    q, k, v = self._inputs(5, 7, 4, kv_heads)
+    mask = np.random.default_rng(6).random((2, 4, 5, 7)) < 0.7  # per query head
+    out, scores = tf_mha.dot_product_attention(q, k, v, mask=mask,
+                                               return_scores=True)
+    want, probs = self._reference(q, k, v, mask=mask)
+    self.assertAllClose(out, want, atol=1e-5)
+    self.assertAllClose(scores, probs, atol=1e-5)
+
+  @parameterized.named_parameters(("plain", False, 13), ("chunked", False, 520),
+                                  ("flash", True, 13))
+  def test_gradients_match_repeated_keys(self, flash_attention, t):
+    q, k, v = (tf.constant(x) for x in self._inputs(t, t, 4, 2))
+    kwargs = dict(is_causal=True, sliding_window=9, flash_attention=flash_attention,
+                  block_sizes=(4, 3) if flash_attention else None)
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([q, k, v])
+      grouped = tf.reduce_sum(tf_mha.dot_product_attention(q, k, v, **kwargs) ** 2)
+      repeated = tf.reduce_sum(tf_mha.dot_product_attention(
+          q, tf.repeat(k, 2, axis=2), tf.repeat(v, 2, axis=2), **kwargs) ** 2)
+    for a, b in zip(tape.gradient(grouped, [q, k, v]),
+                    tape.gradient(repeated, [q, k, v])):
+      self.assertAllClose(a, b, atol=1e-4, rtol=1e-4)
+
+  def test_heads_must_divide(self):
+    q, k, v = self._inputs(3, 3, 4, 3)
+    with self.assertRaisesRegex(ValueError, "4 query heads.*3 key heads"):
+      tf_mha.dot_product_attention(q, k, v)
+
+  @parameterized.named_parameters(("plain", False), ("flash", True))
+  def test_query_start_is_a_decode_step(self, flash_attention):
+    """Queries at positions [i, i + L) over keys [0, S): the same rows as
+    causal attention over the whole sequence, the keys past them ignored."""
+    q, k, v = self._inputs(12, 12, 4, 2)
+    full, _ = self._reference(q, k, v, causal=True, window=5)
+    step = tf.function(lambda i, length: tf_mha.dot_product_attention(
+        q[:, 7:7 + length], k, v, is_causal=True, sliding_window=5,
+        flash_attention=flash_attention, block_sizes=(2, 3) if flash_attention else None,
+        query_start=i), jit_compile=True)
+    self.assertAllClose(step(tf.constant(7), 2), full[:, 7:9], atol=1e-5)
+    self.assertAllClose(step(tf.constant(7), 1), full[:, 7:8], atol=1e-5)
+
+
 class HostileInputTest(tf.test.TestCase):
 
   def test_flash_with_no_keys_matches_the_plain_path(self):

@@ -31,7 +31,7 @@ _BLOCK_SCORES = 8 * 1024 * 1024
 _PREFERRED_MIN_SCORES = 2048 * 2048
 
 _Plan = collections.namedtuple(
-    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc")
+    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc group start")
 
 
 def is_preferred(query, key, is_causal=False):
@@ -60,7 +60,8 @@ def choose_block_sizes(query_length, key_length, batch_heads=None):
 
 def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
                         sliding_window=None, dropout_rate=0.0,
-                        dropout_seed=None, block_sizes=None):
+                        dropout_seed=None, block_sizes=None, query_group=1,
+                        query_start=0):
   """Exact attention without the `[T, S]` scores; the query is pre-scaled.
 
   Same contract as `tf_mha.dot_product_attention` (no `return_scores`).
@@ -77,6 +78,11 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     dropout_rate: fraction of probabilities dropped (stateless, per block).
     dropout_seed: shape-`[2]` int seed; required when `dropout_rate > 0`.
     block_sizes: `(bq, bk)` static ints, or `None` to choose from shapes.
+    query_group: query row `r` is at position `query_start + r //
+      query_group` (grouped heads laid out as rows, see `tf_mha.ops`).
+    query_start: the first query's position, an int or scalar int tensor;
+      with `is_causal`, the key blocks past the last query's position are
+      skipped at run time.
 
   Returns:
     `[B, T, N, V]` in the dtype of `query`.
@@ -87,7 +93,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   bq, bk = _checks.block_sizes(block_sizes) or choose_block_sizes(
       query.shape[1], key.shape[1], batch_heads)
   plan = _make_plan(query, key, bq, bk, is_causal, sliding_window,
-                    dropout_rate)
+                    dropout_rate)._replace(group=query_group,
+                                           start=query_start)
   if mask is not None:
     mask = _prepare_mask(mask, plan)
   if dropout_rate > 0.0:
@@ -134,7 +141,7 @@ def _make_plan(query, key, bq, bk, is_causal, window, rate):
   return _Plan(t=t, s=s, bq=bq, bk=bk, nq=nq, nk=nk,
                pad_t=nq * bq - t, pad_s=nk * bk - s,
                is_causal=is_causal, window=window, rate=float(rate),
-               acc=masks_lib.softmax_dtype(query.dtype))
+               acc=masks_lib.softmax_dtype(query.dtype), group=1, start=0)
 
 
 def _length(x):
@@ -193,7 +200,8 @@ def _block_scores(plan, q_i, k_j, mask, i, j):
   s = tf.cast(s, plan.acc)
   keep = masks_lib.position_mask(
       plan.bq, plan.bk, causal=plan.is_causal, window=plan.window,
-      query_offset=i * plan.bq, key_offset=j * plan.bk)
+      query_offset=i * plan.bq, key_offset=j * plan.bk,
+      query_group=plan.group, query_start=plan.start)
   if mask is not None:
     keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
   if keep is not None:
@@ -210,32 +218,41 @@ def _keep_mask(plan, seed, i, j, shape):
   return tf.random.stateless_uniform(shape, block_seed) >= plan.rate
 
 
+def _row_position(plan, row):
+  """The position of query row `row` (see `blockwise_attention`)."""
+  return plan.start + row // plan.group
+
+
 def _key_block_range(plan, i):
   """`[first, end)` of the key blocks query block `i` visits: all of them, or
   those that meet the causal triangle and the sliding-window band."""
+  first_position = _row_position(plan, i * plan.bq)
+  last_position = _row_position(plan, (i + 1) * plan.bq - 1)
   first, last_key = 0, None  # the last key position it sees; None: all
   if plan.window is not None:
-    first = tf.maximum(i * plan.bq - plan.window + 1, 0) // plan.bk
-    last_key = (i + 1) * plan.bq - 1 + plan.window - 1
+    first = tf.maximum(first_position - plan.window + 1, 0) // plan.bk
+    last_key = last_position + plan.window - 1
   if plan.is_causal:
-    last_key = (i + 1) * plan.bq - 1
+    last_key = last_position
   if last_key is None:
     return first, plan.nk
-  return first, tf.minimum(plan.nk, last_key // plan.bk + 1)
+  return first, tf.maximum(first, tf.minimum(plan.nk, last_key // plan.bk + 1))
 
 
 def _query_block_range(plan, j):
   """`[first, end)` of the query blocks that see key block `j`."""
+  # Positions -> rows: position p holds rows [(p - start) * G, ... + G).
+  row = lambda position: (position - plan.start) * plan.group
   first_row, last_row = 0, None  # the rows that see it; None: to the last
   if plan.window is not None:
-    first_row = tf.maximum(j * plan.bk - plan.window + 1, 0)
-    last_row = (j + 1) * plan.bk - 1 + plan.window - 1
+    first_row = tf.maximum(row(j * plan.bk - plan.window + 1), 0)
+    last_row = row((j + 1) * plan.bk - 1 + plan.window - 1) + plan.group - 1
   if plan.is_causal:
-    first_row = j * plan.bk
+    first_row = tf.maximum(row(j * plan.bk), 0)
   first = tf.minimum(first_row // plan.bq, plan.nq)
   if last_row is None:
     return first, plan.nq
-  return first, tf.minimum(plan.nq, last_row // plan.bq + 1)
+  return first, tf.maximum(first, tf.minimum(plan.nq, last_row // plan.bq + 1))
 
 
 def _forward(plan, qb, kb, vb, mask, seed):

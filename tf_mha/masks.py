@@ -52,16 +52,29 @@ def logits_dtype(dtype):
   return tf.float32 if dtype == tf.float16 else dtype
 
 
-def _positions(query_length, key_length, query_offset=0, key_offset=0):
-  """Query and key positions as `[T, 1]` and `[1, S]` int32 tensors."""
+def _positions(query_length, key_length, query_offset=0, key_offset=0,
+               query_group=1, query_start=0):
+  """Query and key positions as `[T, 1]` and `[1, S]` int32 tensors.
+
+  Query row `r` (counted from `query_offset`) is at position
+  `query_start + r // query_group`: grouped-query attention lays the
+  `query_group` heads that share a key head out as consecutive rows, and a
+  cached decode step's queries start at `query_start`.
+  """
   # `tf.expand_dims` rather than `[:, tf.newaxis]`: the latter fails TFLite
   # conversion with dynamic shapes.
-  rows = tf.expand_dims(query_offset + tf.range(query_length), 1)  # [T, 1]
+  rows = query_offset + tf.range(query_length)
+  if not (isinstance(query_group, int) and query_group == 1):
+    rows = rows // query_group
+  if not (isinstance(query_start, int) and query_start == 0):
+    rows = rows + tf.cast(query_start, tf.int32)
+  rows = tf.expand_dims(rows, 1)  # [T, 1]
   cols = tf.expand_dims(key_offset + tf.range(key_length), 0)  # [1, S]
   return rows, cols
 
 
-def causal_mask(query_length, key_length, query_offset=0, key_offset=0):
+def causal_mask(query_length, key_length, query_offset=0, key_offset=0,
+                query_group=1, query_start=0):
   """Lower-triangular mask on `[T, S]`: query `t` sees keys `s <= t`.
 
   This is tf.keras' convention (top-left aligned) also when `T != S`. The
@@ -77,10 +90,13 @@ def causal_mask(query_length, key_length, query_offset=0, key_offset=0):
     query_offset: position of the first query row (int or scalar tensor).
     key_offset: position of the first key column (int or scalar tensor).
 
+    query_group, query_start: see `position_mask`.
+
   Returns:
     A boolean tensor of shape `[T, S]`.
   """
-  rows, cols = _positions(query_length, key_length, query_offset, key_offset)
+  rows, cols = _positions(query_length, key_length, query_offset, key_offset,
+                          query_group, query_start)
   return rows >= cols
 
 
@@ -95,7 +111,8 @@ def prefix_mask(key_length, valid_length, key_offset=0):
   return cols < valid_length
 
 
-def band_mask(query_length, key_length, width, query_offset=0, key_offset=0):
+def band_mask(query_length, key_length, width, query_offset=0, key_offset=0,
+              query_group=1, query_start=0):
   """`[T, S]` mask of the keys within `width - 1` positions: `|t - s| < width`.
 
   >>> band_mask(3, 3, 2).numpy().astype(int).tolist()
@@ -107,24 +124,35 @@ def band_mask(query_length, key_length, width, query_offset=0, key_offset=0):
     width: a positive Python int.
     query_offset: position of the first query row (as in `causal_mask`).
     key_offset: position of the first key column.
+    query_group, query_start: see `position_mask`.
 
   Returns:
     A boolean tensor of shape `[T, S]`.
   """
-  rows, cols = _positions(query_length, key_length, query_offset, key_offset)
+  rows, cols = _positions(query_length, key_length, query_offset, key_offset,
+                          query_group, query_start)
   return tf.abs(rows - cols) < width
 
 
 def position_mask(query_length, key_length, *, causal=False, window=None,
-                  query_offset=0, key_offset=0):
+                  query_offset=0, key_offset=0, query_group=1, query_start=0):
   """The masks set by positions alone on `[T, S]`: `causal_mask` if
   `causal`, `band_mask` of `window` if it is not `None`, both ANDed, or
   `None` for neither. Offsets as in `causal_mask`.
 
   >>> position_mask(3, 3, causal=True, window=2).numpy().astype(int).tolist()
   [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+
+  Query row `r` (from `query_offset`) is at position
+  `query_start + r // query_group`: rows of grouped heads that share a key
+  head, and the queries of a cached decode step that start at
+  `query_start` (a Python int or scalar int tensor).
+
+  >>> position_mask(4, 2, causal=True, query_group=2).numpy().astype(int).tolist()
+  [[1, 0], [1, 0], [1, 1], [1, 1]]
   """
-  offsets = dict(query_offset=query_offset, key_offset=key_offset)
+  offsets = dict(query_offset=query_offset, key_offset=key_offset,
+                 query_group=query_group, query_start=query_start)
   return combine_masks(
       causal_mask(query_length, key_length, **offsets) if causal else None,
       None if window is None else band_mask(query_length, key_length, window,

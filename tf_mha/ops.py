@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tf_mha import _checks
 from tf_mha import _compiler
+from tf_mha import equations
 from tf_mha import flash
 from tf_mha import masks as masks_lib
 
@@ -31,8 +32,9 @@ def dot_product_attention(query,
                           dropout_seed=None,
                           return_scores=False,
                           flash_attention=None,
-                          block_sizes=None):
-  """Multi-head scaled dot-product attention.
+                          block_sizes=None,
+                          query_start=0):
+  """Multi-head scaled dot-product attention, with grouped keys and values.
 
   A query row whose every key is masked attends uniformly to all keys (its
   output is the mean of `value` over `S`, as tf.keras gives); outputs and
@@ -43,10 +45,21 @@ def dot_product_attention(query,
   >>> dot_product_attention(q, kv, kv, is_causal=True).shape
   TensorShape([2, 3, 4, 8])
 
+  Grouped-query attention: `key` and `value` may have `K` heads, where `K`
+  divides `N` (`K = 1` is multi-query attention); query head `n` uses key
+  head `n // (N / K)`. Keys and values are never repeated: the `N / K`
+  query heads of a group are laid out as consecutive query rows against
+  their key head.
+
+  >>> q = tf.ones([2, 3, 4, 8])
+  >>> kv = tf.ones([2, 5, 1, 8])
+  >>> dot_product_attention(q, kv, kv, is_causal=True).shape
+  TensorShape([2, 3, 4, 8])
+
   Args:
     query: `[B, T, N, H]`.
-    key: `[B, S, N, H]`.
-    value: `[B, S, N, V]`.
+    key: `[B, S, K, H]`, `K` dividing `N`.
+    value: `[B, S, K, V]`.
     mask: boolean, broadcastable to `[B, N, T, S]`, `True` where attention is
       allowed; or `None`.
     is_causal: also apply `masks.causal_mask(T, S)` (query `t` sees `s <= t`).
@@ -65,6 +78,12 @@ def dot_product_attention(query,
       faster.
     block_sizes: `(query_block, key_block)` for the blockwise path; chosen
       from the shapes when `None`.
+    query_start: the position of the first query among the keys (a Python
+      int or a scalar int tensor): query `t` is at position
+      `query_start + t` for the causal and sliding-window masks, as in a
+      cached decode step whose keys fill a cache from position 0. The
+      blockwise path skips the key blocks past the last query's position at
+      run time.
 
   Returns:
     `[B, T, N, V]` in the dtype of `query`, and the probabilities if
@@ -103,6 +122,12 @@ def dot_product_attention(query,
     mask = masks_lib.to_bool_mask(mask)
   if dropout_rate > 0.0 and dropout_seed is None:
     dropout_seed = random_seed()
+  heads = query.shape[2]
+  group = heads // key.shape[2]
+  if group > 1:  # [B, T, N, H] -> [B, T * G, K, H], rows (t, g)
+    query = _rows_of_groups(query, group)
+    if mask is not None:
+      mask = _mask_rows_of_groups(mask, group, tf.shape(query)[1] // group)
 
   use_flash = flash_attention
   if key.shape[1] == 0:  # no key: blocks of zero rows; the plain path copes
@@ -113,20 +138,75 @@ def dot_product_attention(query,
     out = flash.blockwise_attention(
         query, key, value, mask=mask, is_causal=is_causal,
         sliding_window=sliding_window, dropout_rate=dropout_rate,
-        dropout_seed=dropout_seed, block_sizes=block_sizes)
+        dropout_seed=dropout_seed, block_sizes=block_sizes,
+        query_group=group, query_start=query_start)
+    out = _groups_of_rows(out, group)
     return (out, None) if return_scores else out
   chunks = None
-  if is_causal and not return_scores:
-    chunks = causal_chunks(query, key, mask, sliding_window)
+  if is_causal and not return_scores and _is_zero(query_start):
+    chunks = causal_chunks(query, key, mask, sliding_window, group)
   if chunks:
-    return _chunked_causal_attention(query, key, value, mask, chunks,
-                                     sliding_window, dropout_rate, dropout_seed)
+    out = _chunked_causal_attention(query, key, value, mask, chunks,
+                                    sliding_window, dropout_rate, dropout_seed,
+                                    group)
+    return _groups_of_rows(out, group)
   mask = masks_lib.combine_masks(mask, masks_lib.position_mask(
       tf.shape(query)[1], tf.shape(key)[1], causal=is_causal,
-      window=sliding_window))
+      window=sliding_window, query_group=group, query_start=query_start))
   out, probs = _plain_attention(query, key, value, mask, dropout_rate,
                                 dropout_seed)
-  return (out, probs) if return_scores else out
+  out = _groups_of_rows(out, group)
+  if not return_scores:
+    return out
+  return out, _scores_of_rows(probs, group)
+
+
+def _is_zero(value):
+  return isinstance(value, int) and value == 0
+
+
+def _rows_of_groups(query, group):
+  """`[B, T, N, H]` -> `[B, T * G, K, H]`: query head `n = k * G + g` at
+  time `t` becomes row `t * G + g` of key head `k`."""
+  b, t, n, h = equations.dims(query)
+  x = tf.reshape(query, [b, t, n // group, group, h])  # [B, T, K, G, H]
+  x = tf.transpose(x, [0, 1, 3, 2, 4])  # [B, T, G, K, H]
+  return tf.reshape(x, [b, t * group, n // group, h])
+
+
+def _groups_of_rows(out, group):
+  """The inverse of `_rows_of_groups`: `[B, T * G, K, V]` -> `[B, T, N, V]`."""
+  if group == 1:
+    return out
+  b, rows, k, v = equations.dims(out)
+  x = tf.reshape(out, [b, rows // group, group, k, v])  # [B, T, G, K, V]
+  x = tf.transpose(x, [0, 1, 3, 2, 4])  # [B, T, K, G, V]
+  return tf.reshape(x, [b, rows // group, k * group, v])
+
+
+def _scores_of_rows(probs, group):
+  """`[B, K, T * G, S]` -> `[B, N, T, S]`."""
+  if group == 1:
+    return probs
+  b, k, rows, s = equations.dims(probs)
+  x = tf.reshape(probs, [b, k, rows // group, group, s])  # [B, K, T, G, S]
+  x = tf.transpose(x, [0, 1, 3, 2, 4])  # [B, K, G, T, S]
+  return tf.reshape(x, [b, k * group, rows // group, s])
+
+
+def _mask_rows_of_groups(mask, group, length):
+  """A mask broadcastable to `[B, N, T, S]` -> to `[B, K, T * G, S]`."""
+  while mask.shape.rank < 4:
+    mask = tf.expand_dims(mask, 0)
+  m = equations.dims(mask)
+  if mask.shape[2] != 1:  # per query position: every head of a group
+    mask = tf.broadcast_to(mask, [m[0], m[1], length, m[3]])
+  if mask.shape[1] == 1:
+    return tf.repeat(mask, group, axis=2) if mask.shape[2] != 1 else mask
+  mask = tf.broadcast_to(mask, [m[0], m[1], length, m[3]])
+  x = tf.reshape(mask, [m[0], m[1] // group, group, length, m[3]])
+  x = tf.transpose(x, [0, 1, 3, 2, 4])  # [B, K, T, G, S]
+  return tf.reshape(x, [m[0], m[1] // group, length * group, m[3]])
 
 
 def _plain_attention(query, key, value, mask, dropout_rate, dropout_seed):
@@ -200,9 +280,10 @@ def _chunk_rows(length):
   return max(256, length // 4)
 
 
-def causal_chunks(query, key, mask, window=None):
+def causal_chunks(query, key, mask, window=None, group=1):
   """Static `[(t0, t1, s0, s1)]`: query rows `[t0, t1)` see only keys in
-  `[s0, s1)` (`s0 > 0` under a sliding window `W`: `t0 - W + 1`).
+  `[s0, s1)` (`s0 > 0` under a sliding window `W`: `t0 - W + 1`). Row `r`
+  is at position `r // group` (grouped heads as rows, `_rows_of_groups`).
 
   `None` (no chunking) for short or dynamic lengths, or a mask whose `T`
   and `S` sizes are not static.
@@ -218,12 +299,13 @@ def causal_chunks(query, key, mask, window=None):
     return None
   count = t // rows
   bounds = [i * t // count for i in range(count + 1)]
-  first = lambda t0: 0 if window is None else min(s, max(0, t0 - window + 1))
-  return [(a, b, first(a), min(s, b)) for a, b in zip(bounds, bounds[1:])]
+  first = lambda p: 0 if window is None else min(s, max(0, p - window + 1))
+  return [(a, b, first(a // group), min(s, (b - 1) // group + 1))
+          for a, b in zip(bounds, bounds[1:])]
 
 
 def _chunked_causal_attention(query, key, value, mask, chunks, window,
-                              dropout_rate, dropout_seed):
+                              dropout_rate, dropout_seed, group=1):
   """Causal attention chunk by chunk of queries, each reading only the keys
   it can see (at or before its last row, and within the sliding window):
   the blocks above the diagonal (about half the work at long lengths) are
@@ -247,7 +329,8 @@ def _chunked_causal_attention(query, key, value, mask, chunks, window,
       outs.append(tf.repeat(value_mean, t1 - t0, axis=2))
       continue
     keep = masks_lib.position_mask(t1 - t0, s1 - s0, causal=True, window=window,
-                                   query_offset=t0, key_offset=s0)
+                                   query_offset=t0, key_offset=s0,
+                                   query_group=group)
     if mask is not None:
       rows = slice(t0, t1) if mask.shape[2] != 1 else slice(None)
       cols = slice(s0, s1) if mask.shape[3] != 1 else slice(None)
@@ -293,8 +376,17 @@ def _check_shapes(query, key, value):
     if t.shape.rank is not None and t.shape.rank != 4:
       raise ValueError(f"`{name}` must have rank 4, [batch, length, heads, "
                        f"head_size]. Received: {name}.shape={t.shape}")
+  heads, kv_heads = query.shape[2], key.shape[2]
+  if heads is None or kv_heads is None:
+    raise ValueError("`query` and `key` need a static number of heads. "
+                     f"Received: query.shape={query.shape}, key.shape={key.shape}")
+  if heads % kv_heads:
+    raise ValueError(
+        "`key`'s number of heads must divide `query`'s number of heads "
+        f"(grouped-query attention). Received: {heads} query heads "
+        f"(query.shape={query.shape}) and {kv_heads} key heads "
+        f"(key.shape={key.shape})")
   pairs = (("key", key, 1, "value", value, 1, "length"),
-           ("query", query, 2, "key", key, 2, "number of heads"),
            ("key", key, 2, "value", value, 2, "number of heads"),
            ("query", query, 3, "key", key, 3, "head size"))
   for a_name, a, i, b_name, b, j, what in pairs:
