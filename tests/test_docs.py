@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 from absl.testing import parameterized
 
 import tf_mha
-from tf_mha import attention, benchmark_lib, equations, masks, multi_head_attention, ops
+from tf_mha import attention, benchmark_lib, equations, grouped_query_attention
+from tf_mha import keras_patch, masks, multi_head_attention, ops
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,9 +22,11 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("masks", masks), ("equations", equations), ("ops", ops),
-      ("multi_head_attention", multi_head_attention), ("attention", attention))
+      ("multi_head_attention", multi_head_attention), ("attention", attention),
+      ("grouped_query_attention", grouped_query_attention),
+      ("keras_patch", keras_patch))
   def test_docstring_examples(self, module):
-    result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha},
+    result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha, "tf_keras": tf_keras},
                              optionflags=doctest.ELLIPSIS)
     self.assertGreater(result.attempted, 0)
     self.assertEqual(result.failed, 0)

@@ -9,6 +9,7 @@ from tf_mha import _startup
 
 with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
   from tf_mha.attention import Attention
+  from tf_mha.grouped_query_attention import GroupedQueryAttention
   from tf_mha.keras_patch import patch_tf_keras
   from tf_mha.masks import causal_mask
   from tf_mha.masks import combine_masks
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attention",
+    "GroupedQueryAttention",
     "MultiHeadAttention",
     "causal_mask",
     "combine_masks",

@@ -16,6 +16,7 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from tf_mha import _cache
 from tf_mha import _checks
 from tf_mha import _dropout
 from tf_mha import _inputs
@@ -54,7 +55,8 @@ class _Alias:
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_mha")
-class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
+class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
+                         _layers.Layer):
   """Multi-head attention (Vaswani et al., 2017), API of tf.keras and Keras 3.
 
   Projects `query`, `key` and `value` to `num_heads` heads, runs scaled
@@ -107,6 +109,13 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     query_mask: `[B, T]`, defaults to the query's Keras mask.
     value_mask: `[B, S]`, defaults to the value's Keras mask.
     key_mask: `[B, S]`, defaults to the key's Keras mask.
+    cache: a key/value cache `[B, 2, S_max, K, H]` (keys, then values,
+      already projected; KerasHub's `CachedMultiHeadAttention` layout), for
+      `[B, T, D]` inputs; see `tf_mha._cache.CachedCall`. The call then
+      returns `(output, cache)`, or `(output, scores, cache)`.
+    cache_update_index: with `cache`, where the `T` new tokens' keys and
+      values are written (`[i, i + T)`); query `i + t` attends to cache
+      positions `<= i + t`. `None`: the cache is read as it is.
 
   Returns:
     The attention output `[B, T, D]` (or `output_shape`), and the scores if
@@ -143,6 +152,8 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     super().__init__(**kwargs)
     self.supports_masking = True
     self._num_heads = _checks.positive_int("num_heads", num_heads)
+    # Key/value heads: `num_heads` here; fewer in `GroupedQueryAttention`.
+    self._num_key_value_heads = self._num_heads
     self._key_dim = _checks.positive_int("key_dim", key_dim)
     self._value_dim = (self._key_dim if value_dim is None else
                        _checks.positive_int("value_dim", value_dim))
@@ -228,12 +239,13 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
     with tf.init_scope():
       self._query_dense = self._projection(rank, self._key_dim, "query")
       self._key_dense = self._projection(self._key_shape.rank, self._key_dim,
-                                         "key")
+                                         "key", heads=self._num_key_value_heads)
       if self._use_gate:
         self._gate_dense = self._projection(rank, self._value_dim, "gate",
                                             activation="sigmoid")
       self._value_dense = self._projection(self._value_shape.rank,
-                                           self._value_dim, "value")
+                                           self._value_dim, "value",
+                                           heads=self._num_key_value_heads)
       self._build_attention(rank + 1)
       self._output_dense = self._make_output_dense(
           rank - 1, self._get_common_kwargs_for_sublayer(),
@@ -253,9 +265,10 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
         with tf.name_scope(f"{self.name}/{dense.name}/"):
           dense.build(shape)
 
-  def _projection(self, input_rank, head_size, name, activation=None):
+  def _projection(self, input_rank, head_size, name, activation=None,
+                  heads=None):
     return _projections.input_projection(
-        input_rank, self._num_heads, head_size, name=name,
+        input_rank, heads or self._num_heads, head_size, name=name,
         use_bias=self._use_bias, activation=activation,
         **self._get_common_kwargs_for_sublayer())
 
@@ -339,7 +352,16 @@ class MultiHeadAttention(_keras_hooks.KerasHooks, _layers.Layer):
            use_causal_mask=False,
            query_mask=None,
            value_mask=None,
-           key_mask=None):
+           key_mask=None,
+           cache=None,
+           cache_update_index=None):
+    if cache is not None or cache_update_index is not None:
+      return self._cached_call(
+          query, value, key, cache, cache_update_index,
+          attention_mask=attention_mask, query_mask=query_mask,
+          value_mask=value_mask, key_mask=key_mask, training=training,
+          return_attention_scores=return_attention_scores,
+          use_causal_mask=use_causal_mask)
     if key is None:
       key = value
     query_mask = _inputs.keras_mask(query, query_mask)
@@ -448,10 +470,13 @@ _MASK_HOOKS = ("_compute_attention_mask", "_compute_causal_mask",
 
 
 def _overrides(layer, name):
-  """Whether `layer` replaces `MultiHeadAttention.<name>`: in its class, or
-  on the instance (Model Garden assigns `self._masked_softmax` a layer)."""
-  return (name in vars(layer) or
-          getattr(type(layer), name) is not getattr(MultiHeadAttention, name))
+  """Whether `layer` replaces `MultiHeadAttention.<name>`: in a class from
+  outside tf_mha (its own subclasses keep the contract), or on the instance
+  (Model Garden assigns `self._masked_softmax` a layer)."""
+  if name in vars(layer):
+    return True
+  owner = next(c for c in type(layer).__mro__ if name in vars(c))
+  return not owner.__module__.startswith("tf_mha.")
 
 
 def _overrides_any(layer, names):

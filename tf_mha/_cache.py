@@ -1,0 +1,196 @@
+"""The key/value cache of `MultiHeadAttention` and `GroupedQueryAttention`.
+
+Shapes: `B` batch, `L` new tokens, `S` cache slots (`S_max`), `N` query
+heads, `K` key/value heads, `H` head size, `D` model size.
+
+KerasHub's `CachedMultiHeadAttention` conventions: the cache is one tensor
+`[B, 2, S, K, H]`, keys then values, already projected. With
+`cache_update_index=i`, only the new tokens' keys and values are projected
+and written at `[i, i + L)` (`dynamic_update_slice`: static shapes, no
+concat, TFLite's builtin DYNAMIC_UPDATE_SLICE), and query `i + t` attends to
+cache positions `<= i + t`. The blockwise path ends its key-block loop at
+the last query's position at run time, so a step at position `p` costs
+`O(p)`, not `O(S)`, for attention; the write itself copies the cache when
+it is a tensor passed in and returned (see ../shared notes), which the
+variable-held cache of `tf_mha.generation` avoids.
+"""
+
+import math
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+from tf_mha import _checks
+from tf_mha import _compiler
+from tf_mha import _dropout
+from tf_mha import _projections
+from tf_mha import masks as masks_lib
+from tf_mha import ops
+
+# Key blocks of this many slots for a cached call: few query rows, so small
+# blocks bound the work past the last position.
+_CACHE_KEY_BLOCK = 128
+
+
+def check_cache(cache, layer, batch=None):
+  """Raises a ValueError naming `cache` unless it is `[B, 2, S, K, H]` of
+  the layer's heads, head size and compute dtype."""
+  kv_heads, size = layer._num_key_value_heads, layer._key_dim
+  shape = cache.shape
+  if shape.rank != 5 or shape[1] not in (None, 2) or shape[3] not in (
+      None, kv_heads) or shape[4] not in (None, size) or (
+          layer._value_dim != size):
+    raise ValueError(
+        f"`cache` must have shape [batch, 2, max_length, {kv_heads}, {size}] "
+        "(keys, then values, projected; the layer's key/value heads and "
+        "head size, with value_dim equal to key_dim). Received: cache with "
+        f"shape {shape}")
+  if batch is not None and shape[0] is not None and shape[0] != batch:
+    raise ValueError(f"`cache` must have the batch size of `query` ({batch}). "
+                     f"Received: cache with shape {shape}")
+  if cache.dtype != layer._compute_dtype_object:
+    raise ValueError(f"`cache` must have the layer's compute dtype "
+                     f"{layer._compute_dtype_object.name}. Received: cache of "
+                     f"dtype {cache.dtype.name}")
+
+
+def _check_index(index, new, slots):
+  """The write index as an int32 scalar; a ValueError when it is known not
+  to fit (`index + new > slots`), an assertion or NaN output otherwise."""
+  static = tf.get_static_value(index)
+  if static is not None:
+    if isinstance(static, bool) or not float(static).is_integer() or (
+        tf.as_dtype(getattr(index, "dtype", tf.int32)).is_floating):
+      raise ValueError("`cache_update_index` must be an integer. Received: "
+                       f"cache_update_index={index!r}")
+    if new is not None and slots is not None and not 0 <= int(static) <= slots - new:
+      raise ValueError(
+          f"`cache_update_index`={int(static)} does not fit: {new} new tokens "
+          f"from there pass the cache's {slots} slots.")
+  return tf.cast(index, tf.int32)
+
+
+def _fits(index, new, slots):
+  return tf.logical_and(index >= 0, index + new <= slots)
+
+
+class CachedCall:
+  """`_cached_call`: the layers' call with a cache (a mixin)."""
+
+  def _cached_call(self, query, value, key, cache, index, *, attention_mask,
+                   query_mask, value_mask, key_mask, training,
+                   return_attention_scores, use_causal_mask):
+    """See the layer's `cache` and `cache_update_index` arguments.
+
+    Masks are over the cache: `attention_mask` `[B, L, S]`, `query_mask`
+    `[B, L]`, `key_mask`/`value_mask` `[B, S]`.
+    """
+    if cache is None:
+      raise ValueError("`cache_update_index` needs a `cache`. Received: "
+                       f"cache=None, cache_update_index={index!r}")
+    if key is None or key is value:  # as without a cache (Keras 3's rule)
+      key, key_mask = value, None
+    query = _checks.tensor("query", query)
+    if query.shape.rank != 3:
+      raise ValueError(
+          "A cache needs `[batch, length, features]` inputs (one attention "
+          f"axis). Received: query with shape {query.shape}")
+    if not self._built_from_signature:
+      self._build_from_signature(query, value, key)
+    if len(self._attention_axes) != 1 or self._query_shape.rank != 3:
+      raise ValueError("A cache needs a layer with one attention axis over "
+                       "`[batch, length, features]` inputs. Received: "
+                       f"attention_axes={self._attention_axes}")
+    cache = _checks.tensor("cache", cache)
+    check_cache(cache, self, query.shape[0])
+    slots = cache.shape[2]
+    dtype = self._compute_dtype_object
+    q = _projections.apply(self._query_dense, query, 1, dtype)  # [B, L, N, H]
+    start = 0
+    if index is None:
+      keys, values = cache[:, 0], cache[:, 1]  # [B, S, K, H]
+    else:
+      new = query.shape[1]
+      index = _check_index(index, new, slots)
+      value = _checks.tensor("value", value)
+      key = _checks.tensor("key", key)
+      k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
+      v_new = _projections.apply(self._value_dense, value, 1, dtype)
+      at = [0, index, 0, 0]
+      keys = _update(cache[:, 0], k_new, at)
+      values = _update(cache[:, 1], v_new, at)
+      cache = tf.stack([keys, values], axis=1)
+      start = index
+    mask = self._cache_mask(attention_mask, query_mask, value_mask, key_mask)
+    flash = self._flash_attention
+    if flash is None:
+      flash = index is not None and not return_attention_scores
+
+    def attend(rate):
+      return ops.dot_product_attention(
+          q, keys, values, mask=mask,
+          is_causal=index is not None or use_causal_mask,
+          sliding_window=self._sliding_window,
+          scale=1.0 / math.sqrt(float(self._key_dim)), dropout_rate=rate,
+          dropout_seed=self._dropout_seeds.next() if rate else None,
+          return_scores=return_attention_scores, flash_attention=flash,
+          block_sizes=((q.shape[1] or 1) * (q.shape[2] // keys.shape[2]),
+                       min(_CACHE_KEY_BLOCK, slots or _CACHE_KEY_BLOCK))
+          if flash and q.shape[1] is not None else None,
+          query_start=start)
+
+    if self._dropout > 0:
+      result = _dropout.when_training(training, lambda: attend(self._dropout),
+                                      lambda: attend(0.0))
+    else:
+      result = attend(0.0)
+    out, scores = result if return_attention_scores else (result, None)
+    if index is not None and not tf.executing_eagerly():
+      out = self._poison_if_out_of_range(out, index, query.shape[1] or
+                                         tf.shape(query)[1], slots)
+    if self._use_gate:
+      out = out * self._gate_dense(query)
+    out = _projections.apply(self._output_dense, out, 2, dtype)
+    if return_attention_scores:
+      return out, scores, cache
+    return out, cache
+
+  def _cache_mask(self, attention_mask, query_mask, value_mask, key_mask):
+    """The masks over the cache combined, `[B, L, S]`-broadcastable, then
+    with the head axis `[B, 1, L, S]`; or None."""
+    for name, mask in (("attention_mask", attention_mask),
+                       ("query_mask", query_mask), ("value_mask", value_mask),
+                       ("key_mask", key_mask)):
+      _checks.mask_dtype(name, mask)
+    parts = [attention_mask]
+    if query_mask is not None:
+      parts.append(tf.expand_dims(masks_lib.to_bool_mask(query_mask), -1))
+    for mask in (value_mask, key_mask):
+      if mask is not None:
+        parts.append(tf.expand_dims(masks_lib.to_bool_mask(mask), 1))
+    mask = masks_lib.combine_masks(*parts)
+    if mask is None:
+      return None
+    while mask.shape.rank < 3:
+      mask = tf.expand_dims(mask, 0)
+    return tf.expand_dims(mask, 1)
+
+  def _poison_if_out_of_range(self, out, index, new, slots):
+    """Graph mode: an index that does not fit fails an assertion, or under
+    XLA (no assertions) turns the output into NaN, never a silent answer."""
+    fits = _fits(index, new, slots)
+    if not _compiler.in_xla_context():
+      check = tf.debugging.Assert(fits, [
+          "cache_update_index does not fit the cache: index", index,
+          "new tokens", new, "slots", slots])
+      with tf.control_dependencies([check]):
+        return tf.identity(out)
+    return tf.where(fits, out, tf.constant(float("nan"), out.dtype))
+
+
+def _update(cache, update, at):
+  """`cache` with `update` written at `at`: XLA's `dynamic_update_slice`
+  (KerasHub's `slice_update`), which TFLite converts to its builtin
+  DYNAMIC_UPDATE_SLICE."""
+  return xla.dynamic_update_slice(cache, tf.cast(update, cache.dtype),
+                                  tf.stack(at))
