@@ -12,7 +12,7 @@ import tf_keras
 from absl.testing import parameterized
 
 import tf_mha
-from tf_mha import attention, benchmark_lib, equations, grouped_query_attention
+from tf_mha import attention, benchmark_lib, equations, generation, grouped_query_attention
 from tf_mha import keras_patch, masks, multi_head_attention, ops
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
       ("masks", masks), ("equations", equations), ("ops", ops),
       ("multi_head_attention", multi_head_attention), ("attention", attention),
       ("grouped_query_attention", grouped_query_attention),
-      ("keras_patch", keras_patch))
+      ("keras_patch", keras_patch), ("generation", generation))
   def test_docstring_examples(self, module):
     result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha, "tf_keras": tf_keras},
                              optionflags=doctest.ELLIPSIS)

@@ -1,13 +1,15 @@
 """tf_mha: multi-head attention for TensorFlow (tf_keras), drop-in and scalable.
 
 Public names: the layers `MultiHeadAttention` and `Attention`, the pure op
-`dot_product_attention`, the mask helpers, and `patch_tf_keras` (tf_keras'
+`dot_product_attention`, the mask helpers, `generation` (greedy decoding
+with a key/value cache), and `patch_tf_keras` (tf_keras'
 `MultiHeadAttention` resolves to ours, for libraries that subclass it).
 """
 
 from tf_mha import _startup
 
 with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
+  from tf_mha import generation
   from tf_mha.attention import Attention
   from tf_mha.grouped_query_attention import GroupedQueryAttention
   from tf_mha.keras_patch import patch_tf_keras
