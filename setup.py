@@ -29,7 +29,7 @@ setuptools.setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "bench": ["matplotlib>=3.8", "keras>=3.10"],
+        "bench": ["matplotlib>=3.8", "keras>=3.10", "keras-hub>=0.20"],
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",

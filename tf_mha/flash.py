@@ -100,13 +100,24 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   if dropout_rate > 0.0:
     dropout_seed = tf.cast(dropout_seed, tf.int32)
 
+  # One query block (a decode step's few rows): key blocks are sliced as
+  # the loop reaches them, so the keys past the last position (an empty
+  # cache's tail) cost nothing; otherwise all are laid out once.
+  lazy = (isinstance(plan.nq, int) and plan.nq == 1 and
+          isinstance(plan.pad_s, int) and plan.pad_s == 0)
+
   @tf.custom_gradient
   def attend(q, k, v):
-    qb, kb, vb = _to_blocks(q, plan.bq, plan.pad_t), _to_blocks(
-        k, plan.bk, plan.pad_s), _to_blocks(v, plan.bk, plan.pad_s)
+    qb = _to_blocks(q, plan.bq, plan.pad_t)
+    kb, vb = (_Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
     out_blocks, row_max, row_sum, fully_masked = _forward(
         plan, qb, kb, vb, mask, dropout_seed)
-    v_mean = _key_mean(v, plan.acc)  # [B, N, 1, V]
+    # Rows with no visible key attend uniformly: the mean of all values,
+    # computed only when there is such a row (it reads every value).
+    v_mean = tf.cond(
+        tf.reduce_any(fully_masked), lambda: _key_mean(v, plan.acc),
+        lambda: tf.zeros(tf.concat([tf.shape(v)[:1], tf.shape(v)[2:3], [1],
+                                    tf.shape(v)[3:]], 0), plan.acc))
     out_blocks = tf.where(tf.expand_dims(fully_masked, -1),
                           tf.expand_dims(v_mean, 0), out_blocks)
     out = _from_blocks(out_blocks, plan.t)
@@ -115,8 +126,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
       dob = _to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
       # delta_t = sum_v dO * O, the softmax-Jacobian row term.
       delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
-      dqb, dkb, dvb = _backward(plan, qb, kb, vb, dob, (row_max, row_sum),
-                                delta, mask, dropout_seed)
+      dqb, dkb, dvb = _backward(plan, qb, kb.all(), vb.all(), dob,
+                                (row_max, row_sum), delta, mask, dropout_seed)
       dq = _from_blocks(dqb, plan.t)
       dk = _from_blocks(dkb, plan.s)
       dv = _from_blocks(dvb, plan.s)
@@ -150,6 +161,28 @@ def _length(x):
 
 def _ceil_div(a, b):
   return -(-a // b) if isinstance(a, int) else (a + b - 1) // b
+
+
+class _Blocks:
+  """Key or value blocks `[B, N, bk, H]` by index, from `[B, S, N, H]`:
+  each sliced when the loop reaches it (`lazy`, `S` a multiple of `bk`), or
+  all laid out at once (`_to_blocks`) and gathered."""
+
+  def __init__(self, x, block, pad, lazy):
+    self.width = x.shape[-1]
+    self._x, self._block, self._pad, self._lazy = x, block, pad, lazy
+    self._blocks = None if lazy else _to_blocks(x, block, pad)
+
+  def all(self):
+    """Every block, `[n, B, N, bk, H]`."""
+    return _to_blocks(self._x, self._block, self._pad) if self._lazy else self._blocks
+
+  def __getitem__(self, j):
+    if not self._lazy:
+      return tf.gather(self._blocks, j)
+    part = tf.slice(self._x, tf.stack([0, j * self._block, 0, 0]),
+                    tf.stack([-1, self._block, -1, -1]))  # [B, bk, N, H]
+    return tf.transpose(part, [0, 2, 1, 3])
 
 
 def _to_blocks(x, block, pad):
@@ -267,13 +300,13 @@ def _forward(plan, qb, kb, vb, mask, seed):
   big_neg = masks_lib.large_negative(plan.acc)
   lead = tf.shape(qb)[1:3]  # [B, N]
   row_shape = tf.concat([lead, [plan.bq]], 0)
-  acc_shape = tf.concat([lead, [plan.bq, vb.shape[-1]]], 0)
+  acc_shape = tf.concat([lead, [plan.bq, vb.width]], 0)
 
   def query_block(i, outs, maxes, sums, masked):
     q_i = tf.gather(qb, i)
 
     def key_block(j, m, l, acc):
-      s = _block_scores(plan, q_i, tf.gather(kb, j), mask, i, j)
+      s = _block_scores(plan, q_i, kb[j], mask, i, j)
       m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
       p = tf.exp(s - tf.expand_dims(m_new, -1))
       correction = tf.exp(m - m_new)
@@ -281,7 +314,8 @@ def _forward(plan, qb, kb, vb, mask, seed):
       if plan.rate > 0.0:
         keep = _keep_mask(plan, seed, i, j, tf.shape(p))
         p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
-      pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, vb.dtype), tf.gather(vb, j))
+      v_j = vb[j]
+      pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, v_j.dtype), v_j)
       acc = acc * tf.expand_dims(correction, -1) + tf.cast(pv, plan.acc)
       return j + 1, m_new, l, acc
 
@@ -301,7 +335,7 @@ def _forward(plan, qb, kb, vb, mask, seed):
   # Element shapes of known rank let TFLite lower the lists to builtins.
   rows = tf.TensorShape([qb.shape[1], qb.shape[2], plan.bq])
   arrays = [tf.TensorArray(dtype, size=plan.nq, element_shape=shape)
-            for dtype, shape in ((plan.acc, rows.concatenate([vb.shape[-1]])),
+            for dtype, shape in ((plan.acc, rows.concatenate([vb.width])),
                                  (plan.acc, rows), (plan.acc, rows),
                                  (tf.bool, rows))]
   _, outs, maxes, sums, masked = tf.while_loop(

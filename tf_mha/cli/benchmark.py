@@ -30,6 +30,12 @@ _MASKS = flags.DEFINE_list(
     "masks", ["causal", "padding"],
     "Self-attention masks to time: causal (a decoder's), padding (BERT's "
     "[B, T, S] mask of padded rows, not causal).")
+_DECODE = flags.DEFINE_bool(
+    "decode", False, "Also time cached decoding: a one-layer decode step at "
+    "positions 256 and 4095 of a 4096-slot cache (and 256 of 256), and a "
+    "2048-token prefill, for tf_mha's MultiHeadAttention and "
+    "GroupedQueryAttention (K=2; tensor and variable caches) against "
+    "KerasHub's CachedMultiHeadAttention (needs keras-hub).")
 _BERT = flags.DEFINE_bool(
     "bert", False, "Also time a training step of Model Garden's BertEncoderV2 "
     "(4 layers, D=512, 8 heads, T=512, B=4, padding mask, jit) on tf_mha's "
@@ -131,6 +137,25 @@ def _time(lib, point):
   return times
 
 
+def _decode_lines(lib):
+  """The decode and prefill comparison, as Markdown lines."""
+  print("Cached decoding (B=1, D=512, 8 query heads of 64, jit):", flush=True)
+  points = [("step at 256 of 4096 slots", 4096, 1, 256),
+            ("step at 4095 of 4096 slots", 4096, 1, 4095),
+            ("step at 256 of 256 slots", 256, 1, 255),
+            ("prefill 2048 tokens, 4096 slots", 4096, 2048, 0)]
+  try:
+    rows = lib.time_decode(points, repeats=max(_REPEATS.value, 20),
+                           log=lambda s: print(s, flush=True))
+  except ImportError as e:
+    raise app.UsageError(f"--decode needs keras-hub: {e}") from e
+  cache_kib = {impl: 2 * 4096 * heads * 64 * 4 / 1024
+               for impl, (heads, _) in lib.DECODE_IMPLS.items()}
+  return ["", lib.decode_table(rows), "",
+          "Cache per layer at 4096 slots: " + ", ".join(
+              f"{impl} {kib:.0f} KiB" for impl, kib in cache_kib.items())]
+
+
 def _bert_lines(lib):
   """The BertEncoderV2 training-step comparison, as Markdown lines."""
   print("BertEncoderV2 training step (Model Garden) on tf_mha and tf_keras:",
@@ -198,12 +223,13 @@ def main(argv):
           rows.append((point, _time(lib, point)))
   table = lib.markdown_table(rows, peak) if rows else ""
   bert = _bert_lines(lib) if _BERT.value else []
+  decode = _decode_lines(lib) if _DECODE.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, self-attention (causal, or BERT's padding mask); "
             "median of interleaved calls (at "
             f"least {_REPEATS.value}, about 1 s per implementation for short "
             "points). Ratios are peer time / tf_mha time.",
-            "", table, *bert]
+            "", table, *bert, *decode]
   if memory_lines:
     report += ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
                "|---|---|---|---|"]
