@@ -30,6 +30,10 @@ _BLOCK_SCORES = 8 * 1024 * 1024
 # work too); tools/benchmark.py measures the crossover.
 _PREFERRED_MIN_SCORES = 2048 * 2048
 
+# Key blocks of a single query block unrolled as branches (a decode step
+# over a cache of up to 512 blocks; 65536 slots of 128).
+_MAX_UNROLLED_BLOCKS = 512
+
 _Plan = collections.namedtuple(
     "_Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc group start")
 
@@ -100,17 +104,20 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   if dropout_rate > 0.0:
     dropout_seed = tf.cast(dropout_seed, tf.int32)
 
-  # One query block (a decode step's few rows): key blocks are sliced as
-  # the loop reaches them, so the keys past the last position (an empty
-  # cache's tail) cost nothing; otherwise all are laid out once.
+  # One query block (a decode step's few rows) over static key blocks:
+  # each key block is sliced only if it is in range, so the keys past the
+  # last position (an empty cache's tail) cost nothing; otherwise all are
+  # laid out once and visited in a loop.
   lazy = (isinstance(plan.nq, int) and plan.nq == 1 and
-          isinstance(plan.pad_s, int) and plan.pad_s == 0)
+          isinstance(plan.pad_s, int) and plan.pad_s == 0 and
+          isinstance(plan.nk, int) and plan.nk <= _MAX_UNROLLED_BLOCKS)
 
   @tf.custom_gradient
   def attend(q, k, v):
     qb = _to_blocks(q, plan.bq, plan.pad_t)
     kb, vb = (_Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
-    out_blocks, row_max, row_sum, fully_masked = _forward(
+    forward = _forward_one_query_block if lazy else _forward
+    out_blocks, row_max, row_sum, fully_masked = forward(
         plan, qb, kb, vb, mask, dropout_seed)
     # Rows with no visible key attend uniformly: the mean of all values,
     # computed only when there is such a row (it reads every value).
@@ -180,8 +187,7 @@ class _Blocks:
   def __getitem__(self, j):
     if not self._lazy:
       return tf.gather(self._blocks, j)
-    part = tf.slice(self._x, tf.stack([0, j * self._block, 0, 0]),
-                    tf.stack([-1, self._block, -1, -1]))  # [B, bk, N, H]
+    part = self._x[:, j * self._block:(j + 1) * self._block]  # [B, bk, N, H]
     return tf.transpose(part, [0, 2, 1, 3])
 
 
@@ -288,6 +294,48 @@ def _query_block_range(plan, j):
   return first, tf.maximum(first, tf.minimum(plan.nq, last_row // plan.bq + 1))
 
 
+def _accumulate(plan, q_i, kb, vb, mask, seed, i, j, state):
+  """Query block `i` meets key block `j`: the online-softmax update of its
+  running `(max m, sum l, accumulator)`."""
+  m, l, acc = state
+  s = _block_scores(plan, q_i, kb[j], mask, i, j)
+  m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
+  p = tf.exp(s - tf.expand_dims(m_new, -1))
+  correction = tf.exp(m - m_new)
+  l = l * correction + tf.reduce_sum(p, axis=-1)
+  if plan.rate > 0.0:
+    keep = _keep_mask(plan, seed, i, j, tf.shape(p))
+    p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
+  v_j = vb[j]
+  pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, v_j.dtype), v_j)
+  acc = acc * tf.expand_dims(correction, -1) + tf.cast(pv, plan.acc)
+  return m_new, l, acc
+
+
+def _forward_one_query_block(plan, qb, kb, vb, mask, seed):
+  """`_forward` for a single query block (a decode step), unrolled over
+  the key blocks: each is a branch that runs only when the block is in
+  range, and reads its keys by a static slice. (XLA copies the operands of
+  a `while` loop: a loop over a cache's blocks read the whole cache.)"""
+  q_i = tf.gather(qb, 0)
+  lead = tf.shape(qb)[1:3]  # [B, N]
+  row_shape = tf.concat([lead, [plan.bq]], 0)
+  state = (tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
+           tf.zeros(row_shape, plan.acc),
+           tf.zeros(tf.concat([lead, [plan.bq, vb.width]], 0), plan.acc))
+  first, end = _key_block_range(plan, 0)
+  for j in range(plan.nk):
+    state = tf.cond(
+        tf.logical_and(j >= first, j < end),
+        lambda j=j, state=state: _accumulate(plan, q_i, kb, vb, mask, seed,
+                                             0, j, state),
+        lambda state=state: state)
+  m, l, acc = state
+  out = acc / tf.expand_dims(l, -1)
+  big_neg = masks_lib.large_negative(plan.acc)
+  return tuple(tf.expand_dims(x, 0) for x in (out, m, l, m <= big_neg))
+
+
 def _forward(plan, qb, kb, vb, mask, seed):
   """Returns out `[nq, B, N, bq, V]`, then the row max `m`, row sum `l` and
   fully-masked flags, each `[nq, B, N, bq]`.
@@ -306,18 +354,8 @@ def _forward(plan, qb, kb, vb, mask, seed):
     q_i = tf.gather(qb, i)
 
     def key_block(j, m, l, acc):
-      s = _block_scores(plan, q_i, kb[j], mask, i, j)
-      m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
-      p = tf.exp(s - tf.expand_dims(m_new, -1))
-      correction = tf.exp(m - m_new)
-      l = l * correction + tf.reduce_sum(p, axis=-1)
-      if plan.rate > 0.0:
-        keep = _keep_mask(plan, seed, i, j, tf.shape(p))
-        p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
-      v_j = vb[j]
-      pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, v_j.dtype), v_j)
-      acc = acc * tf.expand_dims(correction, -1) + tf.cast(pv, plan.acc)
-      return j + 1, m_new, l, acc
+      return (j + 1,) + _accumulate(plan, q_i, kb, vb, mask, seed, i, j,
+                                    (m, l, acc))
 
     first, end = _key_block_range(plan, i)
     init = (tf.convert_to_tensor(first),
