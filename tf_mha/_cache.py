@@ -112,11 +112,9 @@ class CachedCall:
     dtype = self._compute_dtype_object
     q = _projections.apply(self._query_dense, query, 1, dtype)  # [B, L, N, H]
     start = 0
-    if index is None:
-      keys, values = cache[:, 0], cache[:, 1]  # [B, S, K, H]
-    else:
-      new = query.shape[1]
-      index = _check_index(index, new, slots)
+    variable = cache if isinstance(cache, tf.Variable) else None
+    if index is not None:
+      index = _check_index(index, query.shape[1], slots)
       value = _checks.tensor("value", value)
       key = _checks.tensor("key", key)
       k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
@@ -124,11 +122,12 @@ class CachedCall:
       written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
       if isinstance(cache, tf.Variable):  # written in place (see the module doc)
         with tf.control_dependencies([_assign(cache, written, index)]):
-          keys, values = cache[:, 0], cache[:, 1]  # read after the write
+          cache = cache.read_value()
       else:
         cache = _update(cache, written, [0, 0, index, 0, 0])
-        keys, values = cache[:, 0], cache[:, 1]  # [B, S, K, H]
       start = index
+    elif isinstance(cache, tf.Variable):
+      cache = cache.read_value()
     mask = self._cache_mask(attention_mask, query_mask, value_mask, key_mask)
     flash = self._flash_attention
     if flash is None:
@@ -136,13 +135,13 @@ class CachedCall:
 
     def attend(rate):
       return ops.dot_product_attention(
-          q, keys, values, mask=mask,
+          q, kv_cache=cache, mask=mask,
           is_causal=index is not None or use_causal_mask,
           sliding_window=self._sliding_window,
           scale=1.0 / math.sqrt(float(self._key_dim)), dropout_rate=rate,
           dropout_seed=self._dropout_seeds.next() if rate else None,
           return_scores=return_attention_scores, flash_attention=flash,
-          block_sizes=((q.shape[1] or 1) * (q.shape[2] // keys.shape[2]),
+          block_sizes=((q.shape[1] or 1) * (q.shape[2] // cache.shape[3]),
                        min(_CACHE_KEY_BLOCK, slots or _CACHE_KEY_BLOCK))
           if flash and q.shape[1] is not None else None,
           query_start=start)
@@ -159,6 +158,8 @@ class CachedCall:
     if self._use_gate:
       out = out * self._gate_dense(query)
     out = _projections.apply(self._output_dense, out, 2, dtype)
+    if variable is not None:  # the variable itself, written in place
+      cache = variable
     if return_attention_scores:
       return out, scores, cache
     return out, cache

@@ -21,8 +21,8 @@ from tf_mha import masks as masks_lib
 
 
 def dot_product_attention(query,
-                          key,
-                          value,
+                          key=None,
+                          value=None,
                           *,
                           mask=None,
                           is_causal=False,
@@ -33,7 +33,8 @@ def dot_product_attention(query,
                           return_scores=False,
                           flash_attention=None,
                           block_sizes=None,
-                          query_start=0):
+                          query_start=0,
+                          kv_cache=None):
   """Multi-head scaled dot-product attention, with grouped keys and values.
 
   A query row whose every key is masked attends uniformly to all keys (its
@@ -84,6 +85,11 @@ def dot_product_attention(query,
       cached decode step whose keys fill a cache from position 0. The
       blockwise path skips the key blocks past the last query's position at
       run time.
+    kv_cache: in place of `key` and `value`, a cache `[B, 2, S, K, H]`
+      holding them (keys, then values), as `MultiHeadAttention`'s `cache`.
+      A decode step's blockwise path then reads only the key blocks it
+      visits from it (under XLA, slicing the two halves out first would
+      copy the whole cache on every step).
 
   Returns:
     `[B, T, N, V]` in the dtype of `query`, and the probabilities if
@@ -97,6 +103,17 @@ def dot_product_attention(query,
     TypeError: on inputs that are not floating-point tensors.
   """
   query = _checks.tensor("query", query, floating=True)
+  if kv_cache is not None:
+    if key is not None or value is not None:
+      raise ValueError("Give `key` and `value`, or `kv_cache`, not both. "
+                       f"Received: kv_cache with shape {kv_cache.shape} and "
+                       f"key={type(key).__name__}, value={type(value).__name__}")
+    kv_cache = _checks.tensor("kv_cache", kv_cache, floating=True,
+                              dtype_hint=query.dtype)
+    if kv_cache.shape.rank != 5 or kv_cache.shape[1] not in (None, 2):
+      raise ValueError("`kv_cache` must have shape [batch, 2, length, heads, "
+                       f"head_size]. Received: kv_cache.shape={kv_cache.shape}")
+    key, value = kv_cache[:, 0], kv_cache[:, 1]
   key = _checks.tensor("key", key, floating=True, dtype_hint=query.dtype)
   value = _checks.tensor("value", value, floating=True, dtype_hint=query.dtype)
   _check_shapes(query, key, value)
@@ -139,7 +156,7 @@ def dot_product_attention(query,
         query, key, value, mask=mask, is_causal=is_causal,
         sliding_window=sliding_window, dropout_rate=dropout_rate,
         dropout_seed=dropout_seed, block_sizes=block_sizes,
-        query_group=group, query_start=query_start)
+        query_group=group, query_start=query_start, kv_cache=kv_cache)
     out = _groups_of_rows(out, group)
     return (out, None) if return_scores else out
   chunks = None
