@@ -29,7 +29,10 @@ setuptools.setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "bench": ["matplotlib>=3.8", "keras>=3.10", "keras-hub>=0.20"],
+        "bench": ["matplotlib>=3.8", "keras>=3.10,<4", "keras-hub>=0.20"],
+        # tf_mha.keras3: the Keras versions it is tested with (checked at
+        # import, tf_mha/keras3.py SUPPORTED_KERAS).
+        "keras3": ["keras>=3.10,<4"],
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
@@ -40,6 +43,7 @@ setuptools.setup(
             # the test command installs with --no-deps (it pins TF 2.20).
             "gin-config>=0.5",
             "scipy>=1.10",
+            "keras>=3.10,<4",
         ],
     },
     entry_points={

@@ -13,7 +13,7 @@ from absl.testing import parameterized
 
 import tf_mha
 from tf_mha import attention, benchmark_lib, equations, generation, grouped_query_attention
-from tf_mha import keras_patch, masks, multi_head_attention, ops
+from tf_mha import keras3, keras_patch, masks, multi_head_attention, ops
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +24,8 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
       ("masks", masks), ("equations", equations), ("ops", ops),
       ("multi_head_attention", multi_head_attention), ("attention", attention),
       ("grouped_query_attention", grouped_query_attention),
-      ("keras_patch", keras_patch), ("generation", generation))
+      ("keras_patch", keras_patch), ("generation", generation),
+      ("keras3", keras3))
   def test_docstring_examples(self, module):
     result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha, "tf_keras": tf_keras},
                              optionflags=doctest.ELLIPSIS)

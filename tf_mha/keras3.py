@@ -1,0 +1,175 @@
+"""Keras 3 layers on tf_mha's op: `MultiHeadAttention` and
+`GroupedQueryAttention` (`import tf_mha.keras3`; `import tf_mha` loads none
+of it).
+
+They are Keras 3's own `keras.layers.MultiHeadAttention` and
+`keras.layers.GroupQueryAttention`, subclassed: the same arguments, config,
+weights (names, shapes, order), LoRA, quantization, dtype policies,
+symbolic `KerasTensor` inputs and `compute_output_spec`, so models and
+weights move both ways with Keras' layers. On the TensorFlow backend their
+attention runs through `tf_mha.dot_product_attention`: `flash_attention=True`
+works (Keras refuses it there), `None` chooses as tf_mha's layers do, the
+causal mask and sliding window are applied inside the op (causal chunks and
+block skipping; no `[T, S]` mask), and GroupedQueryAttention's query heads
+attend to their key/value head without repeating it. On JAX or PyTorch they
+are Keras' layers.
+
+Shapes: `B` batch, `T` query length, `S` key length, `N` query heads, `K`
+key/value heads, `H` head size.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tf_mha import equations
+from tf_mha import masks as masks_lib
+from tf_mha import ops
+
+# The Keras versions this module is tested with (setup.py's `keras3` extra).
+SUPPORTED_KERAS = ((3, 10), (4, 0))
+
+
+def _check_keras_version(version):
+  parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+  low, high = SUPPORTED_KERAS
+  if not low <= parts < high:
+    raise ImportError(
+        f"tf_mha.keras3 supports Keras >= {low[0]}.{low[1]} and < {high[0]}; "
+        f"this is Keras {version}. Install a supported one: "
+        "pip install 'tf_mha[keras3]'")
+
+
+_check_keras_version(keras.version())
+
+
+def _on_tensorflow():
+  return keras.backend.backend() == "tensorflow"
+
+
+def _attend(layer, query, key, value, mask, *, causal, window, training,
+            return_scores, attention_axes):
+  """tf_mha's op on projected `[B, T, N, H]` / `[B, S, K, H]` tensors (or
+  several attention axes), with Keras' `[B, T, S]` mask; returns
+  `(output, scores or None)`."""
+  if layer._flash_attention and return_scores:  # pylint: disable=protected-access
+    raise ValueError(
+        "Returning attention scores is not supported when flash attention is "
+        "enabled. Please disable flash attention to access attention scores.")
+  # `_compute_attention` is public to subclasses, which may pass arrays.
+  query, key, value = (tf.convert_to_tensor(x) for x in (query, key, value))
+  plan = equations.AxesPlan(query.shape.rank, attention_axes)
+  if mask is not None:
+    mask = plan.mask_to_flat(masks_lib.to_bool_mask(mask), query, key)
+  rate = layer._dropout if training else 0.0  # pylint: disable=protected-access
+  seed = None
+  if rate:
+    seed = tf.cast(keras.random.randint([2], 0, 2**31 - 1,
+                                        seed=layer._dropout_layer.seed_generator),  # pylint: disable=protected-access
+                   tf.int32)
+  result = ops.dot_product_attention(
+      plan.to_flat(query), plan.to_flat(key), plan.to_flat(value), mask=mask,
+      is_causal=causal, sliding_window=window,
+      scale=1.0 / math.sqrt(float(query.shape[-1])), dropout_rate=rate,
+      dropout_seed=seed, return_scores=return_scores,
+      flash_attention=layer._flash_attention)  # pylint: disable=protected-access
+  out, scores = result if return_scores else (result, None)
+  out = plan.from_flat(out, query)
+  if scores is not None:
+    scores = plan.scores_from_flat(scores, query, key)
+  return out, scores
+
+
+@keras.saving.register_keras_serializable(package="tf_mha")
+class MultiHeadAttention(keras.layers.MultiHeadAttention):
+  """`keras.layers.MultiHeadAttention` with its attention on tf_mha's op on
+  the TensorFlow backend (module docstring).
+
+  >>> layer = MultiHeadAttention(num_heads=2, key_dim=4, flash_attention=True)
+  >>> x = tf.ones([3, 5, 8])
+  >>> layer(x, x, use_causal_mask=True).shape
+  TensorShape([3, 5, 8])
+  """
+
+  def call(self, query, value, key=None, query_mask=None, value_mask=None,
+           key_mask=None, attention_mask=None, return_attention_scores=False,
+           training=None, use_causal_mask=False):
+    kwargs = dict(query_mask=query_mask, value_mask=value_mask,
+                  key_mask=key_mask, attention_mask=attention_mask,
+                  return_attention_scores=return_attention_scores,
+                  training=training)
+    if not _on_tensorflow() or _replaced(self, MultiHeadAttention,
+                                         "_compute_attention"):
+      return super().call(query, value, key, use_causal_mask=use_causal_mask,
+                          **kwargs)
+    # Keras would turn the causal mask and the window into `[T, S]` masks:
+    # they go to the op instead, which skips the keys they hide.
+    window, self._sliding_window = self._sliding_window, None
+    self._op_masks = (use_causal_mask, window)
+    try:
+      return super().call(query, value, key, use_causal_mask=False, **kwargs)
+    finally:
+      self._sliding_window, self._op_masks = window, None
+
+  def _compute_attention(self, query, key, value, attention_mask=None,
+                         training=None, return_attention_scores=False,
+                         use_causal_mask=False):
+    if not _on_tensorflow():
+      return super()._compute_attention(
+          query, key, value, attention_mask, training, return_attention_scores,
+          use_causal_mask)
+    causal, window = getattr(self, "_op_masks", None) or (use_causal_mask, None)
+    return _attend(self, query, key, value, attention_mask,
+                   causal=causal, window=window, training=training,
+                   return_scores=return_attention_scores,
+                   attention_axes=self._attention_axes)
+
+
+@keras.saving.register_keras_serializable(package="tf_mha")
+class GroupedQueryAttention(keras.layers.GroupQueryAttention):
+  """`keras.layers.GroupQueryAttention` on tf_mha's op on the TensorFlow
+  backend: the keys and values are not repeated (module docstring).
+
+  >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
+  ...                               num_key_value_heads=2)
+  >>> x = tf.ones([3, 5, 8])
+  >>> layer(x, x, use_causal_mask=True).shape
+  TensorShape([3, 5, 8])
+  """
+
+  def call(self, query, value, key=None, query_mask=None, value_mask=None,
+           key_mask=None, attention_mask=None, return_attention_scores=False,
+           training=None, use_causal_mask=False):
+    if not _on_tensorflow() or _replaced(self, GroupedQueryAttention,
+                                         "_compute_attention"):
+      return super().call(
+          query, value, key, query_mask=query_mask, value_mask=value_mask,
+          key_mask=key_mask, attention_mask=attention_mask,
+          return_attention_scores=return_attention_scores, training=training,
+          use_causal_mask=use_causal_mask)
+    key = value if key is None else key
+    window, self.sliding_window = self.sliding_window, None
+    try:  # the padding and explicit masks; causal and window go to the op
+      attention_mask = self._compute_attention_mask(
+          query, value, query_mask=query_mask, value_mask=value_mask,
+          key_mask=key_mask, attention_mask=attention_mask,
+          use_causal_mask=False)
+    finally:
+      self.sliding_window = window
+    gate = self._gate_dense(query) if self.use_gate else None
+    output, scores = _attend(
+        self, self._query_dense(query), self._key_dense(key),
+        self._value_dense(value), attention_mask, causal=use_causal_mask,
+        window=window, training=training,
+        return_scores=return_attention_scores, attention_axes=(1,))
+    if gate is not None:
+      output = keras.ops.multiply(output, gate)
+    output = self._output_dense(output)
+    return (output, scores) if return_attention_scores else output
+
+
+def _replaced(layer, cls, name):
+  """Whether a subclass of `cls` replaces its method `name` (it then gets
+  Keras' own computation, which calls it)."""
+  return getattr(type(layer), name) is not getattr(cls, name)
