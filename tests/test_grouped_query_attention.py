@@ -107,6 +107,82 @@ class KerasParityTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAllClose(tf_keras.models.load_model(path)(x), want, atol=1e-6)
 
 
+class DeploymentTest(tf.test.TestCase):
+  """As for MultiHeadAttention: TFLite builtins (with a cache too), and
+  MirroredStrategy replicas."""
+
+  def _runner(self, model, signature=None):
+    from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+    path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), "m")
+    tf.saved_model.save(model, path, signatures=signature)
+    converter = tf.lite.TFLiteConverter.from_saved_model(path)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    flatbuffer = converter.convert()
+    runner = litert.Interpreter(model_content=flatbuffer).get_signature_runner()
+    return flatbuffer, runner
+
+  def test_causal_model_converts_to_builtins(self):
+    inputs = tf_keras.Input((None, _D))
+    outputs = tf_mha.GroupedQueryAttention(
+        head_dim=_H, num_query_heads=_N, num_key_value_heads=2)(
+            inputs, inputs, use_causal_mask=True)
+    model = tf_keras.Model(inputs, outputs)
+    _, runner = self._runner(model)
+    name = list(runner.get_input_details())[0]
+    for length in (3, 11):
+      x = _normal(2, length, _D, seed=length)
+      self.assertAllClose(list(runner(**{name: x}).values())[0], model(x),
+                          atol=1e-5)
+
+  def test_cached_decode_step_converts_to_builtins(self):
+    layer = tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
+                                         num_key_value_heads=2)
+    cache0 = tf.zeros([1, 2, 16, 2, _H])
+    layer(tf.zeros([1, 1, _D]), tf.zeros([1, 1, _D]), cache=cache0,
+          cache_update_index=0)
+    module = tf.Module()
+    module.layer = layer
+    module.decode = tf.function(
+        lambda x, cache, index: dict(zip(("out", "cache"), layer(
+            x, x, cache=cache, cache_update_index=index))),
+        input_signature=[tf.TensorSpec([1, 1, _D], tf.float32, name="x"),
+                         tf.TensorSpec([1, 2, 16, 2, _H], tf.float32, name="cache"),
+                         tf.TensorSpec([], tf.int32, name="index")])
+    flatbuffer, runner = self._runner(module, {"decode": module.decode})
+    from tf_mha.export import tflite  # pylint: disable=g-import-not-at-top
+    ops = tflite.operators(flatbuffer)
+    self.assertIn("DYNAMIC_UPDATE_SLICE", ops)
+    self.assertEqual([op for op in ops if op.startswith("CUSTOM")], [])
+    x = _normal(1, 6, _D)
+    cache, lite_cache = cache0, cache0.numpy()
+    for i in range(6):
+      want, cache = layer(x[:, i:i + 1], x[:, i:i + 1], cache=cache,
+                          cache_update_index=i)
+      got = runner(x=x[:, i:i + 1], cache=lite_cache, index=np.array(i, np.int32))
+      lite_cache = got["cache"]
+      self.assertAllClose(got["out"], want, atol=1e-5)
+
+  def test_mirrored_replicas_match_one_device(self):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    x = _normal(4, 6, _D)
+    tf_keras.utils.set_random_seed(0)
+    single = tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
+                                          num_key_value_heads=1)
+    want = single(x, x, use_causal_mask=True)
+    with strategy.scope():
+      mirrored = tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
+                                              num_key_value_heads=1)
+      mirrored(x[:1], x[:1])
+    mirrored.set_weights(single.get_weights())
+    got = strategy.gather(strategy.run(
+        tf.function(lambda a: mirrored(a, a, use_causal_mask=True)),
+        args=(strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(x[ctx.replica_id_in_sync_group * 2:
+                                      ctx.replica_id_in_sync_group * 2 + 2])),)),
+                              axis=0)
+    self.assertAllClose(got, want, atol=1e-5)
+
+
 class CacheTest(tf.test.TestCase, parameterized.TestCase):
   """Prefill then token-by-token decode equals the uncached causal layer."""
 

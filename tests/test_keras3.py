@@ -187,6 +187,24 @@ class KerasOwnTestsTest(tf.test.TestCase):
     self.assertTrue(all("lash attention" in l for l in skips), skips)
 
 
+class ReadmeTest(tf.test.TestCase):
+
+  def test_readme_keras3_example_runs(self):
+    import re  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(_REPO, "README.md")) as f:
+      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    (example,) = [b for b in blocks if "tf_mha.keras3.MultiHeadAttention" in b]
+    target = os.path.join(self.get_temp_dir(), "k3_demo")
+    example = example.replace('"saved_models/k3_demo"', repr(target))
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    self.assertTrue(os.path.isfile(os.path.join(target, "saved_model.pb")))
+    x = _normal(2, 7, 64)
+    loaded = tf.saved_model.load(target)  # kept: its functions use its variables
+    served = loaded.serve(x)
+    self.assertAllClose(served, namespace["model"](x), atol=1e-5)
+
+
 class ImportTest(tf.test.TestCase):
 
   def test_tf_mha_does_not_load_keras3_module_and_versions_are_checked(self):

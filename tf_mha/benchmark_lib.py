@@ -15,7 +15,7 @@ import tf_keras
 
 from tf_mha import ops
 
-IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3")
+IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3", "tf_mha_keras3")
 # Not a peer: tf_mha's matmuls alone, the ceiling for its `% matmul peak`.
 MATMULS_ONLY = "matmuls_only"
 
@@ -54,6 +54,9 @@ def make_layer(impl):
   if impl == "keras3":
     import keras
     return keras.layers.MultiHeadAttention
+  if impl == "tf_mha_keras3":  # Keras 3's layer on tf_mha's op
+    from tf_mha import keras3  # pylint: disable=g-import-not-at-top
+    return keras3.MultiHeadAttention
   if impl == MATMULS_ONLY:
     return MatmulsOnly
   raise ValueError(f"`impl` must be one of {IMPLEMENTATIONS + (MATMULS_ONLY,)}. "
@@ -347,8 +350,11 @@ def markdown_table(rows, peak):
   ceiling for tf_mha's.
   """
   ceiling = any(MATMULS_ONLY in times for _, times in rows)
+  on_keras3 = any("tf_mha_keras3" in times for _, times in rows)
   header = ("| T | mask | pass | jit | tf_mha (ms) | tf_keras (ms) | Keras 3 (ms) | "
             "vs tf_keras | vs Keras 3 | % matmul peak (full-attention FLOPs) |")
+  if on_keras3:
+    header += " tf_mha.keras3 (ms) | tf_mha.keras3 / tf_mha |"
   if ceiling:
     header += " its matmuls alone: % matmul peak |"
   lines = [header, "|" + "---|" * header[1:].count("|")]
@@ -364,6 +370,11 @@ def markdown_table(rows, peak):
             f"{'yes' if point.jit else 'no'} | {ms('tf_mha')} | {ms('tf_keras')} | "
             f"{ms('keras3')} | {ratio('tf_keras')} | {ratio('keras3')} | "
             f"{share('tf_mha')} |")
+    if on_keras3:
+      mine = times.get("tf_mha_keras3")
+      line += (f" {ms('tf_mha_keras3')} | "
+               + (f"{mine / times['tf_mha']:.2f}x |"
+                  if mine and "tf_mha" in times else "n/a |"))
     lines.append(line + (f" {share(MATMULS_ONLY)} |" if ceiling else ""))
   return "\n".join(lines)
 

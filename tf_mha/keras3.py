@@ -23,6 +23,9 @@ import math
 import keras
 import tensorflow as tf
 
+from keras.src import backend as keras_backend
+
+from tf_mha import _projections
 from tf_mha import equations
 from tf_mha import masks as masks_lib
 from tf_mha import ops
@@ -95,22 +98,28 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
   def call(self, query, value, key=None, query_mask=None, value_mask=None,
            key_mask=None, attention_mask=None, return_attention_scores=False,
            training=None, use_causal_mask=False):
-    kwargs = dict(query_mask=query_mask, value_mask=value_mask,
-                  key_mask=key_mask, attention_mask=attention_mask,
-                  return_attention_scores=return_attention_scores,
-                  training=training)
     if not _on_tensorflow() or _replaced(self, MultiHeadAttention,
                                          "_compute_attention"):
-      return super().call(query, value, key, use_causal_mask=use_causal_mask,
-                          **kwargs)
-    # Keras would turn the causal mask and the window into `[T, S]` masks:
-    # they go to the op instead, which skips the keys they hide.
-    window, self._sliding_window = self._sliding_window, None
-    self._op_masks = (use_causal_mask, window)
-    try:
-      return super().call(query, value, key, use_causal_mask=False, **kwargs)
-    finally:
-      self._sliding_window, self._op_masks = window, None
+      return super().call(
+          query, value, key, query_mask=query_mask, value_mask=value_mask,
+          key_mask=key_mask, attention_mask=attention_mask,
+          return_attention_scores=return_attention_scores, training=training,
+          use_causal_mask=use_causal_mask)
+    key = value if key is None else key
+    # Keras' rule: the query's mask is its Keras mask, and the inputs'
+    # masks are consumed here.
+    query_mask = keras_backend.get_keras_mask(query)
+    for tensor in (query, value, key):
+      keras_backend.set_keras_mask(tensor, None)
+    output, scores = _projected_attention(
+        self, query, value, key, self._attention_axes, "_sliding_window",
+        dict(query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
+             attention_mask=attention_mask),
+        use_causal_mask=use_causal_mask, training=training,
+        return_scores=return_attention_scores)
+    if query_mask is not None:
+      keras_backend.set_keras_mask(output, query_mask)
+    return (output, scores) if return_attention_scores else output
 
   def _compute_attention(self, query, key, value, attention_mask=None,
                          training=None, return_attention_scores=False,
@@ -119,9 +128,10 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
       return super()._compute_attention(
           query, key, value, attention_mask, training, return_attention_scores,
           use_causal_mask)
-    causal, window = getattr(self, "_op_masks", None) or (use_causal_mask, None)
+    # Called by subclasses or directly: the window, if any, is already in
+    # `attention_mask` (Keras' contract for this method).
     return _attend(self, query, key, value, attention_mask,
-                   causal=causal, window=window, training=training,
+                   causal=use_causal_mask, window=None, training=training,
                    return_scores=return_attention_scores,
                    attention_axes=self._attention_axes)
 
@@ -148,25 +158,43 @@ class GroupedQueryAttention(keras.layers.GroupQueryAttention):
           key_mask=key_mask, attention_mask=attention_mask,
           return_attention_scores=return_attention_scores, training=training,
           use_causal_mask=use_causal_mask)
-    key = value if key is None else key
-    window, self.sliding_window = self.sliding_window, None
-    try:  # the padding and explicit masks; causal and window go to the op
-      attention_mask = self._compute_attention_mask(
-          query, value, query_mask=query_mask, value_mask=value_mask,
-          key_mask=key_mask, attention_mask=attention_mask,
-          use_causal_mask=False)
-    finally:
-      self.sliding_window = window
-    gate = self._gate_dense(query) if self.use_gate else None
-    output, scores = _attend(
-        self, self._query_dense(query), self._key_dense(key),
-        self._value_dense(value), attention_mask, causal=use_causal_mask,
-        window=window, training=training,
-        return_scores=return_attention_scores, attention_axes=(1,))
-    if gate is not None:
-      output = keras.ops.multiply(output, gate)
-    output = self._output_dense(output)
+    output, scores = _projected_attention(
+        self, query, value, value if key is None else key, (1,),
+        "sliding_window", dict(query_mask=query_mask, value_mask=value_mask,
+                               key_mask=key_mask, attention_mask=attention_mask),
+        use_causal_mask=use_causal_mask, training=training,
+        return_scores=return_attention_scores)
     return (output, scores) if return_attention_scores else output
+
+
+def _projected_attention(layer, query, value, key, attention_axes,
+                         window_attribute, masks, *, use_causal_mask, training,
+                         return_scores):
+  """A Keras 3 attention layer's call after its inputs' Keras masks: the
+  padding and explicit masks from Keras' `_compute_attention_mask`, the
+  causal mask and sliding window in the op, the projections as matmuls on
+  their kernels under XLA (`tf_mha._projections`: the einsums' gradients
+  copy transposes), and the gate."""
+  window = getattr(layer, window_attribute)
+  setattr(layer, window_attribute, None)  # Keras would make a [T, S] band
+  try:
+    attention_mask = layer._compute_attention_mask(  # pylint: disable=protected-access
+        query, value, use_causal_mask=False, **masks)
+  finally:
+    setattr(layer, window_attribute, window)
+  dtype = tf.as_dtype(layer.compute_dtype)
+  project = lambda dense, x, axes=1: _projections.apply(dense, x, axes, dtype)
+  # MultiHeadAttention keeps `_use_gate`, GroupQueryAttention `use_gate`.
+  use_gate = getattr(layer, "_use_gate", getattr(layer, "use_gate", False))
+  gate = project(layer._gate_dense, query) if use_gate else None  # pylint: disable=protected-access
+  output, scores = _attend(
+      layer, project(layer._query_dense, query), project(layer._key_dense, key),  # pylint: disable=protected-access
+      project(layer._value_dense, value), attention_mask,  # pylint: disable=protected-access
+      causal=use_causal_mask, window=window, training=training,
+      return_scores=return_scores, attention_axes=attention_axes)
+  if gate is not None:
+    output = output * gate
+  return project(layer._output_dense, output, 2), scores  # pylint: disable=protected-access
 
 
 def _replaced(layer, cls, name):

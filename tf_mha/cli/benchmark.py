@@ -45,8 +45,9 @@ _REPEATS = flags.DEFINE_integer(
     "repeats", 5, "Least timed calls per point (median); short points get more, "
     "to about a second per implementation.")
 _IMPLS = flags.DEFINE_list(
-    "impls", ["tf_mha", "tf_keras", "keras3"],
-    "Implementations to compare. Add matmuls_only for a last column: not a "
+    "impls", ["tf_mha", "tf_keras", "keras3", "tf_mha_keras3"],
+    "Implementations to compare (tf_mha_keras3: tf_mha.keras3's Keras 3 "
+    "layer). Add matmuls_only for a last column: not a "
     "peer, tf_mha's matmuls alone (no softmax), the ceiling for its forward "
     "% matmul peak.")
 _MEMORY_SEQ_LENS = flags.DEFINE_list(
