@@ -10,6 +10,9 @@ import tf_keras
 from absl.testing import parameterized
 
 import tf_mha
+from tf_mha import training
+
+training.logical_cpus(2)  # before any op (tests/conftest.py does it under pytest)
 
 _B, _T, _S, _D, _N, _H = 2, 7, 9, 16, 4, 8
 
@@ -163,7 +166,7 @@ class DeploymentTest(tf.test.TestCase):
       self.assertAllClose(got["out"], want, atol=1e-5)
 
   def test_mirrored_replicas_match_one_device(self):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(training.logical_cpus(2))
     x = _normal(4, 6, _D)
     tf_keras.utils.set_random_seed(0)
     single = tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
