@@ -146,11 +146,7 @@ class CachedCall:
           if flash and q.shape[1] is not None else None,
           query_start=start)
 
-    if self._dropout > 0:
-      result = _dropout.when_training(training, lambda: attend(self._dropout),
-                                      lambda: attend(0.0))
-    else:
-      result = attend(0.0)
+    result = _dropout.attend_with_rate(self._dropout, training, attend)
     out, scores = result if return_attention_scores else (result, None)
     if index is not None and not tf.executing_eagerly():
       out = self._poison_if_out_of_range(out, index, query.shape[1] or

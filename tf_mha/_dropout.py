@@ -31,3 +31,11 @@ def when_training(training, train_fn, infer_fn):
   if training is None:
     training = tf_keras.backend.learning_phase()
   return tf.__internal__.smart_cond.smart_cond(training, train_fn, infer_fn)
+
+
+def attend_with_rate(rate, training, attend):
+  """`attend(rate)` in training when `rate > 0`, else `attend(0.0)` (the
+  attention without its dropout ops)."""
+  if rate > 0:
+    return when_training(training, lambda: attend(rate), lambda: attend(0.0))
+  return attend(0.0)

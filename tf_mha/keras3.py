@@ -98,8 +98,7 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
   def call(self, query, value, key=None, query_mask=None, value_mask=None,
            key_mask=None, attention_mask=None, return_attention_scores=False,
            training=None, use_causal_mask=False):
-    if not _on_tensorflow() or _replaced(self, MultiHeadAttention,
-                                         "_compute_attention"):
+    if _keras_computes(self, MultiHeadAttention):
       return super().call(
           query, value, key, query_mask=query_mask, value_mask=value_mask,
           key_mask=key_mask, attention_mask=attention_mask,
@@ -151,8 +150,7 @@ class GroupedQueryAttention(keras.layers.GroupQueryAttention):
   def call(self, query, value, key=None, query_mask=None, value_mask=None,
            key_mask=None, attention_mask=None, return_attention_scores=False,
            training=None, use_causal_mask=False):
-    if not _on_tensorflow() or _replaced(self, GroupedQueryAttention,
-                                         "_compute_attention"):
+    if _keras_computes(self, GroupedQueryAttention):
       return super().call(
           query, value, key, query_mask=query_mask, value_mask=value_mask,
           key_mask=key_mask, attention_mask=attention_mask,
@@ -197,7 +195,8 @@ def _projected_attention(layer, query, value, key, attention_axes,
   return project(layer._output_dense, output, 2), scores  # pylint: disable=protected-access
 
 
-def _replaced(layer, cls, name):
-  """Whether a subclass of `cls` replaces its method `name` (it then gets
-  Keras' own computation, which calls it)."""
-  return getattr(type(layer), name) is not getattr(cls, name)
+def _keras_computes(layer, cls):
+  """Whether Keras' own call runs: on another backend, or for a subclass
+  of `cls` that replaces `_compute_attention` (Keras' call uses it)."""
+  return (not _on_tensorflow() or
+          type(layer)._compute_attention is not cls._compute_attention)  # pylint: disable=protected-access

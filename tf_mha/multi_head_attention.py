@@ -331,11 +331,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
           return_scores=return_attention_scores,
           flash_attention=self._flash_attention)
 
-    if self._dropout > 0:
-      result = _dropout.when_training(training, lambda: attend(self._dropout),
-                                      lambda: attend(0.0))
-    else:
-      result = attend(0.0)
+    result = _dropout.attend_with_rate(self._dropout, training, attend)
     out, scores = result if return_attention_scores else (result, None)
     out = plan.from_flat(out, query)
     if scores is not None:
