@@ -177,12 +177,15 @@ class DeploymentTest(tf.test.TestCase):
                                               num_key_value_heads=1)
       mirrored(x[:1], x[:1])
     mirrored.set_weights(single.get_weights())
-    got = strategy.gather(strategy.run(
+    per_replica = strategy.run(
         tf.function(lambda a: mirrored(a, a, use_causal_mask=True)),
         args=(strategy.experimental_distribute_values_from_function(
             lambda ctx: tf.constant(x[ctx.replica_id_in_sync_group * 2:
-                                      ctx.replica_id_in_sync_group * 2 + 2])),)),
-                              axis=0)
+                                      ctx.replica_id_in_sync_group * 2 + 2])),))
+    # Gathered on the host: a collective here would share its instance keys
+    # with the next MirroredStrategy in this process (test_training's), and
+    # TensorFlow aborts that one's all-reduce.
+    got = tf.concat(strategy.experimental_local_results(per_replica), 0)
     self.assertAllClose(got, want, atol=1e-5)
 
 
