@@ -105,14 +105,14 @@ class CachedCall:
       raise ValueError("A cache needs a layer with one attention axis over "
                        "`[batch, length, features]` inputs. Received: "
                        f"attention_axes={self._attention_axes}")
-    if not isinstance(cache, tf.Variable):
+    variable = cache if isinstance(cache, tf.Variable) else None
+    if variable is None:
       cache = _checks.tensor("cache", cache)
     check_cache(cache, self, query.shape[0])
     slots = cache.shape[2]
     dtype = self._compute_dtype_object
     q = _projections.apply(self._query_dense, query, 1, dtype)  # [B, L, N, H]
     start = 0
-    variable = cache if isinstance(cache, tf.Variable) else None
     if index is not None:
       index = _check_index(index, query.shape[1], slots)
       value = _checks.tensor("value", value)
@@ -120,14 +120,14 @@ class CachedCall:
       k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
       v_new = _projections.apply(self._value_dense, value, 1, dtype)
       written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
-      if isinstance(cache, tf.Variable):  # written in place (see the module doc)
-        with tf.control_dependencies([_assign(cache, written, index)]):
-          cache = cache.read_value()
+      if variable is not None:  # written in place (see the module doc)
+        with tf.control_dependencies([_assign(variable, written, index)]):
+          cache = variable.read_value()
       else:
         cache = _update(cache, written, [0, 0, index, 0, 0])
       start = index
-    elif isinstance(cache, tf.Variable):
-      cache = cache.read_value()
+    elif variable is not None:
+      cache = variable.read_value()
     mask = self._cache_mask(attention_mask, query_mask, value_mask, key_mask)
     flash = self._flash_attention
     if flash is None:
