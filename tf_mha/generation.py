@@ -54,7 +54,8 @@ class KVCache(tf.Module):
       variable.assign(tf.zeros_like(variable))
 
 
-def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None):
+def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
+                    limit=None):
   """Greedy decoding: prefill `prompt_ids`, then `max_new_tokens` steps.
 
   Args:
@@ -66,6 +67,11 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None):
       with `S >= P + M - 1` slots.
     end_id: a token that ends a row: once a row emits it, the rest of that
       row is `end_id`. `None`: every row runs `M` tokens.
+    limit: an int32 scalar tensor in `[1, M]`: stop after this many tokens
+      (a run-time `max_new_tokens` under a static `M`, as an XLA-compiled
+      serving signature needs); later columns are `end_id`, or 0 without
+      one. `None`: `M`. The caller checks the range (`limit` past `M`
+      stops at `M`).
 
   Returns:
     `(tokens [B, M] int32, caches)`.
@@ -88,6 +94,8 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None):
         f"need {length + max_new_tokens - 1} cache slots; the caches have "
         f"{slots}.")
   batch = tf.shape(prompt_ids)[0]
+  count = (tf.constant(max_new_tokens) if limit is None else
+           tf.minimum(tf.cast(limit, tf.int32), max_new_tokens))
   logits, caches = step(prompt_ids, caches, tf.constant(0))
   first = _argmax(logits[:, -1])
   end = tf.constant(-1 if end_id is None else end_id, tf.int32)
@@ -110,24 +118,27 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None):
   def more(t, tokens, token, done, state):
     del tokens, token, state
     # Steps run for tokens 0 .. M - 2; the last is written after the loop.
-    return tf.logical_and(t < max_new_tokens - 1,
+    return tf.logical_and(t < count - 1,
                           tf.logical_not(tf.reduce_all(done)))
 
   _, tokens, last, done, state = tf.while_loop(
       more, body, (tf.constant(0), tokens, first, tf.zeros([batch], tf.bool),
                    state_caches))
-  return (_finish(tokens, last, done, end, max_new_tokens),
+  return (_finish(tokens, last, done, end, count, end_id is not None),
           caches if in_place else state)
 
 
-def _finish(tokens, last, done, end, max_new_tokens):
-  """Writes the last token into the last column, and `end` after a row's
-  end token (the loop may stop early once every row has ended)."""
+def _finish(tokens, last, done, end, count, has_end):
+  """Writes the last token into column `count - 1`, `end` after a row's end
+  token (the loop may stop early once every row has ended), and `end` (or
+  0) from column `count` on."""
   last = tf.where(done, end, last)
   tokens = xla.dynamic_update_slice(tokens, last[:, None],
-                                    tf.stack([0, max_new_tokens - 1]))
+                                    tf.stack([0, count - 1]))
   ended = tf.cumsum(tf.cast(tf.equal(tokens, end), tf.int32), axis=1) > 0
-  return tf.where(ended, end, tokens)
+  tokens = tf.where(ended, end, tokens)
+  beyond = tf.range(tf.shape(tokens)[1])[None] >= count
+  return tf.where(beyond, end if has_end else 0, tokens)
 
 
 def _argmax(logits):

@@ -17,7 +17,7 @@ MAX_LENGTH = 32
 
 
 class Tokenizer(layers.Layer):
-  """Strings `[B]` -> padded ids `[B, T]` (0 pads, T <= MAX_LENGTH).
+  """Strings `[B]` -> padded ids `[B, T]` (0 pads, T <= max_length).
 
   Lower-cases with `FastBertNormalizer` and splits with
   `FastWordpieceTokenizer`: both have TFLite kernels in tensorflow-text, so
@@ -25,11 +25,13 @@ class Tokenizer(layers.Layer):
 
   Args:
     vocab: list of tokens; index 0 is the pad, "[UNK]" must be present.
+    max_length: tokens kept per text; None keeps them all.
   """
 
-  def __init__(self, vocab, **kwargs):
+  def __init__(self, vocab, max_length=MAX_LENGTH, **kwargs):
     super().__init__(trainable=False, **kwargs)
     self.vocab = list(vocab)
+    self.max_length = max_length
     self._normalizer = tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=True)
     self._tokenizer = tf_text.FastWordpieceTokenizer(
         vocab=self.vocab, unknown_token="[UNK]", token_out_type=tf.int32,
@@ -39,10 +41,12 @@ class Tokenizer(layers.Layer):
     ids = self._tokenizer.tokenize(self._normalizer.normalize(texts))  # ragged [B, (T)]
     # Cut after padding: slicing the ragged tensor needs RaggedRange, which
     # has no TFLite kernel.
-    return ids.to_tensor(default_value=0)[:, :MAX_LENGTH]
+    ids = ids.to_tensor(default_value=0)
+    return ids if self.max_length is None else ids[:, :self.max_length]
 
   def get_config(self):
-    return {**super().get_config(), "vocab": self.vocab}
+    return {**super().get_config(), "vocab": self.vocab,
+            "max_length": self.max_length}
 
 
 class PositionEmbedding(layers.Layer):

@@ -104,25 +104,26 @@ def train_demo(epochs=6, seed=0):
                      "sparse_categorical_crossentropy", metrics=["accuracy"])
   classifier.fit(corpus.ids, corpus.labels, batch_size=64, epochs=epochs,
                  validation_data=(corpus.test_ids, corpus.test_labels),
-                 verbose=0, callbacks=[_EpochLog(epochs)])
+                 verbose=0, callbacks=[EpochLog(epochs)])
   _, accuracy = classifier.evaluate(corpus.test_ids, corpus.test_labels, verbose=0)
   return Demo(corpus.vocab, classifier, text_model, corpus.test_texts,
               corpus.test_labels, float(accuracy))
 
 
-class _EpochLog(tf_keras.callbacks.Callback):
-  """One INFO line per epoch (Keras' own progress bars go to stdout)."""
+class EpochLog(tf_keras.callbacks.Callback):
+  """One INFO line per epoch with the logged metrics (Keras' own progress
+  bars go to stdout)."""
+
+  _NAMES = {"val_accuracy": "held-out accuracy"}
 
   def __init__(self, epochs):
     super().__init__()
     self._epochs = epochs
 
   def on_epoch_end(self, epoch, logs=None):
-    logs = logs or {}
-    logging.info("  epoch %d/%d: loss %.4f, accuracy %.4f, held-out %.4f",
-                 epoch + 1, self._epochs, logs.get("loss", float("nan")),
-                 logs.get("accuracy", float("nan")),
-                 logs.get("val_accuracy", float("nan")))
+    metrics = ", ".join(f"{self._NAMES.get(k, k)} {v:.4f}"
+                        for k, v in (logs or {}).items())
+    logging.info("  epoch %d/%d: %s", epoch + 1, self._epochs, metrics)
 
 
 def id_samples(ids, lengths=(1, 5, 11, 20)):
@@ -214,35 +215,41 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
                 demo.accuracy, keras_vs_saved, train_seconds, tokenizer)
 
 
-def convert_tokenizer(saved_model_dir, output_file, count=300, loaded=None):
+def convert_tokenizer(saved_model_dir, output_file, count=300, loaded=None,
+                      texts=None):
   """The `tokenize` signature as its own TFLite model: builtins plus
   tensorflow-text's TFLite kernels (run it with `tflite.interpreter(path,
-  text_ops=True)`). Checked id for id against the SavedModel on `count`
-  generated texts, then written atomically.
+  text_ops=True)`). Checked id for id against the SavedModel, then written
+  atomically.
 
   Args:
     saved_model_dir: a demo export's version directory.
     output_file: where the `.tflite` goes.
-    count: how many generated texts to compare on.
+    count: how many generated texts to compare on, when `texts` is None.
     loaded: `saved_model_dir` already loaded, if the caller has it.
+    texts: the strings to compare on; None: `count` of the classifier's
+      generated sentences, a third of them upper-cased.
 
   Returns:
     `(output_file, size in bytes, texts checked)`.
   """
   loaded = loaded or _load_demo(saved_model_dir)
-  texts, _ = data.make_examples(count, seed=3)
-  texts = [t.upper() if i % 3 == 0 else t for i, t in enumerate(texts)]
+  if texts is None:
+    texts, _ = data.make_examples(count, seed=3)
+    texts = [t.upper() if i % 3 == 0 else t for i, t in enumerate(texts)]
+  signature = loaded.signatures["tokenize"]
+  (name,) = signature.structured_input_signature[1]
   model = tflite.convert(saved_model_dir, signature="tokenize", text_ops=True)
   flex = [op for op in tflite.operators(model) if op.startswith("CUSTOM:Flex")]
   if flex:
     raise tflite.ConversionMismatch(f"the tokenizer needs select TF ops: {flex}")
-  want = loaded.signatures["tokenize"](text=tf.constant(texts))["token_ids"].numpy()
-  got = tflite.run(model, "tokenize", {"text": np.array(texts)},
+  want = signature(**{name: tf.constant(texts)})["token_ids"].numpy()
+  got = tflite.run(model, "tokenize", {name: np.array(texts)},
                    text_ops=True)["token_ids"]
   if got.shape != want.shape or np.any(got != want):
     raise tflite.ConversionMismatch(
         "the TFLite tokenizer's ids differ from the SavedModel's")
-  _atomic_write(output_file, model)
+  atomic_write(output_file, model)
   return output_file, len(model), len(texts)
 
 
@@ -282,7 +289,7 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded=None):
         f"(> {tflite.FLOAT32_TOLERANCE})")
   probs = tflite.run(model, "classify_ids", {"token_ids": ids.astype(np.int32)})
   accuracy = float(np.mean(np.argmax(probs["probabilities"], -1) == labels))
-  _atomic_write(output_file, model)
+  atomic_write(output_file, model)
   return output_file, len(model), diff, accuracy
 
 
@@ -308,7 +315,8 @@ def check_output_file(path):
                      f"({e.filename})") from e
 
 
-def _atomic_write(path, payload):
+def atomic_write(path, payload):
+  """Writes `payload` (bytes) to `path` whole or not at all."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   staging = f"{path}.tmp-{os.getpid()}"
   try:

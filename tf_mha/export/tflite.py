@@ -4,8 +4,6 @@ The attention model converts to TFLite builtin operators only (no Flex, no
 custom ops), with dynamic batch and sequence length.
 """
 
-import csv
-import io
 import warnings
 
 import numpy as np
@@ -28,7 +26,7 @@ def check_quantization(quantize):
 
 def convert(saved_model_dir, *, signature, quantize="none",
             representative_inputs=None, text_ops=False):
-  """Converts one signature of a SavedModel to a TFLite flatbuffer.
+  """Converts signatures of a SavedModel to a TFLite flatbuffer.
 
   "int8" quantizes every tensor whose calibrated range allows it. Masked
   attention logits do not: the mask's fill value (about -1.7e38) would set
@@ -39,11 +37,13 @@ def convert(saved_model_dir, *, signature, quantize="none",
 
   Args:
     saved_model_dir: the SavedModel version directory.
-    signature: the signature key to convert (its inputs become the model's).
+    signature: the signature key to convert (its inputs become the model's),
+      or a list of keys for a model with several signatures.
     quantize: one of `QUANTIZATIONS`.
     representative_inputs: for "int8", a list of `{input_name: array}`
       covering the lengths the model will see (calibrating at one length is
-      inaccurate at others).
+      inaccurate at others); with several signatures, of
+      `(signature_key, {input_name: array})`.
     text_ops: allow tensorflow-text's TFLite custom ops (a text front end);
       run the result with `interpreter(model, text_ops=True)`.
 
@@ -51,8 +51,9 @@ def convert(saved_model_dir, *, signature, quantize="none",
     The model as bytes.
   """
   check_quantization(quantize)
+  keys = [signature] if isinstance(signature, str) else list(signature)
   converter = tf.lite.TFLiteConverter.from_saved_model(
-      saved_model_dir, signature_keys=[signature])
+      saved_model_dir, signature_keys=keys)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
   converter.allow_custom_ops = text_ops
   if quantize != "none":
@@ -65,7 +66,7 @@ def convert(saved_model_dir, *, signature, quantize="none",
     converter.representative_dataset = lambda: iter(representative_inputs)
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    return _int8_keeping_masked_logits_float(converter, representative_inputs)
+    return _int8_keeping_wide_ranges_float(converter)
   return converter.convert()
 
 
@@ -73,30 +74,50 @@ def convert(saved_model_dir, *, signature, quantize="none",
 _MAX_INT8_RANGE = 1e6
 
 
-def _int8_keeping_masked_logits_float(converter, samples):
-  """Full-int8 conversion, with masked-logit tensors and softmax in float."""
-  debug = tf.lite.experimental.QuantizationDebugger(
-      converter=converter, debug_dataset=lambda: (
-          [np.asarray(v) for _, v in sorted(s.items())] for s in samples[:8]))
+def _int8_keeping_wide_ranges_float(converter):
+  """Full-int8 conversion, with masked-logit tensors and softmax in float.
+
+  Calibrates first (TensorFlow's own two-step path, which its
+  QuantizationDebugger also takes, for any number of signatures), then
+  quantizes with the tensors whose calibrated range is too wide for int8,
+  and the softmax outputs, left in float.
+  """
+  from tensorflow.lite.python import convert as lite_convert
+  converter.experimental_new_quantizer = True
+  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
   with warnings.catch_warnings():
-    # TensorFlow's debugger runs the deprecated tf.lite.Interpreter inside;
+    # The calibrator runs the deprecated tf.lite.Interpreter inside;
     # tf_mha itself runs models in LiteRT (`interpreter`).
     warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-    debug.run()
-  buffer = io.StringIO()
-  debug.layer_statistics_dump(buffer)
-  buffer.seek(0)
-  keep_float = [row["tensor_name"] for row in csv.DictReader(buffer)
-                if row["op_name"] == "SOFTMAX" or
-                float(row["scale"] or 0) * 255 > _MAX_INT8_RANGE]
-  if not keep_float:
-    return debug.get_nondebug_quantized_model()
-  options = tf.lite.experimental.QuantizationDebugOptions(
-      denylisted_nodes=keep_float)
-  debug = tf.lite.experimental.QuantizationDebugger(
-      converter=converter, debug_dataset=lambda: iter([]),
-      debug_options=options)
-  return debug.get_nondebug_quantized_model()
+    calibrated = converter.convert()
+  return lite_convert.mlir_quantize(
+      calibrated, fully_quantize=False,
+      denylisted_nodes=_wide_or_softmax_tensors(calibrated) or None)
+
+
+def _wide_or_softmax_tensors(model):
+  """Names of a calibrated model's tensors that must stay float."""
+  schema = _schema()
+  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
+  softmax = {i for i, code in enumerate(parsed.operatorCodes)
+             if max(code.builtinCode, code.deprecatedBuiltinCode) ==
+             schema.BuiltinOperator.SOFTMAX}
+  names = set()
+  for graph in parsed.subgraphs:
+    for op in graph.operators:
+      if op.opcodeIndex in softmax:
+        names.update(graph.tensors[i].name.decode() for i in op.outputs)
+    for tensor in graph.tensors:
+      q = tensor.quantization
+      if q is not None and q.min is not None and len(q.min) and (
+          float(np.max(q.max) - np.min(q.min)) > _MAX_INT8_RANGE):
+        names.add(tensor.name.decode())
+  return sorted(names)
+
+
+def _schema():
+  from tensorflow.lite.python import schema_py_generated as schema
+  return schema
 
 
 def interpreter(model, text_ops=False):
@@ -120,7 +141,7 @@ def run(model, signature, inputs, text_ops=False):
 
 def operators(model):
   """The names of the builtin and custom operators a TFLite model uses."""
-  from tensorflow.lite.python import schema_py_generated as schema
+  schema = _schema()
   parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
   names = set()
   for code in parsed.operatorCodes:
@@ -133,7 +154,7 @@ def operators(model):
 
 
 def _builtin_names():
-  from tensorflow.lite.python import schema_py_generated as schema
+  schema = _schema()
   return {v: k for k, v in vars(schema.BuiltinOperator).items()
           if not k.startswith("_")}
 

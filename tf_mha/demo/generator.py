@@ -1,0 +1,209 @@
+"""The generator demo: a decoder trained to reverse lists of words, and the
+`tf.Module` that TF Serving runs.
+
+Shapes: `B` batch, `P` prompt tokens, `L` new tokens of a step, `M` new
+tokens, `S` cache slots, `V` vocabulary.
+
+A prompt's tokens are `[BOS] words... [SEP]`; the answer follows, then
+`[END]`. The SavedModel's signatures:
+  * `generate` (also `serving_default`): `prompt` strings `[B]` and
+    `max_new_tokens` -> `text` `[B]`, `token_ids` `[B, M]` (0 after the
+    end token) and `num_tokens` `[B]`: greedy, the whole loop one
+    XLA-compiled function over fixed-size caches;
+  * `prefill` and `decode`: `token_ids`, `positions`, `cache_index` and one
+    cache per block (`cache_0`, ...) -> `logits` and the caches, for clients
+    that run the loop themselves (`decode` takes one token per row);
+  * `tokenize`: prompt strings -> `token_ids` `[B, P]`, 0-padded on the
+    right (the TFLite tokenizer is converted from it).
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tf_mha import generation
+from tf_mha.demo import decoder as decoder_lib
+from tf_mha.demo import model as model_lib
+from tf_mha.demo import sequences
+
+TRAIN_PROMPTS, HELD_OUT_PROMPTS = 20000, 300
+MAX_LENGTH = 48  # cache slots: the longest prompt and answer with room
+VOCAB = sequences.vocabulary()
+BEGIN_ID, SEPARATOR_ID, END_ID = (VOCAB.index(t) for t in (
+    sequences.BEGIN, sequences.SEPARATOR, sequences.END))
+
+
+class PromptTokenizer(tf_keras.layers.Layer):
+  """Prompt strings `[B]` -> `[BOS] words [SEP]` ids `[B, P]`, 0-padded on
+  the right (builtins plus tensorflow-text's TFLite kernels)."""
+
+  def __init__(self, vocab, **kwargs):
+    super().__init__(trainable=False, **kwargs)
+    self.vocab = list(vocab)
+    self._words = model_lib.Tokenizer(self.vocab, max_length=None)
+
+  def call(self, texts):
+    words = self._words(texts)  # [B, W]
+    count = tf.reduce_sum(tf.cast(tf.not_equal(words, 0), tf.int32), 1)
+    batch = tf.shape(words)[0]
+    ids = tf.concat([tf.fill([batch, 1], BEGIN_ID), words,
+                     tf.zeros([batch, 1], tf.int32)], 1)
+    at_end = tf.equal(tf.range(tf.shape(ids)[1])[None], count[:, None] + 1)
+    return tf.where(at_end, SEPARATOR_ID, ids)
+
+  def get_config(self):
+    return {**super().get_config(), "vocab": self.vocab}
+
+
+def training_sequences(tokenizer, prompts):
+  """Whole sequences `[BOS] words [SEP] reversed [END]` `[n, T]` (0-padded)
+  and their loss weights `[n, T]` (1 where the next token is the answer's)."""
+  ids = tokenizer(tf.constant(prompts)).numpy()
+  length = 2 * sequences.MAX_WORDS + 3
+  out = np.zeros([len(prompts), length], np.int32)
+  weights = np.zeros([len(prompts), length], np.float32)
+  for row, prompt_ids in enumerate(ids):
+    words = prompt_ids[1:np.argmax(prompt_ids == SEPARATOR_ID)]
+    sequence = np.concatenate([prompt_ids[:len(words) + 2], words[::-1], [END_ID]])
+    out[row, :len(sequence)] = sequence
+    weights[row, len(words) + 1:len(sequence) - 1] = 1.0
+  return out, weights
+
+
+@dataclasses.dataclass
+class GeneratorDemo:
+  model: decoder_lib.Decoder
+  tokenizer: PromptTokenizer
+  held_out: list  # prompt strings never trained on (3 words or more)
+  accuracy: float  # exact-match on `held_out`, generated in Keras
+
+
+def train_generator(epochs=5, seed=0, log=None):
+  """Trains the demo decoder on generated prompts (about 30 s on 2 cores).
+
+  Args:
+    epochs: passes over `TRAIN_PROMPTS` prompts.
+    seed: seeds the data and the weights.
+    log: a Keras callback for progress, or None.
+  """
+  tf_keras.utils.set_random_seed(seed)
+  tokenizer = PromptTokenizer(VOCAB, name="tokenizer")
+  train = sequences.make_prompts(TRAIN_PROMPTS, seed=seed)
+  held_out = sequences.make_prompts(HELD_OUT_PROMPTS, seed=seed + 1, exclude=train)
+  ids, weights = training_sequences(tokenizer, train)
+  targets = np.concatenate([ids[:, 1:], np.zeros_like(ids[:, :1])], 1)
+  model = decoder_lib.Decoder(len(VOCAB), max_length=MAX_LENGTH, name="decoder")
+  model.compile(tf_keras.optimizers.Adam(3e-3),
+                tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=True)
+  model.fit(ids, targets, sample_weight=weights, batch_size=64, epochs=epochs,
+            verbose=0, callbacks=[log] if log else [])
+  module = GeneratorModule(model, tokenizer)
+  texts = module.generate(tf.constant(held_out), tf.constant(MAX_LENGTH // 2))
+  return GeneratorDemo(model, tokenizer, held_out,
+                       exact_match(held_out, _strings(texts["text"])))
+
+
+def exact_match(prompts, generated):
+  """The fraction of `generated` texts that are the prompts' answers."""
+  return float(np.mean([text == sequences.answer(prompt)
+                        for prompt, text in zip(prompts, generated)]))
+
+
+def _strings(tensor):
+  return [t.decode() for t in np.asarray(tensor).tolist()]
+
+
+def _cache_specs(model):
+  return [tf.TensorSpec(model.cache_shape(None), tf.float32, name=f"cache_{i}")
+          for i in range(model.num_layers)]
+
+
+class GeneratorModule(tf.Module):
+  """What TF Serving runs (see the module doc for the signatures)."""
+
+  def __init__(self, model, tokenizer):
+    super().__init__()
+    self.model, self.tokenizer = model, tokenizer
+    self.vocab = tf.constant(tokenizer.vocab)
+    specs = _cache_specs(model)
+    step_specs = lambda length: [
+        tf.TensorSpec([None, length], tf.int32, name="token_ids"),
+        tf.TensorSpec([None, length], tf.int32, name="positions"),
+        tf.TensorSpec([], tf.int32, name="cache_index")] + specs
+    self.prefill = tf.function(self._step, input_signature=step_specs(None))
+    self.decode = tf.function(self._step, input_signature=step_specs(1))
+    self.generate = tf.function(self._generate, input_signature=[
+        tf.TensorSpec([None], tf.string, name="prompt"),
+        tf.TensorSpec([], tf.int32, name="max_new_tokens")])
+    self.tokenize = tf.function(
+        lambda prompt: {"token_ids": self.tokenizer(prompt)},
+        input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])
+    self._generate_ids = tf.function(self._left_aligned_ids, jit_compile=True)
+
+  def signatures(self):
+    return {"serving_default": self.generate, "generate": self.generate,
+            "prefill": self.prefill, "decode": self.decode,
+            "tokenize": self.tokenize}
+
+  def _step(self, token_ids, positions, cache_index, *caches):
+    logits, caches = self.model.step(token_ids, positions, cache_index,
+                                     list(caches))
+    return {"logits": logits,
+            **{f"cache_{i}": cache for i, cache in enumerate(caches)}}
+
+  def _generate(self, prompt, max_new_tokens):
+    ids = self.tokenizer(prompt)  # [B, P]
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(ids, 0), tf.int32), 1)
+    with tf.control_dependencies(self._checks(lengths, max_new_tokens)):
+      tokens = self._generate_ids(ids, lengths, max_new_tokens)[:, :max_new_tokens]
+    ended = tf.cumsum(tf.cast(tf.equal(tokens, END_ID), tf.int32), 1)
+    # [END] itself is kept in `token_ids`; nothing after it.
+    token_ids = tf.where(ended - tf.cast(tf.equal(tokens, END_ID), tf.int32) > 0,
+                         0, tokens)
+    num_tokens = tf.reduce_sum(tf.cast(tf.equal(ended, 0), tf.int32), 1)
+    words = tf.gather(self.vocab, token_ids)
+    text = tf.strings.reduce_join(
+        tf.RaggedTensor.from_tensor(words, lengths=num_tokens), axis=1,
+        separator=" ")
+    return {"text": text, "token_ids": token_ids, "num_tokens": num_tokens}
+
+  def _checks(self, lengths, max_new_tokens):
+    """Run-time checks of `generate`'s inputs (InvalidArgumentError)."""
+    slots = self.model.max_length
+    longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
+    return [
+        tf.debugging.assert_greater(
+            lengths, 2, message="`prompt`: an empty prompt (no words) has "
+            "nothing to continue; every prompt needs at least one word"),
+        tf.debugging.assert_positive(
+            max_new_tokens, message="`max_new_tokens` must be at least 1"),
+        tf.debugging.assert_less_equal(
+            longest, slots, message=f"`prompt`: a prompt is longer than the "
+            f"model's {slots}-token cache (tokens with [BOS] and [SEP])"),
+        tf.debugging.assert_less_equal(
+            longest + max_new_tokens - 1, slots, message=(
+                f"`max_new_tokens`: the longest prompt and max_new_tokens "
+                f"need more than the model's {slots} cache slots "
+                f"(prompt tokens + max_new_tokens - 1 <= {slots})"))]
+
+  def _left_aligned_ids(self, ids, lengths, max_new_tokens):
+    """Greedy tokens `[B, S]` for right-padded prompts `ids` `[B, P]`."""
+    width = tf.shape(ids)[1]
+    pads = width - lengths  # [B]
+    columns = tf.range(width)[None] - pads[:, None]  # [B, P]
+    left = tf.where(columns >= 0, tf.gather(ids, tf.maximum(columns, 0),
+                                            batch_dims=1), 0)
+
+    def step(token_ids, caches, index):
+      positions = index + tf.range(tf.shape(token_ids)[1])[None] - pads[:, None]
+      return self.model.step(token_ids, positions, index, caches)
+
+    slots = self.model.max_length  # the most tokens any prompt leaves room for
+    capacity = slots if ids.shape[1] is None else max(1, slots - ids.shape[1] + 1)
+    tokens, _ = generation.greedy_generate(
+        step, left, capacity, self.model.empty_caches(tf.shape(ids)[0]),
+        end_id=END_ID, limit=max_new_tokens)
+    return tokens

@@ -1,0 +1,51 @@
+"""Generated prompts for the generator demo: reverse a list of words.
+
+A prompt is 1 to `MAX_WORDS` words drawn from `WORDS` ("red fox sun"); its
+answer is the same words in reverse order ("sun fox red"). Each answer
+token must be copied from a position that depends on the prompt's length
+and on how much has been written, so the model has to attend; and every
+answer can be checked exactly.
+
+Everything is generated from a seed, so nothing is downloaded.
+"""
+
+import numpy as np
+
+WORDS = ("red", "blue", "green", "gold", "grey", "pink", "fox", "cat", "dog",
+         "owl", "bee", "elk", "sun", "moon", "star", "rain", "snow", "wind",
+         "one", "two", "six", "ten", "up", "down")
+MAX_WORDS = 8
+# Reserved ids: 0 pads, then the tokenizer's unknown word, the start of a
+# prompt, the end of a prompt (where the answer starts) and the end of an
+# answer.
+PAD, UNK, BEGIN, SEPARATOR, END = "[PAD]", "[UNK]", "[BOS]", "[SEP]", "[END]"
+RESERVED = (PAD, UNK, BEGIN, SEPARATOR, END)
+
+
+def vocabulary():
+  """The word-level vocabulary: `RESERVED`, then `WORDS`."""
+  return list(RESERVED) + list(WORDS)
+
+
+def answer(prompt):
+  """The correct answer to a prompt string."""
+  return " ".join(reversed(prompt.split()))
+
+
+def make_prompts(count, seed=0, exclude=()):
+  """`count` prompt strings of 1 to `MAX_WORDS` words (uniform lengths).
+
+  Prompts of 3 words or more are distinct and not in `exclude` (held-out
+  prompts are new); the 24 one-word and 576 two-word prompts cannot all be
+  new, so those repeat.
+  """
+  rng = np.random.default_rng(seed)
+  excluded, prompts = set(exclude), []
+  while len(prompts) < count:
+    length = int(rng.integers(1, MAX_WORDS + 1))
+    prompt = " ".join(WORDS[i] for i in rng.integers(len(WORDS), size=length))
+    if length > 2 and prompt in excluded:
+      continue
+    excluded.add(prompt)
+    prompts.append(prompt)
+  return prompts
