@@ -1,5 +1,6 @@
-"""The main job: train the demo model, export it for TF Serving, convert it
-to TFLite, and report sizes, accuracy and the differences between them.
+"""The main job: train the two demos (a text classifier and a generator),
+export them for TF Serving, convert them to TFLite, and report sizes,
+accuracy, the differences between them and the generator's decoding speed.
 
 Installed as `tf_mha_export`; from a checkout, `python -m tools.export_saved_model`.
 TensorFlow's own logs are hidden unless --verbosity is given.
@@ -19,7 +20,14 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "saved_models",
     "TF Serving base directory; the export goes to <output_dir>/<model_name>/<version>/.")
 _MODEL_NAME = flags.DEFINE_string(
-    "model_name", "tf_mha_demo", "Directory name of the model under --output_dir.")
+    "model_name", "tf_mha_demo",
+    "Directory name of the classifier (or --keras_model) under --output_dir.")
+_GENERATOR_NAME = flags.DEFINE_string(
+    "generator_name", "tf_mha_generator",
+    "Directory name of the generator demo under --output_dir.")
+_DEMOS = flags.DEFINE_list(
+    "demos", ["classifier", "generator"],
+    "Which demos to train and export: classifier, generator.")
 _VERSION = flags.DEFINE_integer(
     "version", None, "Version number; default: one more than the highest present.")
 _OVERWRITE = flags.DEFINE_bool(
@@ -28,10 +36,12 @@ _KERAS_MODEL = flags.DEFINE_string(
     "keras_model", None,
     "Export this saved Keras model (.keras, .h5 or SavedModel directory) "
     "instead of training the demo.")
-_EPOCHS = flags.DEFINE_integer("epochs", 6, "Training epochs for the demo.")
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", None, "Training epochs for each demo; default: 6 for the "
+    "classifier, 5 for the generator.")
 _QUANTIZE = flags.DEFINE_list(
     "quantize", ["none", "float16", "dynamic_range", "int8"],
-    "TFLite variants to convert the demo to (none, float16, dynamic_range, int8); "
+    "TFLite variants to convert the demos to (none, float16, dynamic_range, int8); "
     "empty for none.")
 
 
@@ -39,14 +49,26 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _console.check_positive(_VERSION, _EPOCHS)
+  unknown = sorted(set(_DEMOS.value) - {"classifier", "generator"})
+  if unknown or not _DEMOS.value:
+    raise app.UsageError("`--demos` takes classifier and generator. Received: "
+                         f"--demos={','.join(_DEMOS.value)}")
+  if _MODEL_NAME.value == _GENERATOR_NAME.value and len(_DEMOS.value) > 1:
+    raise app.UsageError("`--model_name` and `--generator_name` must differ. "
+                         f"Received: both {_MODEL_NAME.value!r}")
   from tf_mha.export import serving
   from tf_mha.export import tflite
+  names = ([_MODEL_NAME.value] if "classifier" in _DEMOS.value or
+           _KERAS_MODEL.value else [])
+  if "generator" in _DEMOS.value and not _KERAS_MODEL.value:
+    names.append(_GENERATOR_NAME.value)
   try:
     try:  # Flags first: a bad one fails before a minute of training.
       for quantize in _QUANTIZE.value:
         tflite.check_quantization(quantize)
-      serving.check_destination(_OUTPUT_DIR.value, _MODEL_NAME.value,
-                                _VERSION.value, _OVERWRITE.value)
+      for name in names:
+        serving.check_destination(_OUTPUT_DIR.value, name, _VERSION.value,
+                                  _OVERWRITE.value)
     except ValueError as e:
       raise app.UsageError(str(e)) from e
     if _KERAS_MODEL.value:
@@ -60,15 +82,23 @@ def main(argv):
         raise app.UsageError(str(e)) from e
       print(f"SavedModel: {path} ({serving.directory_size(path) / 1e6:.2f} MB)")
       return 0
-    from tf_mha.demo import pipeline
-    report = pipeline.export_demo(
-        output_dir=_OUTPUT_DIR.value, model_name=_MODEL_NAME.value,
-        version=_VERSION.value, overwrite=_OVERWRITE.value,
-        epochs=_EPOCHS.value, quantizations=tuple(_QUANTIZE.value))
+    reports = []
+    common = dict(output_dir=_OUTPUT_DIR.value, version=_VERSION.value,
+                  overwrite=_OVERWRITE.value,
+                  quantizations=tuple(_QUANTIZE.value))
+    if _EPOCHS.value:
+      common["epochs"] = _EPOCHS.value
+    if "classifier" in _DEMOS.value:
+      from tf_mha.demo import pipeline
+      reports.append(pipeline.export_demo(model_name=_MODEL_NAME.value, **common))
+    if "generator" in _DEMOS.value:
+      from tf_mha.demo import generator_export
+      reports.append(generator_export.export_generator(
+          model_name=_GENERATOR_NAME.value, **common))
   except serving.ExportRefused as e:
     print(f"Refused: {e}", file=sys.stderr)
     return 1
-  print("\n".join(report.lines()))
+  print("\n\n".join("\n".join(report.lines()) for report in reports))
   return 0
 
 
