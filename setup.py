@@ -52,6 +52,7 @@ setuptools.setup(
             "tf_mha_convert_tflite=tf_mha.cli.convert_tflite:run",
             "tf_mha_train=tf_mha.cli.train:run",
             "tf_mha_benchmark=tf_mha.cli.benchmark:run",
+            "tf_mha_generate=tf_mha.cli.generate:run",
         ],
     },
 )

@@ -17,9 +17,10 @@ import sys
 import tempfile
 
 # Module names under tf_mha/cli/ (and tools/), and their console scripts.
-COMMANDS = ("export_saved_model", "convert_tflite", "train", "benchmark")
+COMMANDS = ("export_saved_model", "convert_tflite", "train", "benchmark",
+            "generate")
 CONSOLE_SCRIPTS = ("tf_mha_export", "tf_mha_convert_tflite", "tf_mha_train",
-                   "tf_mha_benchmark")
+                   "tf_mha_benchmark", "tf_mha_generate")
 # How much of a hidden log a failure shows.
 TAIL_BYTES = 20000
 

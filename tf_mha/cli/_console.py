@@ -20,6 +20,15 @@ from absl import logging
 from tf_mha import _startup
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The terminal's standard error while a quiet `main` runs (fd 2 is hidden).
+_terminal_stderr = None
+
+
+def fail(message):
+  """Shows `message` on standard error, also in a quiet command, and
+  returns the exit status 1."""
+  print(message, file=_terminal_stderr or sys.stderr)
+  return 1
 
 
 def run(main, module_name):
@@ -52,10 +61,13 @@ def run(main, module_name):
       root, stdout = std_logging.getLogger(), sys.stdout
       root.addHandler(progress)
       sys.stdout = out  # `print` reaches the terminal
+      global _terminal_stderr
+      _terminal_stderr = err
       try:
         return main(argv)
       finally:
         sys.stdout = stdout
+        _terminal_stderr = None
         root.removeHandler(progress)
 
   app.run(logged_main)

@@ -8,8 +8,6 @@ TensorFlow's own logs are hidden unless --verbosity is given.
 """
 
 import os
-import sys
-
 from absl import app
 from absl import flags
 
@@ -36,8 +34,7 @@ def main(argv):
     path, size, diff, accuracy = pipeline.convert_and_check(
         _SAVED_MODEL_DIR.value, _QUANTIZE.value, _OUTPUT_FILE.value)
   except (ValueError, OSError, tflite.ConversionMismatch) as e:
-    print(f"FAILED: {e}", file=sys.stderr)
-    return 1
+    return _console.fail(f"FAILED: {e}")
   print(f"TFLite ({_QUANTIZE.value}): {path} ({size / 1e3:.1f} kB)")
   print(f"max |TFLite - SavedModel| on samples: {diff:.3g}")
   print(f"demo accuracy: {accuracy:.4f}")

@@ -9,8 +9,6 @@ TensorFlow's own logs are hidden unless --verbosity is given.
   python -m tools.export_saved_model --keras_model=m.keras --model_name=mine
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
@@ -96,8 +94,7 @@ def main(argv):
       reports.append(generator_export.export_generator(
           model_name=_GENERATOR_NAME.value, **common))
   except serving.ExportRefused as e:
-    print(f"Refused: {e}", file=sys.stderr)
-    return 1
+    return _console.fail(f"Refused: {e}")
   print("\n\n".join("\n".join(report.lines()) for report in reports))
   return 0
 

@@ -15,8 +15,6 @@ Two workers on one host (run each in its own shell, index 0 and 1):
     python -m tools.train --strategy=multi_worker --model_dir=/tmp/mw
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -70,8 +68,7 @@ def main(argv):
   try:
     strategy = training.make_strategy(_STRATEGY.value, tpu=_TPU.value)
   except (training.TpuUnavailable, ValueError) as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return 1
+    return _console.fail(f"Error: {e}")
   training.set_policy(_MIXED_PRECISION.value)
   logging.info("Strategy %s with %d replica(s), policy %s",
                type(strategy).__name__, strategy.num_replicas_in_sync,
@@ -80,8 +77,7 @@ def main(argv):
   try:
     task = tasks.load_task(_MODEL.value, _DATA.value, _LOSS.value, _SEED.value)
   except (OSError, ValueError) as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return 1
+    return _console.fail(f"Error: {e}")
   examples = len(task.train.y)
   if _BATCH_SIZE.value > examples:
     raise app.UsageError(f"--batch_size={_BATCH_SIZE.value} is more than the "

@@ -22,6 +22,7 @@ from absl import logging
 from tf_mha.demo import generator
 from tf_mha.demo import pipeline
 from tf_mha.demo import sequences
+from tf_mha.demo import text_generation
 from tf_mha.export import litert_generation
 from tf_mha.export import serving
 from tf_mha.export import tflite
@@ -169,7 +170,7 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded, prompts,
   for row, want in zip(ids, served["token_ids"]):
     result = runner.generate(row[row != 0].tolist(), MAX_NEW_TOKENS,
                              end_id=generator.END_ID)
-    texts.append(detokenize(result.token_ids, generator.VOCAB))
+    texts.append(text_generation.detokenize(result.token_ids, generator.VOCAB))
     steps += result.step_seconds
     got = np.zeros_like(want)
     got[:len(result.token_ids)] = result.token_ids
@@ -181,13 +182,3 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded, prompts,
   pipeline.atomic_write(output_file, model)
   return (output_file, len(model), generator.exact_match(prompts, texts),
           len(steps) / max(sum(steps), 1e-12))
-
-
-def detokenize(token_ids, vocab, end_token=sequences.END):
-  """The words of `token_ids` up to the end token, joined by spaces."""
-  words = []
-  for token in token_ids:
-    if vocab[token] == end_token:
-      break
-    words.append(vocab[token])
-  return " ".join(words)

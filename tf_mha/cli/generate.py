@@ -1,0 +1,75 @@
+"""Generate text with the generator demo: from its SavedModel, or from a
+`.tflite` file run entirely in LiteRT (tokenizer, prefill, decode loop),
+printing each answer and the tokens per second.
+
+Installed as `tf_mha_generate`; from a checkout, `python -m tools.generate`.
+TensorFlow's own logs are hidden unless --verbosity is given.
+
+  python -m tools.generate --model=saved_models/tf_mha_generator/1 \
+      --prompt="red fox sun" --prompt="one two six ten"
+  python -m tools.generate --model=saved_models/tf_mha_generator_1_int8.tflite \
+      --prompt="red fox sun"
+
+A `.tflite` model uses the tokenizer model and vocabulary the main job
+writes beside it (`<name>_<version>_tokenizer.tflite`, `..._vocab.txt`)
+unless --tokenizer and --vocab say otherwise.
+"""
+
+from absl import app
+from absl import flags
+
+from tf_mha.cli import _console
+
+_MODEL = flags.DEFINE_string(
+    "model", None, "A generator SavedModel directory (<output_dir>/<name>/<version>) "
+    "or its prefill/decode .tflite file.", required=True)
+_PROMPT = flags.DEFINE_multi_string(
+    "prompt", None, "A prompt (words to reverse, for the demo); repeat the flag "
+    "for several.", required=True)
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    "max_new_tokens", 10, "The most tokens to generate per prompt, the end "
+    "token included.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "For a .tflite model: the tokenizer model; default: "
+    "<name>_<version>_tokenizer.tflite beside it.")
+_VOCAB = flags.DEFINE_string(
+    "vocab", None, "For a .tflite model: the vocabulary file; default: "
+    "<name>_<version>_vocab.txt beside it.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _console.check_positive(_MAX_NEW_TOKENS)
+  from tf_mha.demo import text_generation
+  try:
+    if _MODEL.value.endswith(".tflite"):
+      result = text_generation.from_tflite(
+          _MODEL.value, _PROMPT.value, _MAX_NEW_TOKENS.value,
+          tokenizer=_TOKENIZER.value, vocab=_VOCAB.value)
+    else:
+      result = text_generation.from_saved_model(
+          _MODEL.value, _PROMPT.value, _MAX_NEW_TOKENS.value)
+  except ValueError as e:
+    return _console.fail(f"Error: {e}")
+  for prompt, text in zip(_PROMPT.value, result.texts):
+    print(f"{prompt} -> {text}")
+  if result.prefill_seconds:  # LiteRT: prefill and decode apart
+    print(f"LiteRT: prefill {result.prompt_tokens} tokens in "
+          f"{result.prefill_seconds * 1e3:.2f} ms, decode {result.new_tokens} "
+          f"tokens in {result.seconds * 1e3:.2f} ms "
+          f"({result.tokens_per_second:.0f} tokens/s)")
+  else:
+    print(f"SavedModel: {result.new_tokens} tokens in {result.seconds * 1e3:.1f}"
+          f" ms ({result.tokens_per_second:.0f} tokens/s, the whole generate "
+          "signature after one warm-up call)")
+  return 0
+
+
+def run():
+  """Console-script entry point."""
+  _console.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run()
