@@ -17,6 +17,7 @@ _COMMANDS = {
     "tf_mha_convert_tflite": ("convert_tflite", "--saved_model_dir"),
     "tf_mha_train": ("train", "--strategy"),
     "tf_mha_benchmark": ("benchmark", "--seq_lens"),
+    "tf_mha_generate": ("generate", "--max_new_tokens"),
 }
 # Lines TensorFlow writes on its own (start-up, CUDA probe, converter, LiteRT).
 _CHATTER = ("absl::InitializeLog", "cpu_feature_guard", "cuInit", "port.cc",
@@ -111,7 +112,17 @@ class QuietOutputTest(tf.test.TestCase):
     self.assertIn("Converting to TFLite (int8)", result.stderr)
     self.assertIn("demo accuracy (held-out, Keras)", result.stdout)
     self.assertIn("TFLite (int8)", result.stdout)
-    self.assertLess(len(text.splitlines()), 30)  # one screen
+    self.assertIn("Training the generator", result.stderr)
+    self.assertIn("generator exact-match", result.stdout)
+    self.assertIn("TFLite prefill/decode (int8)", result.stdout)
+    self.assertIn("tokens/s in LiteRT", result.stdout)
+    self.assertLess(len(text.splitlines()), 45)  # one screen
+    # A refusal is shown, although the command hides standard error.
+    again = _run([sys.executable, "-m", "tools.export_saved_model",
+                  f"--output_dir={out_dir}", "--version=1", "--demos=generator"])
+    self.assertEqual(again.returncode, 1)
+    self.assertIn("Refused:", again.stderr)
+    self.assertIn("already exists", again.stderr)
 
   def test_verbosity_lets_tensorflow_logs_through(self):
     args = [sys.executable, "-m", "tools.convert_tflite",

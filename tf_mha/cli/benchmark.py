@@ -36,6 +36,12 @@ _DECODE = flags.DEFINE_bool(
     "2048-token prefill, for tf_mha's MultiHeadAttention and "
     "GroupedQueryAttention (K=2; tensor and variable caches) against "
     "KerasHub's CachedMultiHeadAttention (needs keras-hub).")
+_GENERATION = flags.DEFINE_bool(
+    "generation", False, "Also time generation: a decoder of D=512, 8 query "
+    "and 2 key/value heads of 64, 4 blocks (random weights), B=1, a 128-token "
+    "prompt then 256 new tokens, cached (prefill + decode) against uncached "
+    "(recomputing the prefix), in TensorFlow with XLA and in LiteRT (float32 "
+    "and dynamic-range int8).")
 _BERT = flags.DEFINE_bool(
     "bert", False, "Also time a training step of Model Garden's BertEncoderV2 "
     "(4 layers, D=512, 8 heads, T=512, B=4, padding mask, jit) on tf_mha's "
@@ -225,6 +231,11 @@ def main(argv):
   table = lib.markdown_table(rows, peak) if rows else ""
   bert = _bert_lines(lib) if _BERT.value else []
   decode = _decode_lines(lib) if _DECODE.value else []
+  if _GENERATION.value:
+    from tf_mha import generation_benchmark
+    rows_g = generation_benchmark.run(repeats=max(3, min(_REPEATS.value, 5)),
+                                      log=lambda s: print(s, flush=True))
+    decode += ["", generation_benchmark.table(rows_g)]
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, self-attention (causal, or BERT's padding mask); "
             "median of interleaved calls (at "

@@ -137,3 +137,26 @@ class _Block(layers.Layer):
     x = x + h
     x = x + self.ff2(self.ff1(self.norm2(x)))
     return x if cache is None else (x, cache)
+
+
+def step_functions(model):
+  """`(prefill, decode)`: `model.step` as `tf.function`s with named inputs
+  (`token_ids`, `positions`, `cache_index`, `kv_cache_<i>`) and outputs
+  (`logits`, `kv_cache_<i>`), to export as signatures. `decode` takes one
+  token per row, so its shapes are static but for the batch."""
+  caches = [tf.TensorSpec(model.cache_shape(None), tf.float32, name=f"kv_cache_{i}")
+            for i in range(model.num_layers)]
+
+  def step(token_ids, positions, cache_index, *caches):
+    logits, caches = model.step(token_ids, positions, cache_index, list(caches))
+    return {"logits": logits,
+            **{f"kv_cache_{i}": cache for i, cache in enumerate(caches)}}
+
+  def specs(length):
+    return [tf.TensorSpec([None, length], tf.int32, name="token_ids"),
+            tf.TensorSpec([None, length], tf.int32, name="positions"),
+            tf.TensorSpec([], tf.int32, name="cache_index")] + caches
+
+  return (tf.function(step, input_signature=specs(None)),
+          tf.function(step, input_signature=specs(1)))
+

@@ -11,7 +11,7 @@ A prompt's tokens are `[BOS] words... [SEP]`; the answer follows, then
     end token) and `num_tokens` `[B]`: greedy, the whole loop one
     XLA-compiled function over fixed-size caches;
   * `prefill` and `decode`: `token_ids`, `positions`, `cache_index` and one
-    cache per block (`cache_0`, ...) -> `logits` and the caches, for clients
+    cache per block (`kv_cache_0`, ...) -> `logits` and the caches, for clients
     that run the loop themselves (`decode` takes one token per row);
   * `tokenize`: prompt strings -> `token_ids` `[B, P]`, 0-padded on the
     right (the TFLite tokenizer is converted from it).
@@ -116,11 +116,6 @@ def _strings(tensor):
   return [t.decode() for t in np.asarray(tensor).tolist()]
 
 
-def _cache_specs(model):
-  return [tf.TensorSpec(model.cache_shape(None), tf.float32, name=f"cache_{i}")
-          for i in range(model.num_layers)]
-
-
 class GeneratorModule(tf.Module):
   """What TF Serving runs (see the module doc for the signatures)."""
 
@@ -128,13 +123,7 @@ class GeneratorModule(tf.Module):
     super().__init__()
     self.model, self.tokenizer = model, tokenizer
     self.vocab = tf.constant(tokenizer.vocab)
-    specs = _cache_specs(model)
-    step_specs = lambda length: [
-        tf.TensorSpec([None, length], tf.int32, name="token_ids"),
-        tf.TensorSpec([None, length], tf.int32, name="positions"),
-        tf.TensorSpec([], tf.int32, name="cache_index")] + specs
-    self.prefill = tf.function(self._step, input_signature=step_specs(None))
-    self.decode = tf.function(self._step, input_signature=step_specs(1))
+    self.prefill, self.decode = decoder_lib.step_functions(model)
     self.generate = tf.function(self._generate, input_signature=[
         tf.TensorSpec([None], tf.string, name="prompt"),
         tf.TensorSpec([], tf.int32, name="max_new_tokens")])
@@ -147,12 +136,6 @@ class GeneratorModule(tf.Module):
     return {"serving_default": self.generate, "generate": self.generate,
             "prefill": self.prefill, "decode": self.decode,
             "tokenize": self.tokenize}
-
-  def _step(self, token_ids, positions, cache_index, *caches):
-    logits, caches = self.model.step(token_ids, positions, cache_index,
-                                     list(caches))
-    return {"logits": logits,
-            **{f"cache_{i}": cache for i, cache in enumerate(caches)}}
 
   def _generate(self, prompt, max_new_tokens):
     ids = self.tokenizer(prompt)  # [B, P]

@@ -43,6 +43,7 @@ class GeneratorReport:
   train_seconds: float
   tokenizer: tuple  # (path, bytes, prompts checked)
   vocab_file: str
+  model: object = None  # the trained Keras decoder
 
   def lines(self):
     out = [f"generator exact-match ({self.prompts} held-out prompts): " + ", ".join(
@@ -100,7 +101,7 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
   return GeneratorReport(path, serving.directory_size(path),
                          warmup if os.path.exists(warmup) else "", accuracy,
                          results, len(demo.held_out), train_seconds, tokenizer,
-                         vocab_file)
+                         vocab_file, demo.model)
 
 
 def generate(loaded, prompts, max_new_tokens=MAX_NEW_TOKENS):
@@ -122,7 +123,7 @@ def representative_inputs(loaded, prompts, length=8, count=16):
          if np.count_nonzero(row) == length][:count]
   specs = loaded.signatures["prefill"].structured_input_signature[1]
   caches = {n: np.zeros([1] + spec.shape.as_list()[1:], np.float32)
-            for n, spec in specs.items() if re.fullmatch(r"cache_\d+", n)}
+            for n, spec in specs.items() if re.fullmatch(r"kv_cache_\d+", n)}
   samples = []
   for row in ids:
     key, inputs = "prefill", {

@@ -3,7 +3,7 @@
 A decoder converted with `prefill` and `decode` signatures (the convention
 of Google's generative LiteRT converter) takes `token_ids` `[1, L]`,
 `positions` `[1, L]`, `cache_index` (the slot of the first token) and one
-cache per layer (`cache_0`, ...), and returns `logits` `[1, L, V]` and the
+cache per layer (`kv_cache_0`, ...), and returns `logits` `[1, L, V]` and the
 updated caches under the same names. The client owns the loop: prefill the
 prompt at slot 0, then decode one token at a time, feeding the caches back.
 """
@@ -36,7 +36,7 @@ class Generator:
 
   Raises:
     ValueError: the model has no `prefill` and `decode` signatures with
-      `cache_<i>` inputs.
+      `kv_cache_<i>` inputs.
   """
 
   def __init__(self, model):
@@ -50,12 +50,12 @@ class Generator:
     self._prefill = interpreter.get_signature_runner("prefill")
     self._decode = interpreter.get_signature_runner("decode")
     inputs = self._decode.get_input_details()
-    self.cache_names = sorted((n for n in inputs if re.fullmatch(r"cache_\d+", n)),
-                              key=lambda n: int(n[len("cache_"):]))
+    self.cache_names = sorted((n for n in inputs if re.fullmatch(r"kv_cache_\d+", n)),
+                              key=lambda n: int(n[len("kv_cache_"):]))
     if not self.cache_names or not {"token_ids", "positions", "cache_index"} <= set(inputs):
       raise ValueError(f"`model`={described!r} has prefill and decode "
                        "signatures, but not the inputs token_ids, positions, "
-                       f"cache_index, cache_<i> (inputs: {sorted(inputs)})")
+                       f"cache_index, kv_cache_<i> (inputs: {sorted(inputs)})")
     self._cache_shapes = {n: [1] + list(inputs[n]["shape"][1:])
                           for n in self.cache_names}
     self.max_length = int(self._cache_shapes[self.cache_names[0]][2])

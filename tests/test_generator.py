@@ -1,0 +1,312 @@
+"""The generator demo: decoder, SavedModel signatures, TFLite prefill/decode,
+`tools/generate.py` and the README's phone-side loop."""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (the tokenizer's ops)
+import tf_keras
+
+from tf_mha.demo import decoder as decoder_lib
+from tf_mha.demo import generator
+from tf_mha.demo import generator_export
+from tf_mha.demo import sequences
+from tf_mha.demo import text_generation
+from tf_mha.export import litert_generation
+from tf_mha.export import tflite
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_QUANTIZATIONS = ("none", "float16", "dynamic_range", "int8")
+
+
+def _small_decoder():
+  tf_keras.utils.set_random_seed(5)
+  model = decoder_lib.Decoder(vocab_size=13, max_length=16, dim=16,
+                              num_query_heads=4, num_key_value_heads=2)
+  model(tf.zeros([1, 2], tf.int32))
+  return model
+
+
+class DecoderTest(tf.test.TestCase):
+  """The cached step against the whole-sequence call, same weights."""
+
+  def test_prefill_then_decode_equals_the_whole_sequence(self):
+    model = _small_decoder()
+    ids = np.random.default_rng(0).integers(1, 13, (2, 9)).astype(np.int32)
+    want = model(ids)
+    caches = model.empty_caches(2)
+    logits, caches = model.step(ids[:, :5], np.tile(np.arange(5), (2, 1)), 0, caches)
+    self.assertAllClose(logits, want[:, :5], atol=1e-5)
+    for i in range(5, 9):
+      logits, caches = model.step(ids[:, i:i + 1], np.full([2, 1], i), i, caches)
+      self.assertAllClose(logits[:, 0], want[:, i], atol=1e-5)
+
+  def test_left_padded_rows_equal_unpadded_ones(self):
+    model = _small_decoder()
+    rng = np.random.default_rng(1)
+    short, long = rng.integers(1, 13, 3), rng.integers(1, 13, 6)
+    ids = np.stack([np.concatenate([[0, 0, 0], short]), long]).astype(np.int32)
+    positions = np.stack([np.arange(-3, 3), np.arange(6)]).astype(np.int32)
+    logits, caches = model.step(ids, positions, 0, model.empty_caches(2))
+    self.assertAllClose(logits[0, 3:], model(short[None])[0], atol=1e-5)
+    self.assertAllClose(logits[1], model(long[None])[0], atol=1e-5)
+    step, _ = model.step(np.array([[4], [5]], np.int32),
+                         np.array([[3], [6]], np.int32), 6, caches)
+    self.assertAllClose(step[0, 0], model(np.append(short, 4)[None])[0, -1], atol=1e-5)
+    self.assertAllClose(step[1, 0], model(np.append(long, 5)[None])[0, -1], atol=1e-5)
+
+  def test_config_round_trip(self):
+    model = _small_decoder()
+    copy = decoder_lib.Decoder.from_config(model.get_config())
+    self.assertEqual(copy.cache_shape(3), [3, 2, 16, 2, 4])
+
+
+class DataTest(tf.test.TestCase):
+
+  def test_held_out_prompts_are_new_and_answers_reverse(self):
+    train = sequences.make_prompts(2000, seed=0)
+    held_out = sequences.make_prompts(300, seed=1, exclude=train)
+    self.assertFalse({p for p in held_out if len(p.split()) > 2} & set(train))
+    self.assertEqual(sequences.answer("red fox sun"), "sun fox red")
+    lengths = {len(p.split()) for p in held_out}
+    self.assertEqual(lengths, set(range(1, sequences.MAX_WORDS + 1)))
+
+  def test_tokenizer_frames_the_prompt(self):
+    tokenizer = generator.PromptTokenizer(generator.VOCAB)
+    ids = tokenizer(tf.constant(["Red fox", "sun", "zebra"])).numpy()
+    index = generator.VOCAB.index
+    self.assertAllEqual(ids, [[generator.BEGIN_ID, index("red"), index("fox"),
+                               generator.SEPARATOR_ID],
+                              [generator.BEGIN_ID, index("sun"),
+                               generator.SEPARATOR_ID, 0],
+                              [generator.BEGIN_ID, index("[UNK]"),
+                               generator.SEPARATOR_ID, 0]])
+
+
+class GeneratorExportTest(tf.test.TestCase):
+  """One trained export, driven as TF Serving and a phone would."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.out_dir = tempfile.mkdtemp()
+    cls.report = generator_export.export_generator(
+        output_dir=cls.out_dir, quantizations=_QUANTIZATIONS)
+    cls.loaded = tf.saved_model.load(cls.report.saved_model_dir)
+    cls.prompts = ["red fox sun", "one", "gold owl bee elk moon star rain snow",
+                   "Blue Cat"]
+
+  def _generate(self, prompts, max_new_tokens=10):
+    return self.loaded.signatures["generate"](
+        prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens))
+
+  def test_trained_to_exact_answers_everywhere(self):
+    self.assertGreaterEqual(self.report.accuracy["Keras"], 0.95)
+    self.assertEqual(self.report.accuracy["SavedModel"], self.report.accuracy["Keras"])
+    for quantize in _QUANTIZATIONS:
+      path, size, accuracy, speed = self.report.tflite[quantize]
+      self.assertEqual(os.path.getsize(path), size)
+      self.assertGreater(speed, 0)
+      # float32 is checked token for token by the export itself.
+      self.assertGreaterEqual(accuracy, 0.95 if quantize == "none" else 0.9, quantize)
+    text = "\n".join(self.report.lines())
+    for quantize in _QUANTIZATIONS:
+      self.assertIn(f"TFLite prefill/decode ({quantize})", text)
+
+  def test_generate_signature_answers_a_mixed_batch(self):
+    out = self._generate(self.prompts)
+    texts = [t.decode() for t in out["text"].numpy()]
+    self.assertEqual(texts, [sequences.answer(p.lower()) for p in self.prompts])
+    self.assertAllEqual(out["num_tokens"], [3, 1, 8, 2])
+    ids = out["token_ids"].numpy()
+    self.assertEqual(ids.shape, (4, 10))
+    for row, count in zip(ids, [3, 1, 8, 2]):
+      self.assertEqual(row[count], generator.END_ID)
+      self.assertAllEqual(row[count + 1:], np.zeros(10 - count - 1))
+    # Each row alone gives the same tokens (left padding is masked).
+    for i, prompt in enumerate(self.prompts):
+      self.assertAllEqual(self._generate([prompt])["token_ids"][0], ids[i])
+
+  def test_max_new_tokens_cuts_the_answer(self):
+    out = self._generate(["red fox sun owl"], max_new_tokens=2)
+    self.assertEqual(out["text"].numpy()[0].decode(), "owl sun")
+    self.assertEqual(out["token_ids"].shape, (1, 2))
+
+  def test_generate_loop_is_xla_compiled(self):
+    with open(os.path.join(self.report.saved_model_dir, "saved_model.pb"), "rb") as f:
+      graph = f.read()
+    self.assertIn(b"_XlaMustCompile", graph)
+    self.assertIn(b"While", graph)
+
+  def test_bad_inputs_to_generate_name_the_argument(self):
+    long_prompt = " ".join(["red"] * 47)
+    for prompts, count, pattern in (
+        (["red fox", ""], 5, "`prompt`: an empty prompt"),
+        (["red fox", "  "], 5, "`prompt`: an empty prompt"),
+        ([long_prompt], 1, "`prompt`: a prompt is longer"),
+        (["red fox"], 45, "`max_new_tokens`"),
+        (["red fox"], 0, "`max_new_tokens` must be at least 1")):
+      with self.assertRaisesRegex(tf.errors.InvalidArgumentError, re.escape(pattern)):
+        self._generate(prompts, count)
+
+  def test_prefill_and_decode_match_keras_and_every_tflite_variant(self):
+    ids = self.loaded.signatures["tokenize"](prompt=tf.constant(["gold owl bee"]))[
+        "token_ids"].numpy()
+    shape = [1] + self.loaded.signatures["decode"].structured_input_signature[1][
+        "kv_cache_0"].shape.as_list()[1:]
+    caches = {f"kv_cache_{i}": np.zeros(shape, np.float32) for i in range(2)}
+    served, inputs = [], {"token_ids": ids, "cache_index": np.array(0, np.int32),
+                          "positions": np.arange(5, dtype=np.int32)[None], **caches}
+    for index in range(5, 9):  # prefill, then 4 decode steps
+      key = "prefill" if index == 5 else "decode"
+      out = {k: v.numpy() for k, v in self.loaded.signatures[key](
+          **{k: tf.constant(v) for k, v in inputs.items()}).items()}
+      served.append((key, inputs, out))
+      token = np.argmax(out["logits"][:, -1], -1).astype(np.int32)
+      inputs = {"token_ids": token[:, None], "positions": np.array([[index]], np.int32),
+                "cache_index": np.array(index, np.int32),
+                **{k: out[k] for k in caches}}
+    for key, step_inputs, want in served:  # the Keras model, same weights
+      logits, keras_caches = self.report.model.step(
+          step_inputs["token_ids"], step_inputs["positions"],
+          step_inputs["cache_index"], [step_inputs[k] for k in sorted(caches)])
+      self.assertAllClose(logits, want["logits"], atol=1e-5)
+      self.assertAllClose(keras_caches[1], want["kv_cache_1"], atol=1e-5)
+    for quantize in _QUANTIZATIONS:
+      interpreter = tflite.interpreter(self.report.tflite[quantize][0])
+      for key, step_inputs, want in served:
+        got = interpreter.get_signature_runner(key)(**step_inputs)
+        self.assertEqual(set(got), set(want))
+        if quantize == "none":
+          for name in want:
+            self.assertAllClose(got[name], want[name], atol=1e-4, msg=f"{key} {name}")
+        self.assertAllEqual(np.argmax(got["logits"][:, -1], -1),
+                            np.argmax(want["logits"][:, -1], -1), msg=quantize)
+
+  def test_tflite_signatures_have_the_saved_model_names_and_builtins_only(self):
+    for quantize in _QUANTIZATIONS:
+      path = self.report.tflite[quantize][0]
+      with open(path, "rb") as f:
+        ops = tflite.operators(f.read())
+      self.assertIn("DYNAMIC_UPDATE_SLICE", ops)
+      self.assertEqual([op for op in ops if op.startswith("CUSTOM")], [], quantize)
+      signatures = tflite.interpreter(path).get_signature_list()
+      for key in ("prefill", "decode"):
+        saved = self.loaded.signatures[key]
+        self.assertEqual(sorted(signatures[key]["inputs"]),
+                         sorted(saved.structured_input_signature[1]))
+        self.assertEqual(sorted(signatures[key]["outputs"]),
+                         sorted(saved.structured_outputs))
+
+  def test_tflite_prefill_takes_any_prompt_length(self):
+    runner = litert_generation.Generator(self.report.tflite["none"][0])
+    prefill = self.loaded.signatures["prefill"]
+    shape = [1] + prefill.structured_input_signature[1]["kv_cache_0"].shape.as_list()[1:]
+    for length in (1, 4, 17, 48):
+      ids = np.random.default_rng(length).integers(5, 29, (1, length)).astype(np.int32)
+      inputs = {"token_ids": ids, "positions": np.arange(length, dtype=np.int32)[None],
+                "cache_index": np.array(0, np.int32),
+                **{f"kv_cache_{i}": np.zeros(shape, np.float32) for i in range(2)}}
+      got = runner._prefill(**inputs)
+      want = prefill(**{k: tf.constant(v) for k, v in inputs.items()})
+      self.assertAllClose(got["logits"], want["logits"], atol=1e-4)
+
+  def test_litert_generator_refuses_what_does_not_fit(self):
+    runner = litert_generation.Generator(self.report.tflite["none"][0])
+    with self.assertRaisesRegex(ValueError, "`prompt_ids` is empty"):
+      runner.generate([], 3)
+    with self.assertRaisesRegex(ValueError, "`prompt_ids` has 49 tokens"):
+      runner.generate([5] * 49, 1)
+    with self.assertRaisesRegex(ValueError, "`max_new_tokens`=40 does not fit"):
+      runner.generate([5] * 10, 40)
+    with self.assertRaisesRegex(ValueError, "`max_new_tokens` must be a positive"):
+      runner.generate([5], 0)
+
+  def test_tokenizer_model_and_vocabulary(self):
+    path, size, count = self.report.tokenizer
+    self.assertEqual(os.path.getsize(path), size)
+    self.assertEqual(count, generator.HELD_OUT_PROMPTS)
+    with open(self.report.vocab_file) as f:
+      self.assertEqual(f.read().split("\n")[:-1], generator.VOCAB)
+    self.assertEqual(text_generation.companion_files(self.report.tflite["int8"][0]),
+                     (path, self.report.vocab_file))
+
+  def test_warmup_request_calls_generate(self):
+    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+    records = list(tf.data.TFRecordDataset(os.path.join(
+        self.report.saved_model_dir, "assets.extra", "tf_serving_warmup_requests")))
+    log = prediction_log_pb2.PredictionLog.FromString(records[0].numpy())
+    request = log.predict_log.request
+    self.assertEqual(set(request.inputs), {"prompt", "max_new_tokens"})
+    self.assertEqual(request.model_spec.signature_name, "serving_default")
+    self.assertIn("generate", self.loaded.signatures)
+
+  def test_serving_in_a_clean_process_with_only_tensorflow(self):
+    code = ("import sys, tensorflow as tf, tensorflow_text\n"
+            "m = tf.saved_model.load(sys.argv[1])\n"
+            "out = m.signatures['generate'](prompt=tf.constant(['red fox sun']),"
+            " max_new_tokens=tf.constant(6))\n"
+            "assert not any(k.startswith('tf_mha') for k in sys.modules)\n"
+            "print(out['text'].numpy()[0].decode())\n")
+    result = subprocess.run([sys.executable, "-I", "-c", code,
+                             self.report.saved_model_dir],
+                            capture_output=True, text=True, timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertEqual(result.stdout.strip().splitlines()[-1], "sun fox red")
+
+  def _tool(self, *args):
+    return subprocess.run([sys.executable, "-m", "tools.generate", *args],
+                          capture_output=True, text=True, cwd=_REPO, timeout=300)
+
+  def test_generate_tool_with_saved_model_and_tflite(self):
+    for model in (self.report.saved_model_dir, self.report.tflite["int8"][0]):
+      result = self._tool(f"--model={model}", "--prompt=red fox sun",
+                          "--prompt=one two")
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      self.assertIn("red fox sun -> sun fox red", result.stdout)
+      self.assertIn("one two -> two one", result.stdout)
+      self.assertIn("tokens/s", result.stdout)
+
+  def test_generate_tool_refuses_bad_input_without_a_traceback(self):
+    other = os.path.join(self.out_dir, "not_a_decoder")
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x + 1},
+                           input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, other, signatures={"serving_default": module.f})
+    none = self.report.tflite["none"][0]
+    for args, message in (
+        ([f"--model={other}", "--prompt=red"], "is not a generator"),
+        ([f"--model={none}", "--prompt="], "`prompt` must be non-empty"),
+        ([f"--model={self.report.saved_model_dir}", "--prompt= "],
+         "`prompt` must be non-empty"),
+        ([f"--model={none}", "--prompt=" + " ".join(["red"] * 47)],
+         "`prompt_ids` has 49 tokens"),
+        ([f"--model={self.report.saved_model_dir}", "--prompt=red",
+          "--max_new_tokens=47"], "`max_new_tokens`"),
+        ([f"--model={none}", "--prompt=red", "--max_new_tokens=47"],
+         "`max_new_tokens`=47 does not fit"),
+        ([f"--model={none}", "--prompt=red", "--vocab=/nonexistent"],
+         "`vocab`='/nonexistent' does not exist")):
+      result = self._tool(*args)
+      self.assertEqual(result.returncode, 1, args)
+      self.assertIn(message, result.stderr, args)
+      self.assertNotIn("Traceback", result.stderr, args)
+
+  def test_readme_phone_side_loop(self):
+    with open(os.path.join(_REPO, "README.md")) as f:
+      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    (loop,) = [b for b in blocks if 'get_signature_runner("decode")' in b]
+    stem = os.path.join(self.out_dir, "tf_mha_generator_1_")
+    loop = loop.replace("saved_models/tf_mha_generator_1_", stem)
+    namespace = {}
+    exec(compile(loop, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    self.assertEqual(namespace["answer"], "sun fox red")
+
+
+if __name__ == "__main__":
+  tf.test.main()

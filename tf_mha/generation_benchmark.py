@@ -1,0 +1,185 @@
+"""Generation speed of a decoder of realistic layer sizes, cached against
+uncached, in TensorFlow (XLA) and LiteRT: `tools/benchmark.py --generation`.
+
+Shapes: `P` prompt tokens, `M` new tokens, `S = P + M` cache slots.
+
+The decoder (`tf_mha.demo.decoder.Decoder`, random weights): D=512, 8 query
+heads and 2 key/value heads of 64, 4 blocks, feed-forward 2048, B=1. Cached
+generation prefills the prompt, then decodes one token at a time over the
+caches. Uncached generation recomputes the whole prefix for every token,
+which is what a tf.keras decoder converted to TFLite does today; its time
+per token grows with the prefix, so it is timed at `_UNCACHED_POINTS`
+lengths between P and S - 1 and summed over every length by linear
+interpolation (one compile and a few calls per length, instead of M).
+"""
+
+import dataclasses
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tf_mha import generation
+from tf_mha.demo import decoder as decoder_lib
+from tf_mha.export import litert_generation
+from tf_mha.export import tflite
+
+_UNCACHED_POINTS = 6
+_VOCAB = 4096
+
+
+@dataclasses.dataclass
+class Row:
+  name: str
+  prefill_tokens_per_second: float
+  cached_tokens_per_second: float
+  uncached_tokens_per_second: float
+  token_ms_16: float  # median time of new tokens 14..18 (cached)
+  token_ms_256: float  # median time of the last 5 new tokens (cached)
+
+  @property
+  def speedup(self):
+    return self.cached_tokens_per_second / self.uncached_tokens_per_second
+
+  @property
+  def flatness(self):
+    return self.token_ms_256 / self.token_ms_16
+
+
+def build_decoder(slots, seed=0):
+  tf_keras.utils.set_random_seed(seed)
+  model = decoder_lib.Decoder(_VOCAB, max_length=slots, dim=512, num_query_heads=8,
+                              num_key_value_heads=2, num_layers=4, ff_dim=2048)
+  model(tf.zeros([1, 1], tf.int32))
+  return model
+
+
+def _best(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _uncached_tokens_per_second(time_at, prompt, new):
+  """`new` tokens / the summed time of recomputing prefixes of `prompt` to
+  `prompt + new - 1` tokens, from `time_at(length)` at a few lengths."""
+  lengths = np.linspace(prompt, prompt + new - 1, _UNCACHED_POINTS).round().astype(int)
+  seconds = [time_at(int(n)) for n in lengths]
+  total = np.interp(np.arange(prompt, prompt + new), lengths, seconds).sum()
+  return new / total
+
+
+def _flat_ms(step_seconds):
+  """(median ms of new tokens 14..18, of the last 5): step i makes token i + 2."""
+  return (1e3 * float(np.median(step_seconds[12:17])),
+          1e3 * float(np.median(step_seconds[-5:])))
+
+
+def time_tensorflow(model, prompt_ids, new, repeats=3):
+  """XLA: the whole greedy loop in one compiled function, against the
+  compiled whole-sequence call at each length."""
+  prompt = prompt_ids.shape[1]
+
+  def step(ids, caches, index):
+    positions = index + tf.range(tf.shape(ids)[1])[None]
+    return model.step(ids, positions, index, caches)
+
+  generate = tf.function(lambda ids, m: generation.greedy_generate(
+      step, ids, m, model.empty_caches(1))[0], jit_compile=True)
+  prefill_only = _best(lambda: generate(prompt_ids, 1).numpy(), repeats)
+  whole = _best(lambda: generate(prompt_ids, new).numpy(), repeats)
+  one_step = tf.function(step, jit_compile=True)
+  caches = step(prompt_ids, model.empty_caches(1), 0)[1]
+  steps = []
+  token = tf.constant([[7]])
+  for i in range(new - 1):
+    start = time.perf_counter()
+    logits, caches = one_step(token, caches, tf.constant(prompt + i))
+    logits.numpy()
+    steps.append(time.perf_counter() - start)
+  full = tf.function(model, jit_compile=True)
+
+  def uncached_at(length):
+    ids = tf.ones([1, length], tf.int32)
+    return _best(lambda: full(ids)[:, -1].numpy(), repeats)
+
+  return Row("TensorFlow, XLA", prompt / prefill_only,
+             (new - 1) / (whole - prefill_only),
+             _uncached_tokens_per_second(uncached_at, prompt, new), *_flat_ms(steps))
+
+
+class _Signatures(tf.Module):
+
+  def __init__(self, model):
+    super().__init__()
+    self.model = model
+    self.prefill, self.decode = decoder_lib.step_functions(model)
+    self.full = tf.function(lambda token_ids: {"logits": model(token_ids)[:, -1]},
+                            input_signature=[tf.TensorSpec([1, None], tf.int32,
+                                                           name="token_ids")])
+
+
+def time_litert(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
+                repeats=3):
+  """LiteRT: `prefill`/`decode` run by `litert_generation.Generator`,
+  against the converted whole-sequence model at each length."""
+  rows = []
+  with tempfile.TemporaryDirectory() as directory:
+    module = _Signatures(model)
+    tf.saved_model.save(module, directory, signatures={
+        "prefill": module.prefill, "decode": module.decode, "full": module.full})
+    for quantize in quantizations:
+      cached = tflite.convert(directory, signature=["prefill", "decode"],
+                              quantize=quantize)
+      runner = litert_generation.Generator(cached)
+      ids = prompt_ids.numpy()[0].tolist()
+      runs = [runner.generate(ids, new) for _ in range(repeats)]
+      best = min(runs, key=lambda r: sum(r.step_seconds))
+      full = tflite.interpreter(tflite.convert(directory, signature="full",
+                                               quantize=quantize))
+      full_runner = full.get_signature_runner("full")
+
+      def uncached_at(length):
+        token_ids = np.ones([1, length], np.int32)
+        return _best(lambda: full_runner(token_ids=token_ids), repeats)
+
+      rows.append(Row(
+          f"LiteRT, {'float32' if quantize == 'none' else quantize}",
+          len(ids) / min(r.prefill_seconds for r in runs),
+          best.decode_tokens_per_second,
+          _uncached_tokens_per_second(uncached_at, len(ids), new),
+          *_flat_ms(best.step_seconds)))
+  return rows
+
+
+def run(prompt=128, new=256, repeats=3, log=print):
+  """Builds the decoder and times every row."""
+  model = build_decoder(prompt + new)
+  prompt_ids = tf.constant(np.random.default_rng(0).integers(
+      5, _VOCAB, (1, prompt)).astype(np.int32))
+  log("Timing generation in TensorFlow (XLA)...")
+  rows = [time_tensorflow(model, prompt_ids, new, repeats)]
+  log("Converting and timing generation in LiteRT...")
+  rows += time_litert(model, prompt_ids, new, repeats=repeats)
+  return rows
+
+
+def table(rows, prompt=128, new=256):
+  lines = [f"Generation, B=1, a {prompt}-token prompt then {new} new tokens "
+           "(D=512, 8 query and 2 key/value heads of 64, 4 blocks, random "
+           "weights):", "",
+           "| runtime | prefill tokens/s | cached decode tokens/s | uncached "
+           "tokens/s | cached / uncached | ms/token at 16th / 256th | 256th / 16th |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r.name} | {r.prefill_tokens_per_second:.0f} | "
+                 f"{r.cached_tokens_per_second:.1f} | {r.uncached_tokens_per_second:.1f} | "
+                 f"{r.speedup:.1f}x | {r.token_ms_16:.2f} / {r.token_ms_256:.2f} | "
+                 f"{r.flatness:.2f} |")
+  return "\n".join(lines)
