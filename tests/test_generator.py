@@ -149,7 +149,7 @@ class GeneratorExportTest(tf.test.TestCase):
         (["red fox", ""], 5, "`prompt`: an empty prompt"),
         (["red fox", "  "], 5, "`prompt`: an empty prompt"),
         ([long_prompt], 1, "`prompt`: a prompt is longer"),
-        (["red fox"], 45, "`max_new_tokens`"),
+        (["red fox"], 46, "`max_new_tokens`: the longest prompt"),
         (["red fox"], 0, "`max_new_tokens` must be at least 1")):
       with self.assertRaisesRegex(tf.errors.InvalidArgumentError, re.escape(pattern)):
         self._generate(prompts, count)

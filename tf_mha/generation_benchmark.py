@@ -14,6 +14,7 @@ interpolation (one compile and a few calls per length, instead of M).
 """
 
 import dataclasses
+import os
 import tempfile
 import time
 
@@ -114,36 +115,27 @@ def time_tensorflow(model, prompt_ids, new, repeats=3):
              _uncached_tokens_per_second(uncached_at, prompt, new), *_flat_ms(steps))
 
 
-class _Signatures(tf.Module):
-
-  def __init__(self, model):
-    super().__init__()
-    self.model = model
-    self.prefill, self.decode = decoder_lib.step_functions(model)
-    self.full = tf.function(lambda token_ids: {"logits": model(token_ids)[:, -1]},
-                            input_signature=[tf.TensorSpec([1, None], tf.int32,
-                                                           name="token_ids")])
-
-
 def time_litert(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
                 repeats=3):
   """LiteRT: `prefill`/`decode` run by `litert_generation.Generator`,
   against the converted whole-sequence model at each length."""
   rows = []
   with tempfile.TemporaryDirectory() as directory:
-    module = _Signatures(model)
-    tf.saved_model.save(module, directory, signatures={
-        "prefill": module.prefill, "decode": module.decode, "full": module.full})
+    cached_dir, full_dir = (os.path.join(directory, n) for n in ("cached", "full"))
+    decoder_lib.save_for_litert(model, cached_dir)
+    full = tf.function(lambda token_ids: {"logits": model(token_ids)[:, -1]},
+                       input_signature=[tf.TensorSpec([1, None], tf.int32,
+                                                      name="token_ids")])
+    tf.saved_model.save(model, full_dir, signatures={"full": full})
     for quantize in quantizations:
-      cached = tflite.convert(directory, signature=["prefill", "decode"],
+      cached = tflite.convert(cached_dir, signature=["prefill", "decode"],
                               quantize=quantize)
       runner = litert_generation.Generator(cached)
       ids = prompt_ids.numpy()[0].tolist()
       runs = [runner.generate(ids, new) for _ in range(repeats)]
       best = min(runs, key=lambda r: sum(r.step_seconds))
-      full = tflite.interpreter(tflite.convert(directory, signature="full",
-                                               quantize=quantize))
-      full_runner = full.get_signature_runner("full")
+      full_runner = tflite.interpreter(tflite.convert(
+          full_dir, signature="full", quantize=quantize)).get_signature_runner("full")
 
       def uncached_at(length):
         token_ids = np.ones([1, length], np.int32)

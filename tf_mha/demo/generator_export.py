@@ -13,12 +13,14 @@ Files, beside the classifier's, for `<name>` and version `<v>`:
 import dataclasses
 import os
 import re
+import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_mha.demo import decoder as decoder_lib
 from tf_mha.demo import generator
 from tf_mha.demo import pipeline
 from tf_mha.demo import sequences
@@ -87,11 +89,13 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
   artifact = lambda kind: os.path.join(
       output_dir, f"{model_name}_{os.path.basename(path)}_{kind}")
   results = {}
-  for quantize in quantizations:
-    logging.info("Converting the generator to TFLite (%s)...", quantize)
-    results[quantize] = convert_and_check(
-        path, quantize, artifact(f"{quantize}.tflite"), loaded, demo.held_out,
-        served)
+  with tempfile.TemporaryDirectory() as litert_dir:
+    decoder_lib.save_for_litert(demo.model, litert_dir)
+    for quantize in quantizations:
+      logging.info("Converting the generator to TFLite (%s)...", quantize)
+      results[quantize] = convert_and_check(
+          litert_dir, quantize, artifact(f"{quantize}.tflite"), loaded,
+          demo.held_out, served)
   tokenizer = pipeline.convert_tokenizer(
       path, artifact("tokenizer.tflite"), loaded=loaded, texts=demo.held_out)
   vocab_file = artifact("vocab.txt")
@@ -144,6 +148,9 @@ def representative_inputs(loaded, prompts, length=8, count=16):
 def convert_and_check(saved_model_dir, quantize, output_file, loaded, prompts,
                       served):
   """Converts `prefill` and `decode` to TFLite and checks the result.
+
+  `saved_model_dir` holds them for batch 1 (`decoder.save_for_litert`);
+  `loaded` is the serving export, the reference.
 
   Runs the whole generation loop in LiteRT on every prompt; the float32
   model must generate token for token what the SavedModel did (`served`,
