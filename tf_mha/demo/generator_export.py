@@ -67,9 +67,7 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
                      version=None, overwrite=False, epochs=5,
                      quantizations=("none",)):
   """Trains, exports for Serving, converts to TFLite and compares all three."""
-  for quantize in quantizations:
-    tflite.check_quantization(quantize)
-  serving.check_destination(output_dir, model_name, version, overwrite)
+  pipeline.check_export(output_dir, model_name, version, overwrite, quantizations)
   start = time.time()
   logging.info("Training the generator (%d prompts, %d epochs)...",
                generator.TRAIN_PROMPTS, epochs)
@@ -86,8 +84,7 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
   served = generate(loaded, demo.held_out)
   accuracy = {"Keras": demo.accuracy, "SavedModel": generator.exact_match(
       demo.held_out, served["text"])}
-  artifact = lambda kind: os.path.join(
-      output_dir, f"{model_name}_{os.path.basename(path)}_{kind}")
+  artifact = lambda suffix: pipeline.artifact_path(path, model_name, suffix)
   results = {}
   with tempfile.TemporaryDirectory() as litert_dir:
     decoder_lib.save_for_litert(demo.model, litert_dir)

@@ -182,9 +182,7 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
                 version=None, overwrite=False, epochs=6,
                 quantizations=("none",)):
   """Trains, exports for Serving, converts to TFLite and compares all three."""
-  for quantize in quantizations:
-    tflite.check_quantization(quantize)
-  serving.check_destination(output_dir, model_name, version, overwrite)
+  check_export(output_dir, model_name, version, overwrite, quantizations)
   start = time.time()
   logging.info("Training the demo model (%d examples, %d epochs)...",
                TRAIN_EXAMPLES, epochs)
@@ -201,8 +199,7 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
   served = loaded.signatures["serving_default"](text=tf.constant(demo.test_texts))
   keras_probs = demo.text_model(tf.constant(demo.test_texts)).numpy()
   keras_vs_saved = float(np.max(np.abs(served["probabilities"].numpy() - keras_probs)))
-  artifact = lambda kind: os.path.join(
-      output_dir, f"{model_name}_{os.path.basename(path)}_{kind}.tflite")
+  artifact = lambda kind: artifact_path(path, model_name, f"{kind}.tflite")
   tflite_results = {}
   for quantize in quantizations:
     logging.info("Converting to TFLite (%s)...", quantize)
@@ -213,6 +210,22 @@ def export_demo(output_dir="saved_models", model_name="tf_mha_demo",
   return Report(path, serving.directory_size(path),
                 warmup if os.path.exists(warmup) else "", tflite_results,
                 demo.accuracy, keras_vs_saved, train_seconds, tokenizer)
+
+
+def check_export(output_dir, model_name, version, overwrite, quantizations):
+  """Checks a demo export's arguments before a minute is spent training:
+  `tflite.check_quantization` and `serving.check_destination`."""
+  for quantize in quantizations:
+    tflite.check_quantization(quantize)
+  serving.check_destination(output_dir, model_name, version, overwrite)
+
+
+def artifact_path(version_dir, model_name, suffix):
+  """`<output_dir>/<model_name>_<version>_<suffix>`: a file exported beside
+  the SavedModel version `version_dir` (`<output_dir>/<model_name>/<v>`)."""
+  output_dir = os.path.dirname(os.path.dirname(os.path.normpath(version_dir)))
+  return os.path.join(output_dir,
+                      f"{model_name}_{os.path.basename(version_dir)}_{suffix}")
 
 
 def convert_tokenizer(saved_model_dir, output_file, count=300, loaded=None,
