@@ -14,6 +14,7 @@ from absl.testing import parameterized
 import tf_mha
 from tf_mha import attention, benchmark_lib, equations, generation, grouped_query_attention
 from tf_mha import keras3, keras_patch, masks, multi_head_attention, ops
+from tf_mha.demo import decoder
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
       ("multi_head_attention", multi_head_attention), ("attention", attention),
       ("grouped_query_attention", grouped_query_attention),
       ("keras_patch", keras_patch), ("generation", generation),
-      ("keras3", keras3))
+      ("keras3", keras3), ("decoder", decoder))
   def test_docstring_examples(self, module):
     result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha, "tf_keras": tf_keras},
                              optionflags=doctest.ELLIPSIS)
