@@ -154,6 +154,16 @@ class GeneratorExportTest(tf.test.TestCase):
       with self.assertRaisesRegex(tf.errors.InvalidArgumentError, re.escape(pattern)):
         self._generate(prompts, count)
 
+  def test_prefill_refuses_a_write_past_the_cache(self):
+    prefill = self.loaded.signatures["prefill"]
+    shape = [1] + prefill.structured_input_signature[1]["kv_cache_0"].shape.as_list()[1:]
+    caches = {f"kv_cache_{i}": tf.zeros(shape) for i in range(2)}
+    for length, index in ((49, 0), (10, 45), (1, 48), (1, -1)):
+      with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                  "cache_update_index does not fit"):
+        prefill(token_ids=tf.fill([1, length], 7), cache_index=tf.constant(index),
+                positions=tf.range(length)[None] + index, **caches)
+
   def test_prefill_and_decode_match_keras_and_every_tflite_variant(self):
     ids = self.loaded.signatures["tokenize"](prompt=tf.constant(["gold owl bee"]))[
         "token_ids"].numpy()
