@@ -21,8 +21,10 @@ from absl import flags
 from tf_mha.cli import _console
 
 _MODEL = flags.DEFINE_string(
-    "model", None, "A generator SavedModel directory (<output_dir>/<name>/<version>) "
-    "or its prefill/decode .tflite file.", required=True)
+    "model", None, "A generator SavedModel: a version directory "
+    "(<output_dir>/<name>/<version>), or the model directory "
+    "(<output_dir>/<name>) for its highest version; or its prefill/decode "
+    ".tflite file.", required=True)
 _PROMPT = flags.DEFINE_multi_string(
     "prompt", None, "A prompt (words to reverse, for the demo); repeat the flag "
     "for several.", required=True)

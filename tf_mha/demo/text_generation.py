@@ -48,6 +48,7 @@ def from_saved_model(model_dir, prompts, max_new_tokens):
   import tensorflow as tf
   import tensorflow_text  # noqa: F401  (the tokenizer's ops)
   check_prompts(prompts)
+  model_dir = _latest_version(model_dir)
   if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
     raise ValueError(f"`model`={model_dir!r} is neither a SavedModel "
                      "directory (no saved_model.pb) nor a .tflite file")
@@ -67,6 +68,17 @@ def from_saved_model(model_dir, prompts, max_new_tokens):
   texts = [t.decode() for t in out["text"].numpy().tolist()]
   new = int(np.sum(np.count_nonzero(out["token_ids"].numpy(), axis=1)))
   return Result(texts, new, seconds)
+
+
+def _latest_version(model_dir):
+  """`model_dir` itself, or its highest numeric version when it is a TF
+  Serving model directory (`<output_dir>/<name>`)."""
+  if os.path.isfile(os.path.join(model_dir, "saved_model.pb")) or (
+      not os.path.isdir(model_dir)):
+    return model_dir
+  versions = [int(n) for n in os.listdir(model_dir) if n.isdigit() and
+              os.path.isfile(os.path.join(model_dir, n, "saved_model.pb"))]
+  return os.path.join(model_dir, str(max(versions))) if versions else model_dir
 
 
 def _assertion(message):
