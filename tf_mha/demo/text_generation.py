@@ -123,7 +123,6 @@ def from_tflite(model_file, prompts, max_new_tokens, tokenizer=None, vocab=None)
   for prompt in prompts:
     ids = tokenize(prompt=np.array([prompt]))["token_ids"][0]
     ids = ids[ids != 0].tolist()
-    generator.check(ids, max_new_tokens)
     result = generator.generate(ids, max_new_tokens,
                                 end_id=words.index(sequences.END))
     texts.append(detokenize(result.token_ids, words))

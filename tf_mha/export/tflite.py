@@ -98,11 +98,6 @@ def _int8_keeping_attention_float(converter):
                                     denylisted_ops=list(_FLOAT_OPS))
 
 
-def _schema():
-  from tensorflow.lite.python import schema_py_generated as schema
-  return schema
-
-
 def interpreter(model, text_ops=False):
   """A LiteRT interpreter for `model` (bytes or a path); `text_ops` registers
   tensorflow-text's TFLite kernels (the demo's tokenizer model needs them)."""
@@ -124,7 +119,7 @@ def run(model, signature, inputs, text_ops=False):
 
 def operators(model):
   """The names of the builtin and custom operators a TFLite model uses."""
-  schema = _schema()
+  from tensorflow.lite.python import schema_py_generated as schema
   parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
   names = set()
   for code in parsed.operatorCodes:
@@ -137,7 +132,7 @@ def operators(model):
 
 
 def _builtin_names():
-  schema = _schema()
+  from tensorflow.lite.python import schema_py_generated as schema
   return {v: k for k, v in vars(schema.BuiltinOperator).items()
           if not k.startswith("_")}
 
