@@ -31,7 +31,7 @@ setuptools.setup(
     extras_require={
         "bench": ["matplotlib>=3.8", "keras>=3.10,<4", "keras-hub>=0.20"],
         # tf_mha.keras3: the Keras versions it is tested with (checked at
-        # import, tf_mha/keras3.py SUPPORTED_KERAS).
+        # import, tf_mha/keras3/__init__.py SUPPORTED_KERAS).
         "keras3": ["keras>=3.10,<4"],
         "test": [
             "pytest>=8",

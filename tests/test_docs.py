@@ -12,8 +12,16 @@ import tf_keras
 from absl.testing import parameterized
 
 import tf_mha
-from tf_mha import attention, benchmark_lib, equations, generation, grouped_query_attention
-from tf_mha import keras3, keras_patch, masks, multi_head_attention, ops
+from tf_mha.benchmarks import attention as benchmark_lib
+from tf_mha.generation import greedy
+from tf_mha.keras3 import layers as keras3
+from tf_mha.layers import attention
+from tf_mha.layers import grouped_query_attention
+from tf_mha.layers import keras_patch
+from tf_mha.layers import multi_head_attention
+from tf_mha.ops import core
+from tf_mha.ops import equations
+from tf_mha.ops import masks
 from tf_mha.demo import decoder
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,10 +30,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class DocsTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(
-      ("masks", masks), ("equations", equations), ("ops", ops),
+      ("masks", masks), ("equations", equations), ("ops", core),
       ("multi_head_attention", multi_head_attention), ("attention", attention),
       ("grouped_query_attention", grouped_query_attention),
-      ("keras_patch", keras_patch), ("generation", generation),
+      ("keras_patch", keras_patch), ("generation", greedy),
       ("keras3", keras3), ("decoder", decoder))
   def test_docstring_examples(self, module):
     result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha, "tf_keras": tf_keras},

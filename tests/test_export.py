@@ -11,7 +11,7 @@ from absl.testing import absltest
 
 import tf_mha
 
-from tf_mha import ops
+from tf_mha.ops import chunked
 from tf_mha.demo import pipeline
 from tf_mha.export import serving
 from tf_mha.export import tflite
@@ -120,8 +120,8 @@ class AttentionTFLiteTest(tf.test.TestCase):
 
   def test_static_causal_model_converts_to_builtins(self):
     # The plain path's static query chunks, with their custom gradient.
-    length = 600  # Long enough to be chunked without XLA (see ops._chunk_rows).
-    self.assertLen(ops.causal_chunks(tf.zeros([2, length, 2, 8]),
+    length = 600  # Long enough to be chunked without XLA (see chunked._chunk_rows).
+    self.assertLen(chunked.causal_chunks(tf.zeros([2, length, 2, 8]),
                                       tf.zeros([2, length, 2, 8]), None), 2)
     inputs = tf_keras.Input((length, 16))
     outputs = tf_mha.MultiHeadAttention(2, 8)(inputs, inputs, use_causal_mask=True)

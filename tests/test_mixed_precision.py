@@ -105,7 +105,7 @@ class MixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
     # Two logits 1e-3 apart: float16 softmax rounds both probabilities to the
     # same value; float32 keeps them distinct.
     scores = tf.constant([[0.0, 1e-3]], tf.float16)
-    probs = tf_mha.masks.masked_softmax(scores, None)
+    probs = tf_mha.ops.masks.masked_softmax(scores, None)
     self.assertEqual(probs.dtype, tf.float16)
     self.assertNotEqual(float(probs[0, 0]), float(probs[0, 1]))
 

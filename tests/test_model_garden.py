@@ -20,7 +20,7 @@ import tf_keras
 from absl.testing import parameterized
 
 import tf_mha
-from tf_mha import keras_patch
+from tf_mha.layers import keras_patch
 from tests import model_garden_parity
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +131,7 @@ class BertBenchmarkTest(tf.test.TestCase):
   def test_bert_steps_share_weights_and_outputs(self):
     if not _HAVE_MODEL_GARDEN:
       self.skipTest(_SKIP)
-    code = ("import json\nfrom tf_mha import benchmark_lib as lib\n"
+    code = ("import json\nfrom tf_mha.benchmarks import attention as lib\n"
             "times, diff = lib.bert_training_steps(batch=2, length=16, layers=1,"
             " hidden=32, heads=2, repeats=2, log=lambda s: None)\n"
             "print(json.dumps({'times': times, 'difference': diff}))\n")

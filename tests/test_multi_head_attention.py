@@ -112,7 +112,7 @@ class LongCausalTest(tf.test.TestCase, parameterized.TestCase):
     keep = _RNG.random((2, 520, 520)) > 0.2
     ours, theirs = _pair(num_heads=2, key_dim=8)
     _share(ours, theirs, x, x)
-    self.assertLen(tf_mha.ops.causal_chunks(tf.zeros([2, 520, 2, 8]),
+    self.assertLen(tf_mha.ops.chunked.causal_chunks(tf.zeros([2, 520, 2, 8]),
                                              tf.zeros([2, 520, 2, 8]), None), 2)
     inputs = tf_keras.Input((520, 16))
     mask = tf_keras.Input((520, 520), dtype="bool")
@@ -641,8 +641,8 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     def prefix_lm(self, query, value=None):  # the first 3 keys are seen by all
       del self
       t, s = tf.shape(query)[1], tf.shape(query if value is None else value)[1]
-      return tf.expand_dims(tf_mha.masks.causal_mask(t, s) |
-                            tf_mha.masks.prefix_mask(s, 3), 0)
+      return tf.expand_dims(tf_mha.ops.masks.causal_mask(t, s) |
+                            tf_mha.ops.masks.prefix_mask(s, 3), 0)
 
     def no_causal(self, query, value, key=None, attention_mask=None,
                   use_causal_mask=False, **masks):
@@ -665,7 +665,7 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     def wide(self, query, value=None):  # |t - s| < 4, not the layer's 2
       del self
       t, s = tf.shape(query)[1], tf.shape(query if value is None else value)[1]
-      return tf.expand_dims(tf_mha.masks.band_mask(t, s, 4), 0)
+      return tf.expand_dims(tf_mha.ops.masks.band_mask(t, s, 4), 0)
 
     x = _normal(2, 7, 6)
     layer = type("Wide", (tf_mha.MultiHeadAttention,),

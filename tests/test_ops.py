@@ -5,9 +5,11 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 import tf_mha
-from tf_mha import flash
-from tf_mha import masks
-from tf_mha import ops
+from tf_mha.ops import blocks
+from tf_mha.ops import chunked
+from tf_mha.ops import flash
+from tf_mha.ops import groups
+from tf_mha.ops import masks
 from tests import reference
 
 _RNG = np.random.default_rng(3)
@@ -207,9 +209,9 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
   def setUp(self):
     super().setUp()
     # Small chunks, so that small shapes take (and test) the chunked path.
-    self._rows = ops._chunk_rows
-    ops._chunk_rows = lambda length: 3
-    self.addCleanup(setattr, ops, "_chunk_rows", self._rows)
+    self._rows = chunked._chunk_rows
+    chunked._chunk_rows = lambda length: 3
+    self.addCleanup(setattr, chunked, "_chunk_rows", self._rows)
 
   @parameterized.named_parameters(
       ("self", (2, 11, 11, 2, 4, 3), None),
@@ -226,7 +228,7 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
       mask = _RNG.random(mask_shape) > 0.4
       if len(mask_shape) == 4 and mask_shape[2] > 1:
         mask[:, :, 4, :] = False  # row 4 sees nothing (falls in a short chunk)
-    self.assertIsNotNone(ops.causal_chunks(q, k, None))
+    self.assertIsNotNone(chunked.causal_chunks(q, k, None))
     cotangent = tf.constant(_RNG.normal(size=dims[:2] + (dims[3], dims[5])))
 
     def run(chunked):
@@ -265,27 +267,27 @@ class CausalChunksTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAllClose(t, n, rtol=1e-6, atol=1e-6)
 
   def test_chunking_applies_only_to_static_long_causal_queries(self):
-    ops._chunk_rows = self._rows
+    chunked._chunk_rows = self._rows
     q, k = tf.zeros([1, 512, 2, 4]), tf.zeros([1, 300, 2, 4])
     # Without XLA: at least 256 rows, at most four chunks.
-    self.assertEqual(ops.causal_chunks(q, k, None),
+    self.assertEqual(chunked.causal_chunks(q, k, None),
                      [(0, 256, 0, 256), (256, 512, 0, 300)])
     # A sliding window starts each chunk's keys W - 1 before its first row.
-    self.assertEqual(ops.causal_chunks(q, k, None, window=100),
+    self.assertEqual(chunked.causal_chunks(q, k, None, window=100),
                      [(0, 256, 0, 256), (256, 512, 157, 300)])
-    self.assertLen(ops.causal_chunks(tf.zeros([1, 2048, 2, 4]), q, None), 4)
-    self.assertIsNone(ops.causal_chunks(tf.zeros([1, 511, 2, 4]), q, None))
+    self.assertLen(chunked.causal_chunks(tf.zeros([1, 2048, 2, 4]), q, None), 4)
+    self.assertIsNone(chunked.causal_chunks(tf.zeros([1, 511, 2, 4]), q, None))
     # Compiled by XLA (traced in a jit function): 128 rows.
     traced = []
-    record = lambda a, b: traced.append(ops.causal_chunks(a, b, None)) or a
+    record = lambda a, b: traced.append(chunked.causal_chunks(a, b, None)) or a
     tf.function(record, jit_compile=True)(q, k)
     tf.function(record)(q, k)
     self.assertEqual(traced[0][:2], [(0, 128, 0, 128), (128, 256, 0, 256)])
     self.assertEqual(traced[0][-1], (384, 512, 0, 300))
     self.assertLen(traced[1], 2)
-    self.assertIsNone(ops.causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
+    self.assertIsNone(chunked.causal_chunks(tf.zeros([1, 255, 2, 4]), q, None))
     dynamic = tf.TensorSpec([None, None, 2, 4])
-    self.assertIsNone(tf.function(lambda x: ops.causal_chunks(x, x, None))
+    self.assertIsNone(tf.function(lambda x: chunked.causal_chunks(x, x, None))
                       .get_concrete_function(dynamic).structured_outputs)
 
 
@@ -304,9 +306,9 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
     q, k, v = (tf.constant(x, tf.float64) for x in _inputs(*dims))
     mask = None if mask_shape is None else _RNG.random(mask_shape) > 0.3
     cotangent = tf.constant(_RNG.normal(size=dims[:2] + (dims[3], dims[5])))
-    rows = ops._chunk_rows
-    ops._chunk_rows = lambda length: 5  # small chunks at small lengths
-    self.addCleanup(setattr, ops, "_chunk_rows", rows)
+    rows = chunked._chunk_rows
+    chunked._chunk_rows = lambda length: 5  # small chunks at small lengths
+    self.addCleanup(setattr, chunked, "_chunk_rows", rows)
     for window in (1, 4, 9):
       expected, _ = reference.attention(q.numpy(), k.numpy(), v.numpy(), mask=mask,
                                         causal=causal, window=window)
@@ -328,20 +330,20 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
           self.assertAllClose(got, want, rtol=1e-8, atol=1e-9,
                               msg=f"{path} window={window}")
     if causal and mask_shape is None and dims[1] == dims[2]:
-      chunks = ops.causal_chunks(q, k, None, window=4)
+      chunks = chunked.causal_chunks(q, k, None, window=4)
       self.assertGreater(chunks[-1][2], 0)  # the chunked path skips keys
 
   def test_blockwise_visits_only_blocks_in_the_band(self):
-    plan = flash._make_plan(tf.zeros([1, 64, 1, 2]), tf.zeros([1, 64, 1, 2]),
+    plan = blocks.make_plan(tf.zeros([1, 64, 1, 2]), tf.zeros([1, 64, 1, 2]),
                             8, 8, True, 10, 0.0)
-    ranges = [tuple(int(x) for x in flash._key_block_range(plan, i))
+    ranges = [tuple(int(x) for x in blocks.key_block_range(plan, i))
               for i in range(8)]
     self.assertEqual(ranges[0], (0, 1))
     self.assertEqual(ranges[5], (3, 6))  # rows 40-47 see keys 31-47
     plan = plan._replace(is_causal=False)
-    self.assertEqual(tuple(int(x) for x in flash._key_block_range(plan, 5)),
+    self.assertEqual(tuple(int(x) for x in blocks.key_block_range(plan, 5)),
                      (3, 8))  # and keys up to 56
-    self.assertEqual(tuple(int(x) for x in flash._query_block_range(plan, 3)),
+    self.assertEqual(tuple(int(x) for x in blocks.query_block_range(plan, 3)),
                      (1, 6))  # keys 24-31 are seen by rows 15-40
 
   def test_bad_window(self):
@@ -410,7 +412,7 @@ class GroupedQueryTest(tf.test.TestCase, parameterized.TestCase):
     kwargs = dict(flash_attention=path == "flash",
                   block_sizes=(4, 3) if path == "flash" else None)
     if path == "chunked":
-      chunks = ops.causal_chunks(ops._rows_of_groups(tf.constant(q), 4 // kv_heads),
+      chunks = chunked.causal_chunks(groups.rows_of_groups(tf.constant(q), 4 // kv_heads),
                                  tf.constant(k), None, window, 4 // kv_heads)
       self.assertGreater(len(chunks), 1)
     got = tf_mha.dot_product_attention(q, k, v, mask=mask, is_causal=causal,

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras
 
 import tf_mha
-from tf_mha import tasks
+from tf_mha.demo import tasks
 from tf_mha import training
 from tf_mha.demo import model as model_lib
 

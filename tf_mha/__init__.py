@@ -10,12 +10,12 @@ from tf_mha import _startup
 
 with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
   from tf_mha import generation
-  from tf_mha.attention import Attention
-  from tf_mha.grouped_query_attention import GroupedQueryAttention
-  from tf_mha.keras_patch import patch_tf_keras
-  from tf_mha.masks import causal_mask
-  from tf_mha.masks import combine_masks
-  from tf_mha.multi_head_attention import MultiHeadAttention
+  from tf_mha.layers import Attention
+  from tf_mha.layers import GroupedQueryAttention
+  from tf_mha.layers import MultiHeadAttention
+  from tf_mha.layers import patch_tf_keras
+  from tf_mha.ops import causal_mask
+  from tf_mha.ops import combine_masks
   from tf_mha.ops import dot_product_attention
 
 __version__ = "0.1.0"

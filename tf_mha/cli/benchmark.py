@@ -85,7 +85,7 @@ def _check_results_dir(path):
 
 
 def _single(spec):
-  from tf_mha import benchmark_lib as lib
+  from tf_mha.benchmarks import attention as lib
   try:
     impl, t, backward, window = spec.split(",")
     int(t)
@@ -144,21 +144,22 @@ def _time(lib, point):
   return times
 
 
-def _decode_lines(lib):
+def _decode_lines():
   """The decode and prefill comparison, as Markdown lines."""
+  from tf_mha.benchmarks import decode  # pylint: disable=g-import-not-at-top
   print("Cached decoding (B=1, D=512, 8 query heads of 64, jit):", flush=True)
   points = [("step at 256 of 4096 slots", 4096, 1, 256),
             ("step at 4095 of 4096 slots", 4096, 1, 4095),
             ("step at 256 of 256 slots", 256, 1, 255),
             ("prefill 2048 tokens, 4096 slots", 4096, 2048, 0)]
   try:
-    rows = lib.time_decode(points, repeats=max(_REPEATS.value, 20),
-                           log=lambda s: print(s, flush=True))
+    rows = decode.time_decode(points, repeats=max(_REPEATS.value, 20),
+                              log=lambda s: print(s, flush=True))
   except ImportError as e:
     raise app.UsageError(f"--decode needs keras-hub: {e}") from e
   cache_kib = {impl: 2 * 4096 * heads * 64 * 4 / 1024
-               for impl, (heads, _) in lib.DECODE_IMPLS.items()}
-  return ["", lib.decode_table(rows), "",
+               for impl, (heads, _) in decode.DECODE_IMPLS.items()}
+  return ["", decode.decode_table(rows), "",
           "Cache per layer at 4096 slots: " + ", ".join(
               f"{impl} {kib:.0f} KiB" for impl, kib in cache_kib.items())]
 
@@ -181,13 +182,8 @@ def _bert_lines(lib):
           f"{times['tf_keras'] / times['tf_mha']:.2f}x | {difference:.2g} |"]
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _SINGLE.value:
-    _single(_SINGLE.value)
-    return 0
-  from tf_mha import benchmark_lib as lib
+def _checked_flags(lib):
+  """The flags' values, checked: `(seq_lens, memory_seq_lens, jits)`."""
   seq_lens = _positive_ints(_SEQ_LENS)
   memory_seq_lens = _positive_ints(_MEMORY_SEQ_LENS)
   for flag in (_PASSES, _MEMORY_PASSES):
@@ -198,17 +194,17 @@ def main(argv):
   jits = [j == "true" for j in _choices(
       _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
   _console.check_positive(_BATCH, _REPEATS, _MEMORY_WINDOW)
-  window = _MEMORY_WINDOW.value
-  if window is not None and "tf_keras" in _MEMORY_IMPLS.value:
+  if _MEMORY_WINDOW.value is not None and "tf_keras" in _MEMORY_IMPLS.value:
     raise app.UsageError("--memory_sliding_window: tf_keras has no "
                          "sliding_window; leave it out of --memory_impls")
   _check_results_dir(_RESULTS_DIR.value)
-  print("Measuring this machine's matmul peak...", flush=True)
-  peak = lib.matmul_peak()
-  print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
-  # Peak-memory points first, each in a fresh process forked while this one
-  # is still small (a child needs its own memory next to its parent's).
-  memory_lines = []
+  return seq_lens, memory_seq_lens, jits
+
+
+def _memory_lines(memory_seq_lens):
+  """Peak-memory points, each in a fresh process, as Markdown rows."""
+  window = _MEMORY_WINDOW.value
+  lines = []
   for t in memory_seq_lens:
     for passes in _MEMORY_PASSES.value:
       for impl in _MEMORY_IMPLS.value:
@@ -219,7 +215,15 @@ def main(argv):
         text = ("did not complete" if result is None else
                 f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
         print(f"  {text}", flush=True)
-        memory_lines.append(f"| {t}{band} | {passes} | {impl} | {text} |")
+        lines.append(f"| {t}{band} | {passes} | {impl} | {text} |")
+  if not lines:
+    return []
+  return ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
+          "|---|---|---|---|", *lines]
+
+
+def _timing_rows(lib, seq_lens, jits):
+  """`[(point, {implementation: seconds})]` for the timing table."""
   rows = []
   for t in seq_lens:
     for padding in (m == "padding" for m in _MASKS.value):
@@ -228,24 +232,41 @@ def main(argv):
           point = lib.Point(t, batch=_BATCH.value, backward=backward, jit=jit,
                             causal=not padding, padding=padding)
           rows.append((point, _time(lib, point)))
+  return rows
+
+
+def _generation_lines():
+  from tf_mha.benchmarks import generation  # pylint: disable=g-import-not-at-top
+  rows = generation.run(repeats=max(3, min(_REPEATS.value, 5)),
+                        log=lambda s: print(s, flush=True))
+  return ["", generation.table(rows)]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _SINGLE.value:
+    _single(_SINGLE.value)
+    return 0
+  from tf_mha.benchmarks import attention as lib  # pylint: disable=g-import-not-at-top
+  seq_lens, memory_seq_lens, jits = _checked_flags(lib)
+  print("Measuring this machine's matmul peak...", flush=True)
+  peak = lib.matmul_peak()
+  print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
+  # Peak-memory points first, each in a fresh process forked while this one
+  # is still small (a child needs its own memory next to its parent's).
+  memory = _memory_lines(memory_seq_lens)
+  rows = _timing_rows(lib, seq_lens, jits)
   table = lib.markdown_table(rows, peak) if rows else ""
   bert = _bert_lines(lib) if _BERT.value else []
-  decode = _decode_lines(lib) if _DECODE.value else []
-  if _GENERATION.value:
-    from tf_mha import generation_benchmark
-    rows_g = generation_benchmark.run(repeats=max(3, min(_REPEATS.value, 5)),
-                                      log=lambda s: print(s, flush=True))
-    decode += ["", generation_benchmark.table(rows_g)]
+  decode = _decode_lines() if _DECODE.value else []
+  generation = _generation_lines() if _GENERATION.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, self-attention (causal, or BERT's padding mask); "
             "median of interleaved calls (at "
             f"least {_REPEATS.value}, about 1 s per implementation for short "
             "points). Ratios are peer time / tf_mha time.",
-            "", table, *bert, *decode]
-  if memory_lines:
-    report += ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
-               "|---|---|---|---|"]
-    report += memory_lines
+            "", table, *bert, *decode, *generation, *memory]
   md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
   with open(md_path, "w") as f:
     f.write("\n".join(report) + "\n")

@@ -73,7 +73,7 @@ def main(argv):
   logging.info("Strategy %s with %d replica(s), policy %s",
                type(strategy).__name__, strategy.num_replicas_in_sync,
                _MIXED_PRECISION.value)
-  from tf_mha import tasks
+  from tf_mha.demo import tasks
   try:
     task = tasks.load_task(_MODEL.value, _DATA.value, _LOSS.value, _SEED.value)
   except (OSError, ValueError) as e:

@@ -30,7 +30,7 @@ from absl import logging
 
 import tensorflow as tf
 
-from tf_mha import _checks
+from tf_mha.ops import checks
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
@@ -76,7 +76,7 @@ def check_destination(output_dir, model_name, version=None, overwrite=False):
   model_dir = os.path.join(output_dir, model_name)
   if version is None:
     version = next_version(model_dir)
-  version = _checks.positive_int("version", version)
+  version = checks.positive_int("version", version)
   final = os.path.join(model_dir, str(version))
   if os.path.exists(final) and not overwrite:
     raise ExportRefused(f"{final} already exists; pass --overwrite to replace "

@@ -13,7 +13,7 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from tf_mha import ops
+from tf_mha.ops import chunked
 
 IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3", "tf_mha_keras3")
 # Not a peer: tf_mha's matmuls alone, the ceiling for its `% matmul peak`.
@@ -90,7 +90,7 @@ class MatmulsOnly(tf_keras.layers.Layer):
     q, k, v = (tf.einsum("BTD,DNH->BTNH", x, self._kernels[name])
                for x, name in ((query, "query"), (value, "key"),
                                (value, "value")))
-    chunks = (use_causal_mask and ops.causal_chunks(q, k, None, self._window)
+    chunks = (use_causal_mask and chunked.causal_chunks(q, k, None, self._window)
               or [(0, q.shape[1], 0, k.shape[1])])
     q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in (q, k, v))  # [B, N, *, H]
     outs = [tf.einsum("BNTS,BNSH->BNTH",
@@ -184,99 +184,15 @@ def bert_training_steps(batch=4, length=512, layers=4, hidden=512, heads=8,
       return loss
 
     steps[name] = (tf.function(step, jit_compile=True), inputs)
-    log(f"  BERT on {name}: compiled and warmed up in {_timed(*steps[name]):.1f} s")
+    log(f"  BERT on {name}: compiled and warmed up in {timed(*steps[name]):.1f} s")
   samples = {name: [] for name in steps}
   for _ in range(repeats):
     for name in steps:
-      samples[name].append(_timed(*steps[name]))
+      samples[name].append(timed(*steps[name]))
   return {k: statistics.median(v) for k, v in samples.items()}, difference
 
 
-# Decode benchmark (B=1, D=512, 8 query heads of 64, jit): implementation ->
-# (key/value heads, cache held in a variable).
-DECODE_IMPLS = {"tf_mha MHA": (8, False), "tf_mha MHA, variable cache": (8, True),
-                "tf_mha GQA K=2": (2, False),
-                "tf_mha GQA K=2, variable cache": (2, True),
-                "KerasHub CachedMultiHeadAttention": (8, False)}
-KERAS_HUB = "KerasHub CachedMultiHeadAttention"
-
-
-def _decode_layer(impl, heads=8, head_dim=64):
-  import tf_mha  # pylint: disable=g-import-not-at-top
-  if impl == KERAS_HUB:
-    from keras_hub.src.layers.modeling import cached_multi_head_attention  # pylint: disable=g-import-not-at-top
-    return cached_multi_head_attention.CachedMultiHeadAttention(
-        num_heads=heads, key_dim=head_dim)
-  kv_heads = DECODE_IMPLS[impl][0]
-  if kv_heads == heads:
-    return tf_mha.MultiHeadAttention(heads, head_dim)
-  return tf_mha.GroupedQueryAttention(head_dim=head_dim, num_query_heads=heads,
-                                      num_key_value_heads=kv_heads)
-
-
-def make_decode_step(impl, slots, tokens, dim=512, heads=8, head_dim=64):
-  """A jit-compiled call of one attention layer with a cache of `slots`:
-  `tokens` new tokens projected, written at an index and attended to.
-
-  Returns `(step, args)`: `step(*args)` is timed; `args[-1]` is the index.
-  KerasHub's layer gets the causal mask over the cache that its decoders
-  build; tf_mha's layers apply it themselves.
-  """
-  kv_heads, in_place = DECODE_IMPLS[impl]
-  layer = _decode_layer(impl, heads, head_dim)
-  x = tf.random.stateless_normal([1, tokens, dim], seed=[tokens, 5])
-  cache = tf.zeros([1, 2, slots, kv_heads, head_dim])
-  if impl == KERAS_HUB:
-    def step(x, cache, index):
-      rows = index + tf.range(tokens)[:, None]
-      mask = (tf.range(slots)[None, :] <= rows)[None]  # [1, L, S]
-      return layer(x, x, attention_mask=mask, cache=cache,
-                   cache_update_index=index)
-  elif in_place:
-    variable = tf.Variable(cache)
-    def step(x, cache, index):
-      del cache
-      return layer(x, x, cache=variable, cache_update_index=index)[0]
-  else:
-    def step(x, cache, index):
-      return layer(x, x, cache=cache, cache_update_index=index)
-  return tf.function(step, jit_compile=True), (x, cache)
-
-
-def time_decode(points, impls=tuple(DECODE_IMPLS), repeats=20, log=print):
-  """`points`: `[(label, slots, tokens, index)]`. Median seconds per call,
-  every implementation interleaved, as `[(label, {impl: seconds})]`."""
-  rows = []
-  for label, slots, tokens, index in points:
-    steps = {}
-    for impl in impls:
-      fn, args = make_decode_step(impl, slots, tokens)
-      call = lambda args=args, fn=fn: fn(*args, tf.constant(index))
-      start = time.perf_counter()
-      call()
-      log(f"  {label}, {impl}: compiled in {time.perf_counter() - start:.1f} s")
-      steps[impl] = call
-    samples = {impl: [] for impl in impls}
-    for _ in range(repeats):
-      for impl, call in steps.items():
-        samples[impl].append(_timed(lambda _: call(), None))
-    rows.append((label, {k: statistics.median(v) for k, v in samples.items()}))
-  return rows
-
-
-def decode_table(rows):
-  """The decode rows as Markdown, with ratios against KerasHub."""
-  lines = ["| point (B=1, D=512, 8 query heads of 64, jit) | implementation | "
-           "ms | KerasHub / this |", "|---|---|---|---|"]
-  for label, times in rows:
-    for impl, seconds in times.items():
-      ratio = (f"{times[KERAS_HUB] / seconds:.2f}x" if KERAS_HUB in times
-               else "n/a")
-      lines.append(f"| {label} | {impl} | {seconds * 1e3:.3f} | {ratio} |")
-  return "\n".join(lines)
-
-
-def _timed(fn, x):
+def timed(fn, x):
   """Seconds for one call of `fn(x)`, until its result is computed.
 
   With synchronous eager execution (TensorFlow's default) the call returns
@@ -302,14 +218,14 @@ def time_point(point, impls=IMPLEMENTATIONS, repeats=5, log=print,
   steps, longest = {}, 0.0
   for impl in impls:
     fn, x = make_step(impl, point)
-    log(f"  {impl}: compiled and warmed up in {_timed(fn, x):.1f} s")
-    longest = max(longest, _timed(fn, x))
+    log(f"  {impl}: compiled and warmed up in {timed(fn, x):.1f} s")
+    longest = max(longest, timed(fn, x))
     steps[impl] = (fn, x)
   calls = min(max(repeats, math.ceil(min_seconds / max(longest, 1e-6))), 200)
   samples = {impl: [] for impl in impls}
   for _ in range(calls):
     for impl in impls:
-      samples[impl].append(_timed(*steps[impl]))
+      samples[impl].append(timed(*steps[impl]))
   return {impl: statistics.median(s) for impl, s in samples.items()}
 
 
@@ -318,8 +234,8 @@ def matmul_peak(size=2048, repeats=10):
   a = tf.random.stateless_normal([size, size], seed=[1, 2])
   b = tf.random.stateless_normal([size, size], seed=[3, 4])
   fn = tf.function(lambda pair: tf.matmul(*pair), jit_compile=True)
-  _timed(fn, (a, b))
-  return 2 * size ** 3 / min(_timed(fn, (a, b)) for _ in range(repeats))
+  timed(fn, (a, b))
+  return 2 * size ** 3 / min(timed(fn, (a, b)) for _ in range(repeats))
 
 
 def peak_rss_point(impl, point):
@@ -330,8 +246,8 @@ def peak_rss_point(impl, point):
   child of a large benchmark process reported its parent's size.
   """
   fn, x = make_step(impl, point)
-  first = _timed(fn, x)
-  return min(first, _timed(fn, x)), peak_rss()
+  first = timed(fn, x)
+  return min(first, timed(fn, x)), peak_rss()
 
 
 def peak_rss():

@@ -16,8 +16,8 @@ import sys
 import tensorflow as tf
 import tf_keras
 
-from tf_mha import _compiler
-from tf_mha import equations
+from tf_mha.ops import compiler
+from tf_mha.ops import equations
 
 
 def input_projection(input_rank, num_heads, head_size, *, name, use_bias,
@@ -70,7 +70,7 @@ def apply(dense, x, contract, dtype):
   x = tf.cast(x, dtype)
   kernel = tf.cast(dense.kernel, dtype)
   bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
-  if not _compiler.in_xla_context():
+  if not compiler.in_xla_context():
     y = tf.einsum(dense.equation, x, kernel)
     return y if bias is None else y + bias
   width = equations.product(x.shape[-contract:])

@@ -1,4 +1,5 @@
-"""What `tools/train.py` trains: the demo, or a user's saved model and data."""
+"""A training task: a model builder, its loss and its examples; `keras_task`
+reads a user's saved Keras model and `.npz` data."""
 
 import dataclasses
 import os
@@ -8,30 +9,15 @@ import numpy as np
 import tf_keras
 
 import tf_mha  # noqa: F401  (registers the layers as Keras serializables)
-from tf_mha import training
+from tf_mha.training import trainer
 
 
 @dataclasses.dataclass
 class Task:
   build_model: Callable  # () -> Keras model, called under the strategy scope
   loss: Callable  # (y_true, y_pred) -> per-example loss [B]
-  train: training.Examples
-  test: Optional[training.Examples]
-
-
-def demo_task(seed=0):
-  """The demo classifier on the generated corpus (token ids of static length)."""
-  from tf_mha.demo import model as model_lib
-  from tf_mha.demo import pipeline
-  corpus = pipeline.demo_data(seed)
-
-  def build_model():
-    tf_keras.utils.set_random_seed(seed)
-    return model_lib.build_classifier(len(corpus.vocab))
-
-  return Task(build_model, tf_keras.losses.sparse_categorical_crossentropy,
-              training.Examples(corpus.ids, corpus.labels),
-              training.Examples(corpus.test_ids, corpus.test_labels))
+  train: trainer.Examples
+  test: Optional[trainer.Examples]
 
 
 def keras_task(model_path, data_path, loss="sparse_categorical_crossentropy",
@@ -41,7 +27,7 @@ def keras_task(model_path, data_path, loss="sparse_categorical_crossentropy",
     raise ValueError(f"`model` does not exist. Received: model={model_path!r}")
   try:
     with np.load(data_path) as arrays:
-      examples = training.Examples(arrays["x"], arrays["y"])
+      examples = trainer.Examples(arrays["x"], arrays["y"])
   except (OSError, KeyError, ValueError) as e:
     raise ValueError(f"`data` must be an .npz file with arrays 'x' and 'y'. "
                      f"Received: data={data_path!r} ({e})") from e
@@ -66,9 +52,3 @@ def keras_task(model_path, data_path, loss="sparse_categorical_crossentropy",
   return Task(build_model, loss_fn, examples, None)
 
 
-def load_task(model_path=None, data_path=None, loss=None, seed=0):
-  """`keras_task` when a model is given, else `demo_task`."""
-  if model_path:
-    return keras_task(model_path, data_path, loss or
-                      "sparse_categorical_crossentropy", seed)
-  return demo_task(seed)

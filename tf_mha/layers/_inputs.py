@@ -6,8 +6,8 @@ several attention axes in place of `T` and `S`.
 
 import tensorflow as tf
 
-from tf_mha import _checks
-from tf_mha import masks
+from tf_mha.ops import checks
+from tf_mha.ops import masks
 
 
 def keras_mask(tensor, explicit):
@@ -32,7 +32,7 @@ def dense_inputs(query, value, key):
 
   def tensor(name, x):
     if id(x) not in converted:  # `key` is often `value` itself
-      converted[id(x)] = _checks.tensor(name, x)
+      converted[id(x)] = checks.tensor(name, x)
     return converted[id(x)]
 
   query, value, key = tensor("query", query), tensor("value", value), tensor(

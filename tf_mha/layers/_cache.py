@@ -22,12 +22,12 @@ import math
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from tf_mha import _checks
-from tf_mha import _compiler
-from tf_mha import _dropout
-from tf_mha import _projections
-from tf_mha import masks as masks_lib
 from tf_mha import ops
+from tf_mha.layers import _dropout
+from tf_mha.layers import _projections
+from tf_mha.ops import checks
+from tf_mha.ops import compiler
+from tf_mha.ops import masks as masks_lib
 
 # Key blocks of this many slots for a cached call: few query rows, so small
 # blocks bound the work past the last position. A one-token step at 4096
@@ -89,42 +89,17 @@ class CachedCall:
     Masks are over the cache: `attention_mask` `[B, L, S]`, `query_mask`
     `[B, L]`, `key_mask`/`value_mask` `[B, S]`.
     """
-    if cache is None:
-      raise ValueError("`cache_update_index` needs a `cache`. Received: "
-                       f"cache=None, cache_update_index={index!r}")
     if key is None or key is value:  # as without a cache (Keras 3's rule)
       key, key_mask = value, None
-    query = _checks.tensor("query", query)
-    if query.shape.rank != 3:
-      raise ValueError(
-          "A cache needs `[batch, length, features]` inputs (one attention "
-          f"axis). Received: query with shape {query.shape}")
-    if not self._built_from_signature:
-      self._build_from_signature(query, value, key)
-    if len(self._attention_axes) != 1 or self._query_shape.rank != 3:
-      raise ValueError("A cache needs a layer with one attention axis over "
-                       "`[batch, length, features]` inputs. Received: "
-                       f"attention_axes={self._attention_axes}")
-    variable = cache if isinstance(cache, tf.Variable) else None
-    if variable is None:
-      cache = _checks.tensor("cache", cache)
-    check_cache(cache, self, query.shape[0])
+    query, cache, variable = self._checked_cache_call(query, value, key, cache,
+                                                      index)
     slots = cache.shape[2]
     dtype = self._compute_dtype_object
     q = _projections.apply(self._query_dense, query, 1, dtype)  # [B, L, N, H]
     start = 0
     if index is not None:
       index = _check_index(index, query.shape[1], slots)
-      value = _checks.tensor("value", value)
-      key = _checks.tensor("key", key)
-      k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
-      v_new = _projections.apply(self._value_dense, value, 1, dtype)
-      written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
-      if variable is not None:  # written in place (see the module doc)
-        with tf.control_dependencies([_assign(variable, written, index)]):
-          cache = variable.read_value()
-      else:
-        cache = _update(cache, written, [0, 0, index, 0, 0])
+      cache = self._write(cache, variable, key, value, index)
       start = index
     elif variable is not None:
       cache = variable.read_value()
@@ -160,13 +135,50 @@ class CachedCall:
       return out, scores, cache
     return out, cache
 
+  def _checked_cache_call(self, query, value, key, cache, index):
+    """Checks a cached call's inputs (building the layer if needed):
+    `(query, cache, variable)`, `variable` the cache when it is one."""
+    if cache is None:
+      raise ValueError("`cache_update_index` needs a `cache`. Received: "
+                       f"cache=None, cache_update_index={index!r}")
+    query = checks.tensor("query", query)
+    if query.shape.rank != 3:
+      raise ValueError(
+          "A cache needs `[batch, length, features]` inputs (one attention "
+          f"axis). Received: query with shape {query.shape}")
+    if not self._built_from_signature:
+      self._build_from_signature(query, value, key)
+    if len(self._attention_axes) != 1 or self._query_shape.rank != 3:
+      raise ValueError("A cache needs a layer with one attention axis over "
+                       "`[batch, length, features]` inputs. Received: "
+                       f"attention_axes={self._attention_axes}")
+    variable = cache if isinstance(cache, tf.Variable) else None
+    if variable is None:
+      cache = checks.tensor("cache", cache)
+    check_cache(cache, self, query.shape[0])
+    return query, cache, variable
+
+  def _write(self, cache, variable, key, value, index):
+    """The new tokens' projected keys and values written at `index`: the
+    cache after the write (a variable is written in place, then read)."""
+    dtype = self._compute_dtype_object
+    value = checks.tensor("value", value)
+    key = checks.tensor("key", key)
+    k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
+    v_new = _projections.apply(self._value_dense, value, 1, dtype)
+    written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
+    if variable is None:
+      return _update(cache, written, [0, 0, index, 0, 0])
+    with tf.control_dependencies([_assign(variable, written, index)]):  # see the module doc
+      return variable.read_value()
+
   def _cache_mask(self, attention_mask, query_mask, value_mask, key_mask):
     """The masks over the cache combined, `[B, L, S]`-broadcastable, then
     with the head axis `[B, 1, L, S]`; or None."""
     for name, mask in (("attention_mask", attention_mask),
                        ("query_mask", query_mask), ("value_mask", value_mask),
                        ("key_mask", key_mask)):
-      _checks.mask_dtype(name, mask)
+      checks.mask_dtype(name, mask)
     parts = [attention_mask]
     if query_mask is not None:
       parts.append(tf.expand_dims(masks_lib.to_bool_mask(query_mask), -1))
@@ -184,7 +196,7 @@ class CachedCall:
     """Graph mode: an index that does not fit fails an assertion, or under
     XLA (no assertions) turns the output into NaN, never a silent answer."""
     fits = _fits(index, new, slots)
-    if not _compiler.in_xla_context():
+    if not compiler.in_xla_context():
       check = tf.debugging.Assert(fits, [
           "cache_update_index does not fit the cache: index", index,
           "new tokens", new, "slots", slots])

@@ -25,27 +25,10 @@ import tensorflow as tf
 
 from keras.src import backend as keras_backend
 
-from tf_mha import _projections
-from tf_mha import equations
-from tf_mha import masks as masks_lib
 from tf_mha import ops
-
-# The Keras versions this module is tested with (setup.py's `keras3` extra).
-SUPPORTED_KERAS = ((3, 10), (4, 0))
-
-
-def _check_keras_version(version):
-  parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-  low, high = SUPPORTED_KERAS
-  if not low <= parts < high:
-    raise ImportError(
-        f"tf_mha.keras3 supports Keras >= {low[0]}.{low[1]} and < {high[0]}; "
-        f"this is Keras {version}. Install a supported one: "
-        "pip install 'tf_mha[keras3]'")
-
-
-_check_keras_version(keras.version())
-
+from tf_mha.layers import _projections
+from tf_mha.ops import equations
+from tf_mha.ops import masks as masks_lib
 
 def _on_tensorflow():
   return keras.backend.backend() == "tensorflow"
@@ -171,7 +154,7 @@ def _projected_attention(layer, query, value, key, attention_axes,
   """A Keras 3 attention layer's call after its inputs' Keras masks: the
   padding and explicit masks from Keras' `_compute_attention_mask`, the
   causal mask and sliding window in the op, the projections as matmuls on
-  their kernels under XLA (`tf_mha._projections`: the einsums' gradients
+  their kernels under XLA (`tf_mha.layers._projections`: the einsums' gradients
   copy transposes), and the gate."""
   window = getattr(layer, window_attribute)
   setattr(layer, window_attribute, None)  # Keras would make a [T, S] band

@@ -16,42 +16,20 @@ import math
 import tensorflow as tf
 import tf_keras
 
-from tf_mha import _cache
-from tf_mha import _checks
-from tf_mha import _dropout
-from tf_mha import _inputs
-from tf_mha import _keras_hooks
-from tf_mha import _projections
-from tf_mha import equations
-from tf_mha import masks as masks_lib
 from tf_mha import ops
+from tf_mha.layers import _cache
+from tf_mha.layers import _config
+from tf_mha.layers import _dropout
+from tf_mha.layers import _inputs
+from tf_mha.layers import _keras_hooks
+from tf_mha.layers import _layer_checks
+from tf_mha.layers import _projections
+from tf_mha.layers import _subclassing
+from tf_mha.ops import checks
+from tf_mha.ops import equations
+from tf_mha.ops import masks as masks_lib
 
 _layers = tf_keras.layers
-
-# `get_config` entries: the attributes `_<name>` as they are (`seed` is
-# `_dropout_seed`: Model Garden's KernelAttention keeps its own `_seed`,
-# and tf.keras has none), and the ones their Keras module serializes.
-_PLAIN_CONFIG = ("num_heads", "key_dim", "value_dim", "dropout", "use_bias",
-                 "output_shape", "attention_axes", "flash_attention",
-                 "dropout_seed", "sliding_window", "use_gate",
-                 "softmax_robust_masking")
-_SERIALIZED_CONFIG = (
-    (tf_keras.initializers, ("kernel_initializer", "bias_initializer")),
-    (tf_keras.regularizers, ("kernel_regularizer", "bias_regularizer",
-                             "activity_regularizer")),
-    (tf_keras.constraints, ("kernel_constraint", "bias_constraint")),
-)
-
-
-class _Alias:
-  """A read-only alias of an attribute that an assignment can shadow: a
-  non-data descriptor, unlike `property`."""
-
-  def __init__(self, attribute):
-    self._attribute = attribute
-
-  def __get__(self, layer, owner=None):
-    return self if layer is None else getattr(layer, self._attribute)
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_mha")
@@ -111,7 +89,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     key_mask: `[B, S]`, defaults to the key's Keras mask.
     cache: a key/value cache `[B, 2, S_max, K, H]` (keys, then values,
       already projected; KerasHub's `CachedMultiHeadAttention` layout), for
-      `[B, T, D]` inputs; see `tf_mha._cache.CachedCall`. The call then
+      `[B, T, D]` inputs; see `tf_mha.layers._cache.CachedCall`. The call then
       returns `(output, cache)`, or `(output, scores, cache)`.
     cache_update_index: with `cache`, where the `T` new tokens' keys and
       values are written (`[i, i + T)`); query `i + t` attends to cache
@@ -151,21 +129,21 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
                **kwargs):
     super().__init__(**kwargs)
     self.supports_masking = True
-    self._num_heads = _checks.positive_int("num_heads", num_heads)
+    self._num_heads = checks.positive_int("num_heads", num_heads)
     # Key/value heads: `num_heads` here; fewer in `GroupedQueryAttention`.
     self._num_key_value_heads = self._num_heads
-    self._key_dim = _checks.positive_int("key_dim", key_dim)
+    self._key_dim = checks.positive_int("key_dim", key_dim)
     self._value_dim = (self._key_dim if value_dim is None else
-                       _checks.positive_int("value_dim", value_dim))
-    self._dropout = _checks.rate("dropout", dropout)
+                       checks.positive_int("value_dim", value_dim))
+    self._dropout = checks.rate("dropout", dropout)
     self._use_bias = bool(use_bias)
-    self._output_shape = _checks.output_shape(output_shape)
-    self._attention_axes = _checks.attention_axes(attention_axes)
-    self._flash_attention = _checks.tri_state("flash_attention",
+    self._output_shape = _layer_checks.output_shape(output_shape)
+    self._attention_axes = _layer_checks.attention_axes(attention_axes)
+    self._flash_attention = checks.tri_state("flash_attention",
                                               flash_attention)
-    self._dropout_seed = _checks.seed(seed)
+    self._dropout_seed = checks.seed(seed)
     self._sliding_window = (None if sliding_window is None else
-                            _checks.positive_int("sliding_window", sliding_window))
+                            checks.positive_int("sliding_window", sliding_window))
     self._use_gate = bool(use_gate)
     self._softmax_robust_masking = softmax_robust_masking
     self._kernel_initializer = tf_keras.initializers.get(kernel_initializer)
@@ -182,51 +160,38 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
   # Keras 3's read-only properties. Not `property`s: tf.keras has none, and
   # a subclass written for it may assign these names (Model Garden sets
   # `self.output_dense`); its assignment then shadows the alias.
-  num_heads = _Alias("_num_heads")
-  key_dim = _Alias("_key_dim")
-  value_dim = _Alias("_value_dim")
-  dropout = _Alias("_dropout")
-  use_bias = _Alias("_use_bias")
-  output_shape = _Alias("_output_shape")
-  attention_axes = _Alias("_attention_axes")
-  flash_attention = _Alias("_flash_attention")
-  seed = _Alias("_dropout_seed")
-  sliding_window = _Alias("_sliding_window")
-  use_gate = _Alias("_use_gate")
-  query_dense = _Alias("_query_dense")
-  key_dense = _Alias("_key_dense")
-  value_dense = _Alias("_value_dense")
-  output_dense = _Alias("_output_dense")
+  num_heads = _subclassing.Alias("_num_heads")
+  key_dim = _subclassing.Alias("_key_dim")
+  value_dim = _subclassing.Alias("_value_dim")
+  dropout = _subclassing.Alias("_dropout")
+  use_bias = _subclassing.Alias("_use_bias")
+  output_shape = _subclassing.Alias("_output_shape")
+  attention_axes = _subclassing.Alias("_attention_axes")
+  flash_attention = _subclassing.Alias("_flash_attention")
+  seed = _subclassing.Alias("_dropout_seed")
+  sliding_window = _subclassing.Alias("_sliding_window")
+  use_gate = _subclassing.Alias("_use_gate")
+  query_dense = _subclassing.Alias("_query_dense")
+  key_dense = _subclassing.Alias("_key_dense")
+  value_dense = _subclassing.Alias("_value_dense")
+  output_dense = _subclassing.Alias("_output_dense")
 
   def get_config(self):
-    config = {name: getattr(self, "_" + name) for name in _PLAIN_CONFIG}
-    config["seed"] = config.pop("dropout_seed")
-    for module, names in _SERIALIZED_CONFIG:
-      config.update({name: module.serialize(getattr(self, "_" + name))
-                     for name in names})
-    for name in ("query_shape", "key_shape", "value_shape"):
-      config[name] = _checks.shape_list(getattr(self, "_" + name))
-    return {**super().get_config(), **config}
+    return {**super().get_config(), **_config.layer_config(self)}
 
   @classmethod
   def from_config(cls, config):
-    config = dict(config)
-    shapes = [config.pop(k, None) for k in ("query_shape", "value_shape",
-                                            "key_shape")]
-    layer = cls(**config)
-    if None not in shapes:
-      layer._build_from_signature(*shapes)
-    return layer
+    return _config.from_config(cls, config)
 
   def _build_from_signature(self, query, value, key=None):
     """Creates the projections from the shapes (or tensors) of the inputs."""
-    shapes = (_checks.as_shape(query), _checks.as_shape(value),
-              _checks.as_shape(value if key is None else key))
+    shapes = (_layer_checks.as_shape(query), _layer_checks.as_shape(value),
+              _layer_checks.as_shape(value if key is None else key))
     # Checks first: a refused call leaves the layer unbuilt. A subclass that
     # takes over the computation gets tf.keras' leniency (Model Garden's
     # MultiChannelAttention builds with a rank-4 value).
-    if not _overrides_any(self, _COMPUTING_HOOKS):
-      _checks.check_signature(*shapes)
+    if not _subclassing.overrides_any(self, _subclassing.COMPUTING_HOOKS):
+      _layer_checks.check_signature(*shapes)
     rank = shapes[0].rank
     axes = equations.normalize_attention_axes(self._attention_axes, rank)
     if self._sliding_window is not None and len(axes) != 1:
@@ -300,7 +265,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     Returns:
       `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
     """
-    if self._state_changed():
+    if _subclassing.state_changed(self):
       # A subclass's own equations, softmax or tensor layout (Model Garden's
       # multi-query layer calls this with its rank-5 queries): tf.keras'
       # recipe on its state, with the masks the op would have applied.
@@ -371,12 +336,12 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     # Subclasses that take over the attention math, or how those masks are
     # made, get them inside `attention_mask`, and tf.keras' leniency: the
     # checks below guard only what the op consumes.
-    op_path = not self._takes_over()
-    op_masks = op_path and not _overrides_any(self, _MASK_HOOKS)
+    op_path = not _subclassing.takes_over(self)
+    op_masks = op_path and not _subclassing.overrides_any(self, _subclassing.MASK_HOOKS)
     if op_path:
-      _checks.check_call(self, query, value, key)
+      _layer_checks.check_call(self, query, value, key)
       if ragged_lengths is None:
-        _checks.check_masks(self._attention_axes, query, value, key,
+        _layer_checks.check_masks(self._attention_axes, query, value, key,
                             attention_mask, query_mask=query_mask,
                             value_mask=value_mask, key_mask=key_mask)
     masks = dict(attention_mask=attention_mask, query_mask=query_mask,
@@ -405,28 +370,6 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
       output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
     return (output, scores) if return_attention_scores else output
 
-  def _takes_over(self):
-    """Whether a subclass computes attention its own way (then `call` passes
-    it the masks as tf.keras does)."""
-    return _overrides(self, "_compute_attention") or self._state_changed()
-
-  def _state_changed(self):
-    """Whether a subclass set up attention its own way: it overrides a
-    `_STATE_HOOKS` method, or changed the equations `_build_attention` set."""
-    return (_overrides_any(self, _STATE_HOOKS) or
-            getattr(self, "_op_equations", None) !=
-            (self._dot_product_equation, self._combine_equation))
-
-  def _op_only_mask(self, query, key, causal, window):
-    """The causal and sliding-window masks, `[1, T, S]` over the first
-    attention axis of the projected `query` and `key`, or None."""
-    if not causal and window is None:
-      return None
-    axis = self._attention_axes[0]
-    return tf.expand_dims(masks_lib.position_mask(
-        tf.shape(query)[axis], tf.shape(key)[axis], causal=causal,
-        window=window), 0)
-
   def _project(self, query, key, value):
     """The three input projections (`_projections.apply`).
 
@@ -448,32 +391,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
       raise ValueError(
           "The last dimension of `query_shape` and `value_shape` must be "
           f"equal. Received: query_shape={query_shape}, value_shape={value_shape}")
-    _checks.check_signature(query_shape, value_shape, key_shape)
+    _layer_checks.check_signature(query_shape, value_shape, key_shape)
     if self._output_shape:
       return query_shape[:-1].concatenate(self._output_shape)
     return query_shape
 
 
-# Methods whose override means a subclass sets up attention its own way:
-# `_compute_attention` then runs tf.keras' recipe on the subclass's state.
-_STATE_HOOKS = ("_build_attention", "_masked_softmax")
-# ... or computes it its own way: the layer's stricter checks step aside.
-_COMPUTING_HOOKS = ("call", "_build_from_signature", "_compute_attention",
-                    *_STATE_HOOKS)
-# Methods whose override means a subclass makes the masks its own way.
-_MASK_HOOKS = ("_compute_attention_mask", "_compute_causal_mask",
-               "_compute_sliding_window_mask")
-
-
-def _overrides(layer, name):
-  """Whether `layer` replaces `MultiHeadAttention.<name>`: in a class from
-  outside tf_mha (its own subclasses keep the contract), or on the instance
-  (Model Garden assigns `self._masked_softmax` a layer)."""
-  if name in vars(layer):
-    return True
-  owner = next(c for c in type(layer).__mro__ if name in vars(c))
-  return not owner.__module__.startswith("tf_mha.")
-
-
-def _overrides_any(layer, names):
-  return any(_overrides(layer, name) for name in names)

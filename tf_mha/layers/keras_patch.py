@@ -20,7 +20,7 @@ import sys
 
 import tf_keras
 
-from tf_mha import multi_head_attention
+from tf_mha.layers import multi_head_attention
 
 
 def _original():

@@ -20,7 +20,7 @@ layers write in place: under XLA a tensor cache is copied on every step
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from tf_mha import _checks
+from tf_mha.ops import checks
 
 
 def cache_shape(batch, max_length, num_key_value_heads, head_dim):
@@ -41,13 +41,13 @@ class KVCache(tf.Module):
                head_dim, dtype=tf.float32, name=None):
     super().__init__(name=name)
     shape = cache_shape(
-        _checks.positive_int("batch", batch),
-        _checks.positive_int("max_length", max_length),
-        _checks.positive_int("num_key_value_heads", num_key_value_heads),
-        _checks.positive_int("head_dim", head_dim))
+        checks.positive_int("batch", batch),
+        checks.positive_int("max_length", max_length),
+        checks.positive_int("num_key_value_heads", num_key_value_heads),
+        checks.positive_int("head_dim", head_dim))
     self.layers = [tf.Variable(tf.zeros(shape, dtype), trainable=False,
                                name=f"layer_{i}")
-                   for i in range(_checks.positive_int("num_layers", num_layers))]
+                   for i in range(checks.positive_int("num_layers", num_layers))]
 
   def reset(self):
     for variable in self.layers:
@@ -80,7 +80,7 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
     ValueError: `max_new_tokens` is not a positive int, or the prompt and
       new tokens do not fit the caches (when the lengths are static).
   """
-  max_new_tokens = _checks.positive_int("max_new_tokens", max_new_tokens)
+  max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
   prompt_ids = tf.convert_to_tensor(prompt_ids)
   if prompt_ids.shape.rank != 2:
     raise ValueError("`prompt_ids` must be [batch, length] token ids. "

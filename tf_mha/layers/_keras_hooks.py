@@ -21,10 +21,10 @@ import math
 import tensorflow as tf
 import tf_keras
 
-from tf_mha import _inputs
-from tf_mha import _projections
-from tf_mha import equations
-from tf_mha import masks as masks_lib
+from tf_mha.layers import _inputs
+from tf_mha.layers import _projections
+from tf_mha.ops import equations
+from tf_mha.ops import masks as masks_lib
 
 
 class KerasHooks:
@@ -140,3 +140,13 @@ class KerasHooks:
     value = query if value is None else value
     return tf.expand_dims(
         make_mask(tf.shape(query)[axis], tf.shape(value)[axis]), 0)
+
+  def _op_only_mask(self, query, key, causal, window):
+    """The causal and sliding-window masks, `[1, T, S]` over the first
+    attention axis of the projected `query` and `key`, or None."""
+    if not causal and window is None:
+      return None
+    axis = self._attention_axes[0]
+    return tf.expand_dims(masks_lib.position_mask(
+        tf.shape(query)[axis], tf.shape(key)[axis], causal=causal,
+        window=window), 0)

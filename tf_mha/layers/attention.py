@@ -7,10 +7,10 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from tf_mha import _checks
-from tf_mha import _dropout
-from tf_mha import masks as masks_lib
 from tf_mha import ops
+from tf_mha.layers import _dropout
+from tf_mha.ops import checks
+from tf_mha.ops import masks as masks_lib
 
 _SCORE_MODES = ("dot", "concat")
 
@@ -68,8 +68,8 @@ class Attention(tf_keras.layers.Layer):
                        f"Received: score_mode={score_mode!r}")
     self.use_scale = use_scale
     self.score_mode = score_mode
-    self.dropout = _checks.rate("dropout", dropout)
-    self.seed = _checks.seed(seed)
+    self.dropout = checks.rate("dropout", dropout)
+    self.seed = checks.seed(seed)
     self.causal = bool(causal)
     self.supports_masking = True
     self._seeds = _dropout.SeedStream(seed)
@@ -177,9 +177,9 @@ def _check_inputs(layer, inputs, mask):
       raise ValueError(f"{name} layer mask must be a list of length 2, namely "
                        "[query_mask, value_mask] (it accepts a mask list of "
                        f"length 2 or 3). Received length: {len(mask)}")
-  query = _checks.tensor("query", inputs[0])
-  value = _checks.tensor("value", inputs[1])
-  key = _checks.tensor("key", inputs[2]) if len(inputs) > 2 else value
+  query = checks.tensor("query", inputs[0])
+  value = checks.tensor("value", inputs[1])
+  key = checks.tensor("key", inputs[2]) if len(inputs) > 2 else value
   q, v, k = query.shape, value.shape, key.shape
   if q.rank is None or v.rank is None or k.rank is None:
     return query, value, key
@@ -202,7 +202,7 @@ def _check_inputs(layer, inputs, mask):
         f"{name}: `value` and `key` must have the same length. "
         f"Received: value.shape={v}, key.shape={k}")
   for i, (what, x) in enumerate((("query_mask", q), ("value_mask", v))):
-    shape = None if mask is None else _checks.static_shape(mask[i])
+    shape = None if mask is None else checks.static_shape(mask[i])
     if shape is not None and not shape.is_compatible_with(x[:-1]):
       raise ValueError(
           f"{name}: `mask[{i}]` ({what}) must have the shape of its input "

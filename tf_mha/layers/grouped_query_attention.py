@@ -11,8 +11,10 @@ values and a cache are `N / K` times smaller in memory and traffic.
 
 import tf_keras
 
-from tf_mha import _checks
-from tf_mha import multi_head_attention
+from tf_mha.layers import _layer_checks
+from tf_mha.layers import _subclassing
+from tf_mha.layers import multi_head_attention
+from tf_mha.ops import checks
 
 # Keras 3's `get_config` entries besides the base layer's, as attributes.
 _CONFIG = (("head_dim", "_key_dim"), ("num_query_heads", "_num_heads"),
@@ -98,15 +100,15 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
                use_gate=False,
                seed=None,
                **kwargs):
-    num_query_heads = _checks.positive_int("num_query_heads", num_query_heads)
-    num_key_value_heads = _checks.positive_int("num_key_value_heads",
+    num_query_heads = checks.positive_int("num_query_heads", num_query_heads)
+    num_key_value_heads = checks.positive_int("num_key_value_heads",
                                                num_key_value_heads)
     if num_query_heads % num_key_value_heads:
       raise ValueError(
           "`num_query_heads` must be divisible by `num_key_value_heads`. "
           f"Received: num_query_heads={num_query_heads}, "
           f"num_key_value_heads={num_key_value_heads}")
-    head_dim = _checks.positive_int("head_dim", head_dim)
+    head_dim = checks.positive_int("head_dim", head_dim)
     super().__init__(
         num_heads=num_query_heads, key_dim=head_dim, dropout=dropout,
         use_bias=use_bias, attention_axes=None, flash_attention=flash_attention,
@@ -117,9 +119,9 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
         seed=seed, sliding_window=sliding_window, use_gate=use_gate, **kwargs)
     self._num_key_value_heads = num_key_value_heads
 
-  head_dim = multi_head_attention._Alias("_key_dim")  # pylint: disable=protected-access
-  num_query_heads = multi_head_attention._Alias("_num_heads")  # pylint: disable=protected-access
-  num_key_value_heads = multi_head_attention._Alias("_num_key_value_heads")  # pylint: disable=protected-access
+  head_dim = _subclassing.Alias("_key_dim")
+  num_query_heads = _subclassing.Alias("_num_heads")
+  num_key_value_heads = _subclassing.Alias("_num_key_value_heads")
 
   def get_config(self):
     config = tf_keras.layers.Layer.get_config(self)
@@ -130,7 +132,7 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
     # As `MultiHeadAttention`'s: `from_config` builds the variables, so
     # that saved weights load before the first call.
     for name in ("query_shape", "key_shape", "value_shape"):
-      config[name] = _checks.shape_list(getattr(self, "_" + name))
+      config[name] = _layer_checks.shape_list(getattr(self, "_" + name))
     return config
 
   def call(self,

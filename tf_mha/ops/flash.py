@@ -14,12 +14,12 @@ Shapes (see `tf_mha.ops`): inputs `[B, T, N, H]`, `[B, S, N, H]`,
 Block sizes are static Python ints, so everything compiles under XLA.
 """
 
-import collections
 
 import tensorflow as tf
 
-from tf_mha import _checks
-from tf_mha import masks as masks_lib
+from tf_mha.ops import blocks
+from tf_mha.ops import checks
+from tf_mha.ops import masks as masks_lib
 
 DEFAULT_BLOCK_SIZES = (1024, 1024)
 # Blocks of about this many scores across batch and heads (B * N * bq * bk)
@@ -37,9 +37,6 @@ _MAX_UNROLLED_BLOCKS = 512
 # the cache (`kv_cache`): a decode step. A 2048-token prefill ran slower
 # that way (148 ms against 101 at 4096 slots) than on the sliced halves.
 _DECODE_ROWS = 64
-
-_Plan = collections.namedtuple(
-    "_Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc group start")
 
 
 def is_preferred(query, key, is_causal=False):
@@ -101,13 +98,13 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   batch_heads = None
   if query.shape[0] is not None and query.shape[2] is not None:
     batch_heads = query.shape[0] * query.shape[2]
-  bq, bk = _checks.block_sizes(block_sizes) or choose_block_sizes(
+  bq, bk = checks.block_sizes(block_sizes) or choose_block_sizes(
       query.shape[1], key.shape[1], batch_heads)
-  plan = _make_plan(query, key, bq, bk, is_causal, sliding_window,
+  plan = blocks.make_plan(query, key, bq, bk, is_causal, sliding_window,
                     dropout_rate)._replace(group=query_group,
                                            start=query_start)
   if mask is not None:
-    mask = _prepare_mask(mask, plan)
+    mask = blocks.prepare_mask(mask, plan)
   if dropout_rate > 0.0:
     dropout_seed = tf.cast(dropout_seed, tf.int32)
 
@@ -121,31 +118,31 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
 
   if kv_cache is not None and lazy and plan.bq <= _DECODE_ROWS:
     # A decode step (no gradient): blocks sliced from the cache itself.
-    kb, vb = (_Blocks(kv_cache, plan.bk, 0, True, part=i) for i in (0, 1))
+    kb, vb = (blocks.Blocks(kv_cache, plan.bk, 0, True, part=i) for i in (0, 1))
     return _forward_one_query_block(
-        plan, _to_blocks(query, plan.bq, plan.pad_t), kb, vb, mask,
+        plan, blocks.to_blocks(query, plan.bq, plan.pad_t), kb, vb, mask,
         dropout_seed, value=lambda: kv_cache[:, 1], length=plan.t)
 
   @tf.custom_gradient
   def attend(q, k, v):
-    qb = _to_blocks(q, plan.bq, plan.pad_t)
-    kb, vb = (_Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
+    qb = blocks.to_blocks(q, plan.bq, plan.pad_t)
+    kb, vb = (blocks.Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
     forward = _forward_one_query_block if lazy else _forward
     out_blocks, row_max, row_sum, fully_masked = forward(
         plan, qb, kb, vb, mask, dropout_seed)
     out_blocks = _uniform_where_unseen(out_blocks, fully_masked, lambda: v,
                                        plan.acc)
-    out = _from_blocks(out_blocks, plan.t)
+    out = blocks.from_blocks(out_blocks, plan.t)
 
     def grad(d_out):
-      dob = _to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
+      dob = blocks.to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
       # delta_t = sum_v dO * O, the softmax-Jacobian row term.
       delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
       dqb, dkb, dvb = _backward(plan, qb, kb.all(), vb.all(), dob,
                                 (row_max, row_sum), delta, mask, dropout_seed)
-      dq = _from_blocks(dqb, plan.t)
-      dk = _from_blocks(dkb, plan.s)
-      dv = _from_blocks(dvb, plan.s)
+      dq = blocks.from_blocks(dqb, plan.t)
+      dk = blocks.from_blocks(dkb, plan.s)
+      dv = blocks.from_blocks(dvb, plan.s)
       # Fully masked rows attend uniformly: each key gets dO / S.
       dob_masked = tf.where(tf.expand_dims(fully_masked, -1), dob,
                             tf.zeros_like(dob))
@@ -159,165 +156,17 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   return attend(query, key, value)
 
 
-def _make_plan(query, key, bq, bk, is_causal, window, rate):
-  t = _length(query)
-  s = _length(key)
-  nq = _ceil_div(t, bq)
-  nk = _ceil_div(s, bk)
-  return _Plan(t=t, s=s, bq=bq, bk=bk, nq=nq, nk=nk,
-               pad_t=nq * bq - t, pad_s=nk * bk - s,
-               is_causal=is_causal, window=window, rate=float(rate),
-               acc=masks_lib.softmax_dtype(query.dtype), group=1, start=0)
-
-
-def _length(x):
-  return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
-
-
-def _ceil_div(a, b):
-  return -(-a // b) if isinstance(a, int) else (a + b - 1) // b
-
-
-class _Blocks:
-  """Key or value blocks `[B, N, bk, H]` by index, from `[B, S, N, H]`:
-  each sliced when the loop reaches it (`lazy`, `S` a multiple of `bk`), or
-  all laid out at once (`_to_blocks`) and gathered."""
-
-  def __init__(self, x, block, pad, lazy, part=None):
-    """`part`: `x` is a cache `[B, 2, S, N, H]` and these are its keys (0)
-    or values (1), sliced from it block by block (`lazy` only)."""
-    self.width = x.shape[-1]
-    self._x, self._block, self._pad, self._lazy = x, block, pad, lazy
-    self._part = part
-    self._blocks = None if lazy else _to_blocks(x, block, pad)
-
-  def all(self):
-    """Every block, `[n, B, N, bk, H]`."""
-    return _to_blocks(self._x, self._block, self._pad) if self._lazy else self._blocks
-
-  def __getitem__(self, j):
-    if not self._lazy:
-      return tf.gather(self._blocks, j)
-    rows = slice(j * self._block, (j + 1) * self._block)
-    part = (self._x[:, rows] if self._part is None else
-            self._x[:, self._part, rows])  # [B, bk, N, H]
-    return tf.transpose(part, [0, 2, 1, 3])
-
-
-def _to_blocks(x, block, pad):
-  """`[B, L, N, H]` -> `[n, B, N, block, H]` in the input dtype."""
-  x = tf.transpose(x, [0, 2, 1, 3])  # [B, N, L, H]
-  if not (isinstance(pad, int) and pad == 0):
-    x = tf.pad(x, [[0, 0], [0, 0], [0, pad], [0, 0]])
-  shape = tf.shape(x)
-  x = tf.reshape(x, [shape[0], shape[1], -1, block, x.shape[-1]])
-  return tf.transpose(x, [2, 0, 1, 3, 4])
-
-
-def _from_blocks(x, length):
-  """`[n, B, N, block, H]` -> `[B, length, N, H]`."""
-  x = tf.transpose(x, [1, 0, 3, 2, 4])  # [B, n, block, N, H]
-  shape = tf.shape(x)
-  x = tf.reshape(x, [shape[0], -1, x.shape[3], x.shape[4]])
-  return x[:, :length]
-
-
-def _prepare_mask(mask, plan):
-  """Rank-4 `[Bm, Nm, Tm, Sm]` mask, padded along T and S where not 1."""
-  while mask.shape.rank < 4:
-    mask = tf.expand_dims(mask, 0)
-  pads = [[0, 0], [0, 0], [0, 0], [0, 0]]
-  if mask.shape[2] != 1:
-    pads[2][1] = plan.pad_t
-  if mask.shape[3] != 1:
-    pads[3][1] = plan.pad_s
-  return tf.pad(mask, pads)
-
-
-def _mask_block(mask, plan, i, j):
-  rows = 1 if mask.shape[2] == 1 else plan.bq
-  cols = 1 if mask.shape[3] == 1 else plan.bk
-  begin = [0, 0, 0 if rows == 1 else i * plan.bq, 0 if cols == 1 else j * plan.bk]
-  return tf.slice(mask, begin, [-1, -1, rows, cols])
-
-
-def _block_scores(plan, q_i, k_j, mask, i, j):
-  """Masked scores of one block in the accumulation dtype, `[B, N, bq, bk]`.
-
-  Masked entries hold `large_negative(acc)`; padded keys hold -inf, so a
-  fully masked row still weighs only real keys.
-  """
-  dtype = masks_lib.logits_dtype(q_i.dtype)
-  s = tf.einsum("BNTH,BNSH->BNTS", tf.cast(q_i, dtype), tf.cast(k_j, dtype))
-  s = tf.cast(s, plan.acc)
-  keep = masks_lib.position_mask(
-      plan.bq, plan.bk, causal=plan.is_causal, window=plan.window,
-      query_offset=i * plan.bq, key_offset=j * plan.bk,
-      query_group=plan.group, query_start=plan.start)
-  if mask is not None:
-    keep = masks_lib.combine_masks(keep, _mask_block(mask, plan, i, j))
-  if keep is not None:
-    s = masks_lib.mask_logits(s, keep)
-  if not (isinstance(plan.pad_s, int) and plan.pad_s == 0):
-    real = masks_lib.prefix_mask(plan.bk, plan.s, key_offset=j * plan.bk)
-    s = tf.where(real, s, tf.constant(float("-inf"), plan.acc))
-  return s
-
-
-def _keep_mask(plan, seed, i, j, shape):
-  """The dropout keep-mask of block (i, j); identical in forward and backward."""
-  block_seed = tf.random.experimental.stateless_fold_in(seed, i * plan.nk + j)
-  return tf.random.stateless_uniform(shape, block_seed) >= plan.rate
-
-
-def _row_position(plan, row):
-  """The position of query row `row` (see `blockwise_attention`)."""
-  return plan.start + row // plan.group
-
-
-def _key_block_range(plan, i):
-  """`[first, end)` of the key blocks query block `i` visits: all of them, or
-  those that meet the causal triangle and the sliding-window band."""
-  first_position = _row_position(plan, i * plan.bq)
-  last_position = _row_position(plan, (i + 1) * plan.bq - 1)
-  first, last_key = 0, None  # the last key position it sees; None: all
-  if plan.window is not None:
-    first = tf.maximum(first_position - plan.window + 1, 0) // plan.bk
-    last_key = last_position + plan.window - 1
-  if plan.is_causal:
-    last_key = last_position
-  if last_key is None:
-    return first, plan.nk
-  return first, tf.maximum(first, tf.minimum(plan.nk, last_key // plan.bk + 1))
-
-
-def _query_block_range(plan, j):
-  """`[first, end)` of the query blocks that see key block `j`."""
-  # Positions -> rows: position p holds rows [(p - start) * G, ... + G).
-  row = lambda position: (position - plan.start) * plan.group
-  first_row, last_row = 0, None  # the rows that see it; None: to the last
-  if plan.window is not None:
-    first_row = tf.maximum(row(j * plan.bk - plan.window + 1), 0)
-    last_row = row((j + 1) * plan.bk - 1 + plan.window - 1) + plan.group - 1
-  if plan.is_causal:
-    first_row = tf.maximum(row(j * plan.bk), 0)
-  first = tf.minimum(first_row // plan.bq, plan.nq)
-  if last_row is None:
-    return first, plan.nq
-  return first, tf.maximum(first, tf.minimum(plan.nq, last_row // plan.bq + 1))
-
-
 def _accumulate(plan, q_i, kb, vb, mask, seed, i, j, state):
   """Query block `i` meets key block `j`: the online-softmax update of its
   running `(max m, sum l, accumulator)`."""
   m, l, acc = state
-  s = _block_scores(plan, q_i, kb[j], mask, i, j)
+  s = blocks.block_scores(plan, q_i, kb[j], mask, i, j)
   m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
   p = tf.exp(s - tf.expand_dims(m_new, -1))
   correction = tf.exp(m - m_new)
   l = l * correction + tf.reduce_sum(p, axis=-1)
   if plan.rate > 0.0:
-    keep = _keep_mask(plan, seed, i, j, tf.shape(p))
+    keep = blocks.keep_mask(plan, seed, i, j, tf.shape(p))
     p = tf.where(keep, p / (1.0 - plan.rate), tf.zeros_like(p))
   v_j = vb[j]
   pv = tf.einsum("BNTS,BNSV->BNTV", tf.cast(p, v_j.dtype), v_j)
@@ -337,7 +186,7 @@ def _forward_one_query_block(plan, qb, kb, vb, mask, seed, value=None,
   state = (tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
            tf.zeros(row_shape, plan.acc),
            tf.zeros(tf.concat([lead, [plan.bq, vb.width]], 0), plan.acc))
-  first, end = _key_block_range(plan, 0)
+  first, end = blocks.key_block_range(plan, 0)
   for j in range(plan.nk):
     state = tf.cond(
         tf.logical_and(j >= first, j < end),
@@ -347,13 +196,13 @@ def _forward_one_query_block(plan, qb, kb, vb, mask, seed, value=None,
   m, l, acc = state
   out = acc / tf.expand_dims(l, -1)
   big_neg = masks_lib.large_negative(plan.acc)
-  blocks = tuple(tf.expand_dims(x, 0) for x in (out, m, l, m <= big_neg))
+  results = tuple(tf.expand_dims(x, 0) for x in (out, m, l, m <= big_neg))
   if value is None:
-    return blocks
+    return results
   # The whole output, `[B, T, N, V]` (`value()`: the values, read only for
   # rows with no visible key).
-  out_blocks = _uniform_where_unseen(blocks[0], blocks[3], value, plan.acc)
-  return tf.cast(_from_blocks(out_blocks, length), qb.dtype)
+  out_blocks = _uniform_where_unseen(results[0], results[3], value, plan.acc)
+  return tf.cast(blocks.from_blocks(out_blocks, length), qb.dtype)
 
 
 def _uniform_where_unseen(out_blocks, fully_masked, value, dtype):
@@ -393,7 +242,7 @@ def _forward(plan, qb, kb, vb, mask, seed):
       return (j + 1,) + _accumulate(plan, q_i, kb, vb, mask, seed, i, j,
                                     (m, l, acc))
 
-    first, end = _key_block_range(plan, i)
+    first, end = blocks.key_block_range(plan, i)
     init = (tf.convert_to_tensor(first),
             tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
             tf.zeros(row_shape, plan.acc), tf.zeros(acc_shape, plan.acc))
@@ -431,7 +280,7 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
     def query_block(i, dq_buf, dk, dv):
       q_i = tf.gather(qb, i)
       do_i = tf.gather(dob, i)
-      s = _block_scores(plan, q_i, k_j, mask, i, j)
+      s = blocks.block_scores(plan, q_i, k_j, mask, i, j)
       # Masked and padded entries (and so fully masked rows) get p = 0.
       p = tf.where(s > masks_lib.large_negative(acc),
                    tf.exp(s - tf.expand_dims(tf.gather(row_max, i), -1)) *
@@ -439,7 +288,7 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
       dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, acc))
       p_used = p
       if plan.rate > 0.0:
-        keep = _keep_mask(plan, seed, i, j, tf.shape(p))
+        keep = blocks.keep_mask(plan, seed, i, j, tf.shape(p))
         scale = 1.0 / (1.0 - plan.rate)
         p_used = tf.where(keep, p * scale, tf.zeros_like(p))
         dp = tf.where(keep, dp * scale, tf.zeros_like(dp))
@@ -450,7 +299,7 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
       dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, acc))
       return i + 1, dq_buf, dk, dv
 
-    first, end = _query_block_range(plan, j)
+    first, end = blocks.query_block_range(plan, j)
     init = (tf.convert_to_tensor(first), dq_buf,
             tf.zeros(tf.shape(k_j), acc), tf.zeros(tf.shape(v_j), acc))
     _, dq_buf, dk, dv = tf.while_loop(lambda i, *_: i < end, query_block, init)
