@@ -5,8 +5,9 @@ accuracy, the differences between them and the generator's decoding speed.
 Installed as `tf_mha_export`; from a checkout, `python -m tools.export_saved_model`.
 TensorFlow's own logs are hidden unless --verbosity is given.
 
-  python -m tools.export_saved_model                      # the demo
-  python -m tools.export_saved_model --keras_model=m.keras --model_name=mine
+  python -m tools.export_saved_model                      # the demos
+  python -m tools.export_saved_model --keras_model=m.keras --model_name=mine \
+      --sample_data=sample.npz     # your own model (tf_keras or Keras 3)
 """
 
 from absl import app
@@ -34,6 +35,24 @@ _KERAS_MODEL = flags.DEFINE_string(
     "keras_model", None,
     "Export this saved Keras model (.keras, .h5 or SavedModel directory) "
     "instead of training the demo.")
+_SAMPLE_DATA = flags.DEFINE_string(
+    "sample_data", None,
+    "With --keras_model: an .npz of arrays named after the model's inputs "
+    "(a batch each: rows are examples). Its first example becomes the TF "
+    "Serving warmup request, and the export is checked against the Keras "
+    "model on it (else on inputs drawn from the input specs).")
+_IMPORTS = flags.DEFINE_list(
+    "imports", [], "With --keras_model: Python modules to import before "
+    "loading it, which register its own layer classes (Model Garden's "
+    "models: official.nlp.modeling).")
+_PATCH_TF_KERAS = flags.DEFINE_bool(
+    "patch_tf_keras", False, "With --keras_model: run tf_mha.patch_tf_keras() "
+    "before --imports, so that libraries subclassing tf.keras' "
+    "MultiHeadAttention (Model Garden) load on tf_mha's.")
+_SAFE_MODE = flags.DEFINE_bool(
+    "safe_mode", True, "With --keras_model: Keras' safe_mode for .keras "
+    "files; --nosafe_mode loads Python lambdas saved in the file (Model "
+    "Garden's default activation is one). Only for files you trust.")
 _EPOCHS = flags.DEFINE_integer(
     "epochs", None, "Training epochs for each demo; default: 6 for the "
     "classifier, 5 for the generator.")
@@ -51,6 +70,9 @@ def main(argv):
   if unknown or not _DEMOS.value:
     raise app.UsageError("`--demos` takes classifier and generator. Received: "
                          f"--demos={','.join(_DEMOS.value)}")
+  for flag in (_SAMPLE_DATA, _IMPORTS, _PATCH_TF_KERAS):
+    if flag.value and not _KERAS_MODEL.value:
+      raise app.UsageError(f"--{flag.name} goes with --keras_model")
   if _MODEL_NAME.value == _GENERATOR_NAME.value and len(_DEMOS.value) > 1:
     raise app.UsageError("`--model_name` and `--generator_name` must differ. "
                          f"Received: both {_MODEL_NAME.value!r}")
@@ -72,13 +94,15 @@ def main(argv):
     if _KERAS_MODEL.value:
       from tf_mha.export import keras_export
       try:
-        path = keras_export.export_keras_model(
+        exported = keras_export.export_keras_model(
             _KERAS_MODEL.value, output_dir=_OUTPUT_DIR.value,
             model_name=_MODEL_NAME.value, version=_VERSION.value,
-            overwrite=_OVERWRITE.value)
-      except ValueError as e:  # --keras_model does not load
-        raise app.UsageError(str(e)) from e
-      print(f"SavedModel: {path} ({serving.directory_size(path) / 1e6:.2f} MB)")
+            overwrite=_OVERWRITE.value, sample_data=_SAMPLE_DATA.value,
+            imports=_IMPORTS.value, patch_tf_keras=_PATCH_TF_KERAS.value,
+            safe_mode=_SAFE_MODE.value)
+      except ValueError as e:  # --keras_model or --sample_data do not fit
+        return _console.fail(f"Refused: {e}")
+      print("\n".join(exported.lines()))
       return 0
     reports = []
     common = dict(output_dir=_OUTPUT_DIR.value, version=_VERSION.value,

@@ -96,7 +96,7 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
   tokenizer = pipeline.convert_tokenizer(
       path, artifact("tokenizer.tflite"), loaded=loaded, texts=demo.held_out)
   vocab_file = artifact("vocab.txt")
-  pipeline.atomic_write(vocab_file, "".join(
+  tflite.atomic_write(vocab_file, "".join(
       f"{token}\n" for token in demo.tokenizer.vocab).encode())
   warmup = os.path.join(path, serving.WARMUP_FILE)
   return GeneratorReport(path, serving.directory_size(path),
@@ -161,7 +161,7 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded, prompts,
     tflite.ConversionMismatch: custom or Flex operators, or float32 tokens
       that differ from the SavedModel's.
   """
-  pipeline.check_output_file(output_file)
+  tflite.check_output_file(output_file)
   calibration = (representative_inputs(loaded, prompts) if quantize == "int8"
                  else None)
   model = tflite.convert(saved_model_dir, signature=["prefill", "decode"],
@@ -184,6 +184,6 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded, prompts,
     raise tflite.ConversionMismatch(
         f"float32 TFLite generated other tokens than the SavedModel on "
         f"{differ} of {len(prompts)} prompts")
-  pipeline.atomic_write(output_file, model)
+  tflite.atomic_write(output_file, model)
   return (output_file, len(model), generator.exact_match(prompts, texts),
           len(steps) / max(sum(steps), 1e-12))

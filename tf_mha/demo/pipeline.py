@@ -15,6 +15,7 @@ from absl import logging
 
 from tf_mha.demo import data
 from tf_mha.demo import model as model_lib
+from tf_mha.export import converter
 from tf_mha.export import serving
 from tf_mha.export import tflite
 
@@ -262,7 +263,7 @@ def convert_tokenizer(saved_model_dir, output_file, count=300, loaded=None,
   if got.shape != want.shape or np.any(got != want):
     raise tflite.ConversionMismatch(
         "the TFLite tokenizer's ids differ from the SavedModel's")
-  atomic_write(output_file, model)
+  tflite.atomic_write(output_file, model)
   return output_file, len(model), len(texts)
 
 
@@ -283,27 +284,41 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded=None):
     tflite.ConversionMismatch: float32 differs by more than 1e-4.
   """
   tflite.check_quantization(quantize)
-  check_output_file(output_file)
+  tflite.check_output_file(output_file)
   loaded = loaded or _load_demo(saved_model_dir)
   texts, labels = data.make_examples(TEST_EXAMPLES, seed=1)
   tokenize = lambda batch: loaded.signatures["tokenize"](
       text=tf.constant(batch))["token_ids"].numpy()
   ids = tokenize(texts)
-  samples = id_samples(ids)
-  calibration = calibration_samples(tokenize) if quantize == "int8" else None
-  model = tflite.convert(saved_model_dir, signature="classify_ids",
-                         quantize=quantize, representative_inputs=calibration)
-  reference = lambda **kw: {k: v.numpy() for k, v in loaded.signatures[
-      "classify_ids"](**{n: tf.constant(a) for n, a in kw.items()}).items()}
-  diff = tflite.max_difference(model, "classify_ids", reference, samples)
-  if quantize == "none" and diff > tflite.FLOAT32_TOLERANCE:
-    raise tflite.ConversionMismatch(
-        f"float32 TFLite differs from the SavedModel by {diff:.3g} "
-        f"(> {tflite.FLOAT32_TOLERANCE})")
-  probs = tflite.run(model, "classify_ids", {"token_ids": ids.astype(np.int32)})
+  calibration = None
+  if quantize == "int8":
+    calibration = {"classify_ids": calibration_samples(tokenize)}
+  conversion = converter.convert_saved_model(
+      saved_model_dir, output_file, signatures=["classify_ids"],
+      quantize=quantize, calibration_data=calibration,
+      sample_data={"classify_ids": id_samples(ids)})
+  probs = tflite.run(output_file, "classify_ids",
+                     {"token_ids": ids.astype(np.int32)})
   accuracy = float(np.mean(np.argmax(probs["probabilities"], -1) == labels))
-  atomic_write(output_file, model)
-  return output_file, len(model), diff, accuracy
+  diff = max(conversion.differences["classify_ids"].values())
+  return output_file, conversion.size, diff, accuracy
+
+
+def is_classifier_export(saved_model_dir):
+  """Whether `saved_model_dir` is the classifier demo's export (its
+  signatures read from saved_model.pb, without loading the model)."""
+  path = os.path.join(saved_model_dir, "saved_model.pb")
+  if not os.path.isfile(path):
+    return False
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = saved_model_pb2.SavedModel()
+  try:
+    with open(path, "rb") as f:
+      proto.ParseFromString(f.read())
+  except Exception:  # pylint: disable=broad-except  (not a SavedModel: the caller says so)
+    return False
+  keys = {key for graph in proto.meta_graphs for key in graph.signature_def}
+  return {"tokenize", "classify_ids"} <= keys
 
 
 def _load_demo(saved_model_dir):
@@ -316,26 +331,3 @@ def _load_demo(saved_model_dir):
   return loaded
 
 
-def check_output_file(path):
-  """Raises a ValueError naming `output_file` unless a file can be written
-  at `path`; makes its missing parent directories."""
-  if os.path.isdir(path):
-    raise ValueError(f"`output_file`={path!r} is a directory; give a file path.")
-  try:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"`output_file`={path!r} cannot be written: {e.strerror} "
-                     f"({e.filename})") from e
-
-
-def atomic_write(path, payload):
-  """Writes `payload` (bytes) to `path` whole or not at all."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  staging = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(staging, "wb") as f:
-      f.write(payload)
-    os.replace(staging, path)
-  finally:
-    if os.path.exists(staging):
-      os.remove(staging)

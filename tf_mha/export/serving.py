@@ -110,7 +110,7 @@ def _name_max(directory):
 
 
 def export(obj, output_dir, model_name, version=None, *, signatures=None,
-           overwrite=False, warmup_inputs=None):
+           overwrite=False, warmup_inputs=None, verify=None):
   """Saves `obj` as `<output_dir>/<model_name>/<version>/`, atomically.
 
   Args:
@@ -122,6 +122,8 @@ def export(obj, output_dir, model_name, version=None, *, signatures=None,
     overwrite: replace an existing version instead of refusing.
     warmup_inputs: `{input_name: np.ndarray}` for the `serving_default`
       warmup request, written when the serving API protos are available.
+    verify: called with the written (not yet published) export directory;
+      what it raises aborts the export, leaving nothing published.
 
   Returns:
     The path of the version directory.
@@ -141,6 +143,8 @@ def export(obj, output_dir, model_name, version=None, *, signatures=None,
   try:
     tf.saved_model.save(obj, staging, signatures=signatures)
     _step("saved")
+    if verify is not None:
+      verify(staging)
     if warmup_inputs is not None:
       write_warmup(staging, warmup_inputs)
     _step("complete")

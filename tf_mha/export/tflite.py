@@ -4,9 +4,9 @@ The attention model converts to TFLite builtin operators only (no Flex, no
 custom ops), with dynamic batch and sequence length.
 """
 
+import os
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
 QUANTIZATIONS = ("none", "float16", "dynamic_range", "int8")
@@ -25,7 +25,7 @@ def check_quantization(quantize):
 
 
 def convert(saved_model_dir, *, signature, quantize="none",
-            representative_inputs=None, text_ops=False):
+            representative_inputs=None, text_ops=False, select_tf_ops=False):
   """Converts signatures of a SavedModel to a TFLite flatbuffer.
 
   "int8" runs the projections, feed-forward layers and embeddings in int8
@@ -44,6 +44,7 @@ def convert(saved_model_dir, *, signature, quantize="none",
       `(signature_key, {input_name: array})`.
     text_ops: allow tensorflow-text's TFLite custom ops (a text front end);
       run the result with `interpreter(model, text_ops=True)`.
+    select_tf_ops: let ops without a builtin run as Select TF ops (Flex).
 
   Returns:
     The model as bytes.
@@ -52,7 +53,8 @@ def convert(saved_model_dir, *, signature, quantize="none",
   keys = [signature] if isinstance(signature, str) else list(signature)
   converter = tf.lite.TFLiteConverter.from_saved_model(
       saved_model_dir, signature_keys=keys)
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  extra = [tf.lite.OpsSet.SELECT_TF_OPS] if select_tf_ops else []
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, *extra]
   converter.allow_custom_ops = text_ops
   if quantize != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -63,7 +65,8 @@ def convert(saved_model_dir, *, signature, quantize="none",
       raise ValueError("`representative_inputs` are required for int8.")
     converter.representative_dataset = lambda: iter(representative_inputs)
     converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS,
+        *extra]
     return _int8_keeping_attention_float(converter)
   return converter.convert()
 
@@ -100,10 +103,16 @@ def _int8_keeping_attention_float(converter):
 
 def interpreter(model, text_ops=False):
   """A LiteRT interpreter for `model` (bytes or a path); `text_ops` registers
-  tensorflow-text's TFLite kernels (the demo's tokenizer model needs them)."""
+  tensorflow-text's TFLite kernels (the demo's tokenizer model needs them).
+  A model with Select TF ops runs in TensorFlow's own interpreter, which
+  carries the Flex delegate (LiteRT's wheel does not)."""
   from ai_edge_litert import interpreter as litert
   source = ({"model_content": bytes(model)} if isinstance(model, (bytes, bytearray))
             else {"model_path": str(model)})
+  if not text_ops and _has_flex_ops(model):
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+      return tf.lite.Interpreter(**source)
   if not text_ops:
     return litert.Interpreter(**source)
   from tensorflow_text import tflite_registrar
@@ -119,16 +128,33 @@ def run(model, signature, inputs, text_ops=False):
 
 def operators(model):
   """The names of the builtin and custom operators a TFLite model uses."""
+  return sorted(operator_counts(model))
+
+
+def operator_counts(model):
+  """`{operator name: count}` over every subgraph (signature) of a TFLite
+  model (bytes or a path); custom operators as `CUSTOM:<name>`."""
   from tensorflow.lite.python import schema_py_generated as schema
+  if not isinstance(model, (bytes, bytearray)):
+    with open(model, "rb") as f:
+      model = f.read()
   parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
-  names = set()
+  names = []
   for code in parsed.operatorCodes:
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
-      names.add(f"CUSTOM:{code.customCode.decode()}")
+      names.append(f"CUSTOM:{code.customCode.decode()}")
     else:
-      names.add(_BUILTIN_NAMES.get(builtin, str(builtin)))
-  return sorted(names)
+      names.append(_BUILTIN_NAMES.get(builtin, str(builtin)))
+  counts = {}
+  for subgraph in parsed.subgraphs:
+    for op in subgraph.operators or []:
+      counts[names[op.opcodeIndex]] = counts.get(names[op.opcodeIndex], 0) + 1
+  return counts
+
+
+def _has_flex_ops(model):
+  return any(name.startswith("CUSTOM:Flex") for name in operator_counts(model))
 
 
 def _builtin_names():
@@ -140,12 +166,36 @@ def _builtin_names():
 _BUILTIN_NAMES = _builtin_names()
 
 
-def max_difference(model, signature, reference_fn, samples):
-  """Largest |TFLite - reference| over `samples` (a list of input dicts)."""
-  worst = 0.0
-  for inputs in samples:
-    got = run(model, signature, inputs)
-    want = reference_fn(**inputs)
-    for name, value in got.items():
-      worst = max(worst, float(np.max(np.abs(value - np.asarray(want[name])))))
-  return worst
+def check_output_file(path):
+  """Raises a ValueError naming `output_file` unless a file can be written
+  at `path`; makes its missing parent directories."""
+  if os.path.isdir(path):
+    raise ValueError(f"`output_file`={path!r} is a directory; give a file path.")
+  try:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"`output_file`={path!r} cannot be written: {e.strerror} "
+                     f"({e.filename})") from e
+  probe = f"{path}.probe-{os.getpid()}"
+  try:
+    with open(probe, "wb"):
+      pass
+  except OSError as e:
+    raise ValueError(f"`output_file`={path!r} cannot be written: {e.strerror}"
+                     ) from e
+  finally:
+    if os.path.exists(probe):
+      os.remove(probe)
+
+
+def atomic_write(path, payload):
+  """Writes `payload` (bytes) to `path` whole or not at all."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  staging = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(staging, "wb") as f:
+      f.write(payload)
+    os.replace(staging, path)
+  finally:
+    if os.path.exists(staging):
+      os.remove(staging)
