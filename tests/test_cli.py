@@ -130,8 +130,8 @@ class QuietOutputTest(tf.test.TestCase):
     quiet, verbose = _run(args), _run(args + ["--verbosity=0"])
     for result in (quiet, verbose):
       self.assertEqual(result.returncode, 1)
-      self.assertIn("--saved_model_dir='/nonexistent' holds no saved_model.pb",
-                    result.stderr)
+      self.assertIn("`saved_model_dir` holds no SavedModel (no saved_model.pb). "
+                    "Received: saved_model_dir='/nonexistent'", result.stderr)
     self.assertNotIn("absl::InitializeLog", quiet.stderr)
     self.assertIn("absl::InitializeLog", verbose.stderr)
 

@@ -17,6 +17,8 @@ from tf_mha.demo import generator
 from tf_mha.demo import generator_export
 from tf_mha.demo import sequences
 from tf_mha.demo import text_generation
+from tf_mha.export import arrays
+from tf_mha.export import converter
 from tf_mha.export import litert_generation
 from tf_mha.export import tflite
 
@@ -212,6 +214,23 @@ class GeneratorExportTest(tf.test.TestCase):
                          sorted(saved.structured_input_signature[1]))
         self.assertEqual(sorted(signatures[key]["outputs"]),
                          sorted(saved.structured_outputs))
+
+  def test_the_converter_takes_the_saved_model_as_it_is(self):
+    """tf_mha_convert_tflite's library on the served export: `prefill` and
+    `decode` (its numeric signatures) in one builtins-only file."""
+    out = os.path.join(self.out_dir, "converted_from_saved_model.tflite")
+    result = converter.convert_saved_model(self.report.saved_model_dir, out)
+    self.assertEqual(result.signatures, ["decode", "prefill"])
+    self.assertEqual(set(result.skipped), {"generate", "serving_default", "tokenize"})
+    self.assertFalse([op for op in result.operators if op.startswith("CUSTOM")])
+    self.assertIn("DYNAMIC_UPDATE_SLICE", result.operators)
+    for name in ("prefill", "decode"):  # inputs the converter did not check on
+      signature = self.loaded.signatures[name]
+      for example in arrays.draw(arrays.signature_inputs(signature), seed=9):
+        got = tflite.run(out, name, example)
+        want = signature(**{k: tf.constant(v) for k, v in example.items()})
+        for output, value in want.items():
+          self.assertAllClose(got[output], value, atol=1e-4, rtol=0, msg=output)
 
   def test_tflite_prefill_takes_any_prompt_length(self):
     runner = litert_generation.Generator(self.report.tflite["none"][0])

@@ -38,7 +38,9 @@ class Conversion:
   signatures: list
   skipped: dict  # signature -> why it was left out
   operators: dict  # operator name -> count, over every signature
-  differences: dict  # signature -> {output: max |TFLite - SavedModel|}
+  # signature -> {output: max |TFLite - SavedModel|}, or None where LiteRT
+  # cannot run it here (Select TF ops need the Flex delegate).
+  differences: dict
   checked_on: dict  # signature -> what the inputs were
 
   def lines(self):
@@ -48,6 +50,9 @@ class Conversion:
     out.append("operators: " + ", ".join(
         f"{name} x{count}" for name, count in sorted(self.operators.items())))
     for name, outputs in self.differences.items():
+      if outputs is None:
+        out.append(f"{name}: not checked in LiteRT ({self.checked_on[name]})")
+        continue
       for output, diff in outputs.items():
         out.append(f"max |TFLite - SavedModel| {name}/{output}: {diff:.3g} "
                    f"({self.checked_on[name]})")
@@ -73,7 +78,9 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
     sample_data: inputs for the LiteRT check, in the same forms; by default
       the calibration data, else inputs drawn from the signatures' specs.
     allow_select_tf_ops: let TensorFlow ops without a TFLite builtin run as
-      Select TF ops (Flex); refused, naming them, otherwise.
+      Select TF ops (Flex); refused, naming them, otherwise. Such a model
+      is written unchecked: no Python interpreter here has the Flex
+      delegate to run it.
 
   Returns:
     A `Conversion`.
@@ -105,7 +112,13 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
   model = _convert(saved_model_dir, names, quantize, representative,
                    allow_select_tf_ops)
   differences, checked_on = {}, {}
+  flex = [op for op in tflite.operator_counts(model) if op.startswith("CUSTOM:Flex")]
   for name in names:
+    if flex:  # LiteRT's wheel (and TF's) has no Flex delegate to run them
+      differences[name] = None
+      checked_on[name] = (f"Select TF ops {flex} need the Flex delegate, "
+                          "which this Python does not have")
+      continue
     examples = samples.get(name)
     checked_on[name] = ("the given examples" if examples else
                         "inputs drawn from its specs")

@@ -144,9 +144,12 @@ def load_keras_model(model_path, imports=(), patch_tf_keras=False,
                                       **options), framework
   except Exception as e:  # pylint: disable=broad-except
     hint = ""
-    if "lambda" in str(e) and safe_mode:
+    if "lambda" in str(e):
       hint = ("; it holds a Python lambda, which loads only with "
-              "safe_mode=False (--nosafe_mode), for a file you trust")
+              "safe_mode=False (--nosafe_mode), for a file you trust" if
+              safe_mode else "; it holds a Python lambda saved by name only "
+              "(tf_keras cannot restore it): build the model with a named "
+              "function or a string such as activation='gelu'")
     elif "Unknown" in str(e):
       hint = ("; its own layer classes must be registered first: name their "
               "module in `imports` (--imports)")

@@ -103,16 +103,10 @@ def _int8_keeping_attention_float(converter):
 
 def interpreter(model, text_ops=False):
   """A LiteRT interpreter for `model` (bytes or a path); `text_ops` registers
-  tensorflow-text's TFLite kernels (the demo's tokenizer model needs them).
-  A model with Select TF ops runs in TensorFlow's own interpreter, which
-  carries the Flex delegate (LiteRT's wheel does not)."""
+  tensorflow-text's TFLite kernels (the demo's tokenizer model needs them)."""
   from ai_edge_litert import interpreter as litert
   source = ({"model_content": bytes(model)} if isinstance(model, (bytes, bytearray))
             else {"model_path": str(model)})
-  if not text_ops and _has_flex_ops(model):
-    with warnings.catch_warnings():
-      warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-      return tf.lite.Interpreter(**source)
   if not text_ops:
     return litert.Interpreter(**source)
   from tensorflow_text import tflite_registrar
@@ -151,10 +145,6 @@ def operator_counts(model):
     for op in subgraph.operators or []:
       counts[names[op.opcodeIndex]] = counts.get(names[op.opcodeIndex], 0) + 1
   return counts
-
-
-def _has_flex_ops(model):
-  return any(name.startswith("CUSTOM:Flex") for name in operator_counts(model))
 
 
 def _builtin_names():

@@ -83,7 +83,7 @@ class CachedCall:
 
   def _cached_call(self, query, value, key, cache, index, *, attention_mask,
                    query_mask, value_mask, key_mask, training,
-                   return_attention_scores, use_causal_mask):
+                   return_attention_scores, use_causal_mask, segment_ids=None):
     """See the layer's `cache` and `cache_update_index` arguments.
 
     Masks are over the cache: `attention_mask` `[B, L, S]`, `query_mask`
@@ -119,7 +119,9 @@ class CachedCall:
           block_sizes=((q.shape[1] or 1) * (q.shape[2] // cache.shape[3]),
                        min(_CACHE_KEY_BLOCK, slots or _CACHE_KEY_BLOCK))
           if flash and q.shape[1] is not None else None,
-          query_start=start)
+          query_start=start,
+          segment_ids=None if segment_ids is None else segment_ids[0],
+          key_segment_ids=None if segment_ids is None else segment_ids[1])
 
     result = _dropout.attend_with_rate(self._dropout, training, attend)
     out, scores = result if return_attention_scores else (result, None)

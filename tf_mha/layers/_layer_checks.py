@@ -11,6 +11,7 @@ import numbers
 import tensorflow as tf
 
 from tf_mha.ops import checks
+from tf_mha.ops import segments
 
 
 def output_shape(value):
@@ -127,3 +128,30 @@ def check_masks(attention_axes, query, value, key, attention_mask, **masks):
     raise ValueError(
         "`attention_mask` must broadcast to [batch dims, query (T) dims, key "
         f"(S) dims] = {full}. Received: attention_mask with shape {shape}")
+
+
+def segment_ids(layer, query, ids, key_ids):
+  """`(query ids, key ids)` as int32 tensors (key ids default to the
+  queries'), or None; a ValueError naming them where the layer cannot take
+  them (several attention axes)."""
+  if ids is None and key_ids is None:
+    return None
+  if ids is None:
+    raise ValueError("`key_segment_ids` needs `segment_ids`. Received: "
+                     "segment_ids=None")
+  rank = as_shape(query).rank
+  axes = layer._attention_axes  # pylint: disable=protected-access
+  if rank != 3 or (axes is not None and tuple(axes) not in ((1,), (-2,))):
+    raise ValueError(
+        "`segment_ids` need `[batch, length, features]` inputs with one "
+        f"attention axis. Received: query rank {rank}, attention_axes={axes}")
+  ids = tf.cast(checks.tensor("segment_ids", ids), tf.int32)
+  key_ids = ids if key_ids is None else tf.cast(
+      checks.tensor("key_segment_ids", key_ids), tf.int32)
+  return ids, key_ids
+
+
+def segment_mask(ids):
+  """The dense `[B, T, S]` mask of `(query ids, key ids)`, for subclasses
+  that compute attention their own way."""
+  return segments.mask(*ids)[:, 0]

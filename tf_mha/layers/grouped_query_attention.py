@@ -147,13 +147,16 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
            training=None,
            use_causal_mask=False,
            cache=None,
-           cache_update_index=None):
+           cache_update_index=None,
+           segment_ids=None,
+           key_segment_ids=None):
     return super().call(
         query, value, key=key, attention_mask=attention_mask,
         return_attention_scores=return_attention_scores, training=training,
         use_causal_mask=use_causal_mask, query_mask=query_mask,
         value_mask=value_mask, key_mask=key_mask, cache=cache,
-        cache_update_index=cache_update_index)
+        cache_update_index=cache_update_index, segment_ids=segment_ids,
+        key_segment_ids=key_segment_ids)
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
     return super().compute_output_shape(query_shape, value_shape, key_shape)

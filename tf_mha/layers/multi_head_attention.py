@@ -94,6 +94,13 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     cache_update_index: with `cache`, where the `T` new tokens' keys and
       values are written (`[i, i + T)`); query `i + t` attends to cache
       positions `<= i + t`. `None`: the cache is read as it is.
+    segment_ids: int `[B, T]`, packed rows (`[B, T, D]` inputs): query `t`
+      attends to key `s` only when their ids are equal and not 0 (padding);
+      applied in the op, which skips the blocks between examples
+      (`tf_mha.dot_product_attention`). Combines with every other mask.
+    key_segment_ids: int `[B, S]`, the keys' ids when they are not the
+      queries' sequence (cross-attention, a cache's slots); defaults to
+      `segment_ids`.
 
   Returns:
     The attention output `[B, T, D]` (or `output_shape`), and the scores if
@@ -247,7 +254,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
 
   def _compute_attention(self, query, key, value, attention_mask=None,
                          training=None, return_attention_scores=False,
-                         use_causal_mask=False, sliding_window=None):
+                         use_causal_mask=False, sliding_window=None,
+                         segment_ids=None):
     """Attention over projected heads; the documented override point.
 
     Args:
@@ -261,6 +269,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
         (tf_mha only; tf.keras puts it in `attention_mask`).
       sliding_window: `None`, or also apply this band, without materialising
         it (tf_mha only; Keras 3 puts it in `attention_mask`).
+      segment_ids: `None`, or the `(query ids [B, T], key ids [B, S])` of
+        packed rows (tf_mha only): applied in the op, which skips the blocks
+        between segments.
 
     Returns:
       `(attention_output [B, T, N, V], attention_scores [B, N, T, S] or None)`.
@@ -271,6 +282,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
       # recipe on its state, with the masks the op would have applied.
       attention_mask = masks_lib.combine_masks(attention_mask, self._op_only_mask(
           query, key, use_causal_mask, sliding_window))
+      if segment_ids is not None:
+        attention_mask = masks_lib.combine_masks(
+            attention_mask, _layer_checks.segment_mask(segment_ids))
       return self._einsum_attention(query, key, value, attention_mask, training)
     if return_attention_scores and self._flash_attention:
       raise ValueError(
@@ -294,7 +308,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
           dropout_rate=rate,
           dropout_seed=self._dropout_seeds.next() if rate else None,
           return_scores=return_attention_scores,
-          flash_attention=self._flash_attention)
+          flash_attention=self._flash_attention,
+          segment_ids=None if segment_ids is None else segment_ids[0],
+          key_segment_ids=None if segment_ids is None else segment_ids[1])
 
     result = _dropout.attend_with_rate(self._dropout, training, attend)
     out, scores = result if return_attention_scores else (result, None)
@@ -315,14 +331,17 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
            value_mask=None,
            key_mask=None,
            cache=None,
-           cache_update_index=None):
+           cache_update_index=None,
+           segment_ids=None,
+           key_segment_ids=None):
+    ids = _layer_checks.segment_ids(self, query, segment_ids, key_segment_ids)
     if cache is not None or cache_update_index is not None:
       return self._cached_call(
           query, value, key, cache, cache_update_index,
           attention_mask=attention_mask, query_mask=query_mask,
           value_mask=value_mask, key_mask=key_mask, training=training,
           return_attention_scores=return_attention_scores,
-          use_causal_mask=use_causal_mask)
+          use_causal_mask=use_causal_mask, segment_ids=ids)
     if key is None:
       key = value
     query_mask = _inputs.keras_mask(query, query_mask)
@@ -351,6 +370,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     else:
       attention_mask = self._compute_attention_mask(
           query, value, key=key, use_causal_mask=use_causal_mask, **masks)
+    if ids is not None and not op_path:  # tf.keras' contract: one mask
+      attention_mask = masks_lib.combine_masks(attention_mask,
+                                               _layer_checks.segment_mask(ids))
     gate = self._gate_dense(query) if self._use_gate else None  # [B, T, N, V]
     query, key, value = self._project(query, key, value)
     if op_path:
@@ -358,7 +380,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
           query, key, value, attention_mask, training,
           return_attention_scores=return_attention_scores,
           use_causal_mask=use_causal_mask and op_masks,
-          sliding_window=self._sliding_window if op_masks else None)
+          sliding_window=self._sliding_window if op_masks else None,
+          segment_ids=ids)
     else:
       output, scores = self._compute_attention(query, key, value,
                                                attention_mask, training)

@@ -10,10 +10,18 @@ import collections
 import tensorflow as tf
 
 from tf_mha.ops import masks as masks_lib
+from tf_mha.ops import segments as segments_lib
 
 
+# `segments`: None, or `Segments` (see `with_segments`).
 Plan = collections.namedtuple(
-    "Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc group start")
+    "Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc group start "
+    "segments")
+# Segment ids per block, `[nq, B, bq]` (query rows) and `[nk, B, bk]`, and
+# the `[n, 2]` block ranges that `segments.block_ranges` found (None: every
+# block, for ids that are not the queries' own).
+Segments = collections.namedtuple(
+    "Segments", "query_ids key_ids key_ranges query_ranges")
 
 
 def make_plan(query, key, bq, bk, is_causal, window, rate):
@@ -24,7 +32,27 @@ def make_plan(query, key, bq, bk, is_causal, window, rate):
   return Plan(t=t, s=s, bq=bq, bk=bk, nq=nq, nk=nk,
                pad_t=nq * bq - t, pad_s=nk * bk - s,
                is_causal=is_causal, window=window, rate=float(rate),
-               acc=masks_lib.softmax_dtype(query.dtype), group=1, start=0)
+               acc=masks_lib.softmax_dtype(query.dtype), group=1, start=0,
+               segments=None)
+
+
+def with_segments(plan, query_ids, key_ids, self_attention):
+  """`plan` with segment ids `[B, T]`, `[B, S]` laid out per block; for
+  self-attention, with the key and query block ranges they allow."""
+  ranges = (None, None)
+  if self_attention:
+    ranges = segments_lib.block_ranges(query_ids, plan.group, plan.bq,
+                                       plan.bk, plan.nq, plan.nk)
+  rows = tf.repeat(query_ids, plan.group, axis=1)  # [B, T * G]
+  return plan._replace(segments=Segments(
+      _id_blocks(rows, plan.bq, plan.nq), _id_blocks(key_ids, plan.bk, plan.nk),
+      *ranges))
+
+
+def _id_blocks(ids, block, count):
+  """ids `[B, L]` -> `[count, B, block]`, padded with 0 (padding)."""
+  ids = tf.pad(ids, [[0, 0], [0, count * block - tf.shape(ids)[1]]])
+  return tf.transpose(tf.reshape(ids, [tf.shape(ids)[0], count, block]), [1, 0, 2])
 
 
 def length(x):
@@ -113,6 +141,10 @@ def block_scores(plan, q_i, k_j, mask, i, j):
       query_group=plan.group, query_start=plan.start)
   if mask is not None:
     keep = masks_lib.combine_masks(keep, mask_block(mask, plan, i, j))
+  if plan.segments is not None:
+    q_ids = tf.gather(plan.segments.query_ids, i)  # [B, bq]
+    k_ids = tf.gather(plan.segments.key_ids, j)  # [B, bk]
+    keep = masks_lib.combine_masks(keep, segments_lib.mask(q_ids, k_ids))
   if keep is not None:
     s = masks_lib.mask_logits(s, keep)
   if not (isinstance(plan.pad_s, int) and plan.pad_s == 0):
@@ -143,9 +175,11 @@ def key_block_range(plan, i):
     last_key = last_position + plan.window - 1
   if plan.is_causal:
     last_key = last_position
-  if last_key is None:
-    return first, plan.nk
-  return first, tf.maximum(first, tf.minimum(plan.nk, last_key // plan.bk + 1))
+  end = plan.nk
+  if last_key is not None:
+    end = tf.maximum(first, tf.minimum(plan.nk, last_key // plan.bk + 1))
+  ranges = plan.segments and plan.segments.key_ranges
+  return _intersect(first, end, ranges, i)
 
 
 def query_block_range(plan, j):
@@ -159,6 +193,17 @@ def query_block_range(plan, j):
   if plan.is_causal:
     first_row = tf.maximum(row(j * plan.bk), 0)
   first = tf.minimum(first_row // plan.bq, plan.nq)
-  if last_row is None:
-    return first, plan.nq
-  return first, tf.maximum(first, tf.minimum(plan.nq, last_row // plan.bq + 1))
+  end = plan.nq
+  if last_row is not None:
+    end = tf.maximum(first, tf.minimum(plan.nq, last_row // plan.bq + 1))
+  ranges = plan.segments and plan.segments.query_ranges
+  return _intersect(first, end, ranges, j)
+
+
+def _intersect(first, end, ranges, index):
+  """`[first, end)` within the segment range `ranges[index]`, if any."""
+  if ranges is None:
+    return first, end
+  bounds = tf.gather(ranges, index)
+  first = tf.maximum(first, bounds[0])
+  return first, tf.maximum(first, tf.minimum(end, bounds[1]))

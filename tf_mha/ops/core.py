@@ -21,6 +21,7 @@ from tf_mha.ops import flash
 from tf_mha.ops import groups
 from tf_mha.ops import masks as masks_lib
 from tf_mha.ops import plain
+from tf_mha.ops import segments
 
 
 def dot_product_attention(query,
@@ -37,7 +38,9 @@ def dot_product_attention(query,
                           flash_attention=None,
                           block_sizes=None,
                           query_start=0,
-                          kv_cache=None):
+                          kv_cache=None,
+                          segment_ids=None,
+                          key_segment_ids=None):
   """Multi-head scaled dot-product attention, with grouped keys and values.
 
   A query row whose every key is masked attends uniformly to all keys (its
@@ -94,6 +97,15 @@ def dot_product_attention(query,
       visits from it (under XLA, slicing the two halves out first would
       copy the whole cache on every step).
 
+    segment_ids: int `[B, T]`, several examples packed in a row: query `t`
+      sees key `s` only when their ids are equal and not 0 (0 is padding).
+      Combines with every other mask. Segments are contiguous runs, so the
+      blockwise path visits, for each query block, only the key blocks from
+      the start of its first segment to the end of its last (work about
+      `sum(L_i^2)`, not `T^2`); it is chosen for packed rows of 256 or more.
+    key_segment_ids: int `[B, S]`, the keys' ids for cross-attention;
+      defaults to `segment_ids` (self-attention, `S == T`).
+
   Returns:
     `[B, T, N, V]` in the dtype of `query`, and the probabilities if
     `return_scores`.
@@ -106,6 +118,7 @@ def dot_product_attention(query,
     TypeError: on inputs that are not floating-point tensors.
   """
   query, key, value, kv_cache = _inputs(query, key, value, kv_cache)
+  ids = _segment_ids(segment_ids, key_segment_ids, query, key)
   dropout_rate = checks.rate("dropout_rate", dropout_rate)
   flash_attention = checks.tri_state("flash_attention", flash_attention)
   scale = checks.scalar("scale", scale)
@@ -129,20 +142,44 @@ def dot_product_attention(query,
   if dropout_rate > 0.0 and dropout_seed is None:
     dropout_seed = plain.random_seed()
   group = query.shape[2] // key.shape[2]
+  path = _choose_path(query, key, mask, flash_attention, is_causal,
+                      sliding_window, return_scores, query_start, group, ids)
+  if ids is not None and path is not _blockwise_path:
+    mask = masks_lib.combine_masks(mask, segments.mask(*ids[:2]))
   if group > 1:  # [B, T, N, H] -> [B, T * G, K, H], rows (t, g)
     query = groups.rows_of_groups(query, group)
     if mask is not None:
       mask = groups.mask_rows_of_groups(mask, group, tf.shape(query)[1] // group)
-  path = _choose_path(query, key, mask, flash_attention, is_causal,
-                      sliding_window, return_scores, query_start, group)
   out, probs = path(query, key, value, mask=mask, is_causal=is_causal,
                     sliding_window=sliding_window, dropout_rate=dropout_rate,
                     dropout_seed=dropout_seed, block_sizes=block_sizes,
-                    group=group, query_start=query_start, kv_cache=kv_cache)
+                    group=group, query_start=query_start, kv_cache=kv_cache,
+                    segment_ids=ids)
   out = groups.groups_of_rows(out, group)
   if not return_scores:
     return out
   return out, None if probs is None else groups.scores_of_rows(probs, group)
+
+
+def _segment_ids(segment_ids, key_segment_ids, query, key):
+  """`(query ids [B, T], key ids [B, S], self-attention?)`, or None."""
+  if segment_ids is None:
+    if key_segment_ids is not None:
+      raise ValueError("`key_segment_ids` needs `segment_ids` (the queries' "
+                       "ids). Received: segment_ids=None")
+    return None
+  q = segments.check_ids("segment_ids", segment_ids, query.shape[0],
+                         query.shape[1])
+  if key_segment_ids is None:
+    t, s = query.shape[1], key.shape[1]
+    if t is not None and s is not None and t != s:
+      raise ValueError(
+          "`key_segment_ids` is required when the keys are not the queries' "
+          f"sequence. Received: query length {t}, key length {s}")
+    return q, q, True
+  k = segments.check_ids("key_segment_ids", key_segment_ids, key.shape[0],
+                         key.shape[1])
+  return q, k, False
 
 
 def _inputs(query, key, value, kv_cache):
@@ -169,7 +206,7 @@ def _inputs(query, key, value, kv_cache):
 
 
 def _choose_path(query, key, mask, flash_attention, is_causal, window,
-                 return_scores, query_start, group):
+                 return_scores, query_start, group, ids=None):
   """The path that computes this call: `_blockwise_path`, `_chunked_path`
   or `_plain_path` (each `(query, key, value, **options) -> (out, probs)`
   with grouped heads as rows)."""
@@ -177,7 +214,9 @@ def _choose_path(query, key, mask, flash_attention, is_causal, window,
   if key.shape[1] == 0:  # no key: blocks of zero rows; the plain path copes
     use_flash = False
   if use_flash is None:
-    use_flash = not return_scores and flash.is_preferred(query, key, is_causal)
+    use_flash = not return_scores and (
+        flash.is_preferred(query, key, is_causal) or
+        (ids is not None and ids[2] and flash.is_preferred_for_segments(query)))
   if use_flash:
     return _blockwise_path
   if is_causal and not return_scores and _is_zero(query_start):
@@ -189,17 +228,40 @@ def _choose_path(query, key, mask, flash_attention, is_causal, window,
 
 def _blockwise_path(query, key, value, *, mask, is_causal, sliding_window,
                     dropout_rate, dropout_seed, block_sizes, group,
-                    query_start, kv_cache):
+                    query_start, kv_cache, segment_ids):
+  options = dict(is_causal=is_causal, sliding_window=sliding_window,
+                 dropout_rate=dropout_rate, dropout_seed=dropout_seed,
+                 query_group=group, query_start=query_start)
+  if segment_ids is None:
+    return flash.blockwise_attention(
+        query, key, value, mask=mask, block_sizes=block_sizes,
+        kv_cache=kv_cache, **options), None
+  q_ids, k_ids, self_attention = segment_ids
+  block_sizes = block_sizes or flash.SEGMENT_BLOCK_SIZES
+  if not (self_attention and mask is None and kv_cache is None and
+          _is_zero(query_start)):
+    return flash.blockwise_attention(
+        query, key, value, mask=mask, block_sizes=block_sizes,
+        kv_cache=kv_cache, segment_ids=(q_ids, k_ids, self_attention),
+        **options), None
+  # Packed self-attention: the batch's rows become one sequence (ids offset
+  # per row), so the blocks skipped are those of every row, not of the
+  # union over rows. Padding rows (id 0) see no key: as any such row, they
+  # attend uniformly to their own row's values.
+  one_row = lambda x: tf.reshape(x, [1, -1] + x.shape[2:].as_list())
+  ids = segments.one_row(q_ids)
   out = flash.blockwise_attention(
-      query, key, value, mask=mask, is_causal=is_causal,
-      sliding_window=sliding_window, dropout_rate=dropout_rate,
-      dropout_seed=dropout_seed, block_sizes=block_sizes,
-      query_group=group, query_start=query_start, kv_cache=kv_cache)
-  return out, None
+      one_row(query), one_row(key), one_row(value), block_sizes=block_sizes,
+      segment_ids=(ids, ids, True), **options)
+  out = tf.reshape(out, [-1, query.shape[1] or tf.shape(query)[1]] +
+                   out.shape[2:].as_list())
+  real = tf.repeat(q_ids != 0, group, axis=1)[:, :, None, None]
+  mean = tf.reduce_mean(value, axis=1, keepdims=True)  # [B, 1, K, V]
+  return tf.where(real, out, tf.cast(mean, out.dtype)), None
 
 
 def _chunked_path(query, key, value, *, chunks, mask, sliding_window,
-                  dropout_rate, dropout_seed, group, **unused):
+                  dropout_rate, dropout_seed, group, **unused):  # pylint: disable=unused-argument
   out = chunked.chunked_causal_attention(query, key, value, mask, chunks,
                                          sliding_window, dropout_rate,
                                          dropout_seed, group)

@@ -30,6 +30,13 @@ _BLOCK_SCORES = 8 * 1024 * 1024
 # work too); tools/benchmark.py measures the crossover.
 _PREFERRED_MIN_SCORES = 2048 * 2048
 
+# Blocks for packed rows (segment ids): the granularity at which the blocks
+# between examples are skipped.
+SEGMENT_BLOCK_SIZES = (128, 128)
+# `flash_attention=None` takes the blockwise path for packed self-attention
+# from this many query rows (shorter rows gain little from skipping).
+_SEGMENT_MIN_ROWS = 256
+
 # Key blocks of a single query block unrolled as branches (a decode step
 # over a cache of up to 512 blocks; 65536 slots of 128).
 _MAX_UNROLLED_BLOCKS = 512
@@ -44,6 +51,11 @@ def is_preferred(query, key, is_causal=False):
   t, s = query.shape[1], key.shape[1]
   threshold = _PREFERRED_MIN_SCORES * (2 if is_causal else 1)
   return t is not None and s is not None and t * s >= threshold
+
+
+def is_preferred_for_segments(query):
+  """Whether packed self-attention (segment ids) should run blockwise."""
+  return query.shape[1] is not None and query.shape[1] >= _SEGMENT_MIN_ROWS
 
 
 def choose_block_sizes(query_length, key_length, batch_heads=None):
@@ -66,7 +78,7 @@ def choose_block_sizes(query_length, key_length, batch_heads=None):
 def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
                         sliding_window=None, dropout_rate=0.0,
                         dropout_seed=None, block_sizes=None, query_group=1,
-                        query_start=0, kv_cache=None):
+                        query_start=0, kv_cache=None, segment_ids=None):
   """Exact attention without the `[T, S]` scores; the query is pre-scaled.
 
   Same contract as `tf_mha.dot_product_attention` (no `return_scores`).
@@ -91,6 +103,10 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     kv_cache: `[B, 2, S, N, H]`, keys then values, of which `key` and `value`
       are the two halves: a decode step reads its key blocks straight from
       it (under XLA, slicing the halves out first copies the whole cache).
+    segment_ids: None, or `(query ids [B, T], key ids [B, S], self)`: query
+      `t` sees key `s` only where their ids are equal and not 0; with
+      `self` (the keys' ids are the queries'), each query block visits only
+      the key blocks of its segments (`segments.block_ranges`).
 
   Returns:
     `[B, T, N, V]` in the dtype of `query`.
@@ -103,6 +119,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   plan = blocks.make_plan(query, key, bq, bk, is_causal, sliding_window,
                     dropout_rate)._replace(group=query_group,
                                            start=query_start)
+  if segment_ids is not None:
+    plan = blocks.with_segments(plan, *segment_ids)
   if mask is not None:
     mask = blocks.prepare_mask(mask, plan)
   if dropout_rate > 0.0:
