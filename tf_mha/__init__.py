@@ -1,7 +1,8 @@
 """tf_mha: multi-head attention for TensorFlow (tf_keras), drop-in and scalable.
 
 Public names: the layers `MultiHeadAttention` and `Attention`, the pure op
-`dot_product_attention`, the mask helpers, `generation` (greedy decoding
+`dot_product_attention` (with `segment_ids` for packed rows, and
+`segment_positions`), the mask helpers, `generation` (greedy decoding
 with a key/value cache), and `patch_tf_keras` (tf_keras'
 `MultiHeadAttention` resolves to ours, for libraries that subclass it).
 """
@@ -17,6 +18,7 @@ with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
   from tf_mha.ops import causal_mask
   from tf_mha.ops import combine_masks
   from tf_mha.ops import dot_product_attention
+  from tf_mha.ops import segment_positions
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     "combine_masks",
     "dot_product_attention",
     "patch_tf_keras",
+    "segment_positions",
 ]

@@ -36,6 +36,12 @@ _DECODE = flags.DEFINE_bool(
     "2048-token prefill, for tf_mha's MultiHeadAttention and "
     "GroupedQueryAttention (K=2; tensor and variable caches) against "
     "KerasHub's CachedMultiHeadAttention (needs keras-hub).")
+_PACKING = flags.DEFINE_bool(
+    "packing", False, "Also time packed sequences: an encoder's training "
+    "step (4 blocks, D=512, 8 heads, T=512) in real tokens/s, tf_mha packed "
+    "with segment ids and with a dense block-diagonal mask against tf_mha, "
+    "tf_keras and Keras 3 padded; and the op on four 128-token examples, "
+    "packed or as rows.")
 _GENERATION = flags.DEFINE_bool(
     "generation", False, "Also time generation: a decoder of D=512, 8 query "
     "and 2 key/value heads of 64, 4 blocks (random weights), B=1, a 128-token "
@@ -235,6 +241,14 @@ def _timing_rows(lib, seq_lens, jits):
   return rows
 
 
+def _packing_lines():
+  from tf_mha.benchmarks import packing  # pylint: disable=g-import-not-at-top
+  print("Packed sequences (encoder training step, then the op):", flush=True)
+  training, padding = packing.time_training(
+      repeats=max(3, min(_REPEATS.value, 5)), log=lambda s: print(s, flush=True))
+  return ["", packing.table(training, padding, packing.time_op())]
+
+
 def _generation_lines():
   from tf_mha.benchmarks import generation  # pylint: disable=g-import-not-at-top
   rows = generation.run(repeats=max(3, min(_REPEATS.value, 5)),
@@ -261,12 +275,13 @@ def main(argv):
   bert = _bert_lines(lib) if _BERT.value else []
   decode = _decode_lines() if _DECODE.value else []
   generation = _generation_lines() if _GENERATION.value else []
+  packed = _packing_lines() if _PACKING.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, self-attention (causal, or BERT's padding mask); "
             "median of interleaved calls (at "
             f"least {_REPEATS.value}, about 1 s per implementation for short "
             "points). Ratios are peer time / tf_mha time.",
-            "", table, *bert, *decode, *generation, *memory]
+            "", table, *bert, *decode, *generation, *packed, *memory]
   md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
   with open(md_path, "w") as f:
     f.write("\n".join(report) + "\n")

@@ -35,7 +35,7 @@ def _on_tensorflow():
 
 
 def _attend(layer, query, key, value, mask, *, causal, window, training,
-            return_scores, attention_axes):
+            return_scores, attention_axes, segment_ids=None):
   """tf_mha's op on projected `[B, T, N, H]` / `[B, S, K, H]` tensors (or
   several attention axes), with Keras' `[B, T, S]` mask; returns
   `(output, scores or None)`."""
@@ -59,7 +59,9 @@ def _attend(layer, query, key, value, mask, *, causal, window, training,
       is_causal=causal, sliding_window=window,
       scale=1.0 / math.sqrt(float(query.shape[-1])), dropout_rate=rate,
       dropout_seed=seed, return_scores=return_scores,
-      flash_attention=layer._flash_attention)  # pylint: disable=protected-access
+      flash_attention=layer._flash_attention,  # pylint: disable=protected-access
+      segment_ids=None if segment_ids is None else segment_ids[0],
+      key_segment_ids=None if segment_ids is None else segment_ids[1])
   out, scores = result if return_scores else (result, None)
   out = plan.from_flat(out, query)
   if scores is not None:
@@ -80,11 +82,15 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
 
   def call(self, query, value, key=None, query_mask=None, value_mask=None,
            key_mask=None, attention_mask=None, return_attention_scores=False,
-           training=None, use_causal_mask=False):
+           training=None, use_causal_mask=False, segment_ids=None,
+           key_segment_ids=None):
+    """Keras' call, plus `segment_ids` `[B, T]` and `key_segment_ids`
+    `[B, S]` for packed rows (see `tf_mha.dot_product_attention`)."""
+    ids = _segment_ids(query, segment_ids, key_segment_ids)
     if _keras_computes(self, MultiHeadAttention):
       return super().call(
           query, value, key, query_mask=query_mask, value_mask=value_mask,
-          key_mask=key_mask, attention_mask=attention_mask,
+          key_mask=key_mask, attention_mask=_with_segments(attention_mask, ids),
           return_attention_scores=return_attention_scores, training=training,
           use_causal_mask=use_causal_mask)
     key = value if key is None else key
@@ -98,7 +104,7 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
         dict(query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
              attention_mask=attention_mask),
         use_causal_mask=use_causal_mask, training=training,
-        return_scores=return_attention_scores)
+        return_scores=return_attention_scores, segment_ids=ids)
     if query_mask is not None:
       keras_backend.set_keras_mask(output, query_mask)
     return (output, scores) if return_attention_scores else output
@@ -132,11 +138,15 @@ class GroupedQueryAttention(keras.layers.GroupQueryAttention):
 
   def call(self, query, value, key=None, query_mask=None, value_mask=None,
            key_mask=None, attention_mask=None, return_attention_scores=False,
-           training=None, use_causal_mask=False):
+           training=None, use_causal_mask=False, segment_ids=None,
+           key_segment_ids=None):
+    """Keras' call, plus `segment_ids` `[B, T]` and `key_segment_ids`
+    `[B, S]` for packed rows (see `tf_mha.dot_product_attention`)."""
+    ids = _segment_ids(query, segment_ids, key_segment_ids)
     if _keras_computes(self, GroupedQueryAttention):
       return super().call(
           query, value, key, query_mask=query_mask, value_mask=value_mask,
-          key_mask=key_mask, attention_mask=attention_mask,
+          key_mask=key_mask, attention_mask=_with_segments(attention_mask, ids),
           return_attention_scores=return_attention_scores, training=training,
           use_causal_mask=use_causal_mask)
     output, scores = _projected_attention(
@@ -144,13 +154,13 @@ class GroupedQueryAttention(keras.layers.GroupQueryAttention):
         "sliding_window", dict(query_mask=query_mask, value_mask=value_mask,
                                key_mask=key_mask, attention_mask=attention_mask),
         use_causal_mask=use_causal_mask, training=training,
-        return_scores=return_attention_scores)
+        return_scores=return_attention_scores, segment_ids=ids)
     return (output, scores) if return_attention_scores else output
 
 
 def _projected_attention(layer, query, value, key, attention_axes,
                          window_attribute, masks, *, use_causal_mask, training,
-                         return_scores):
+                         return_scores, segment_ids=None):
   """A Keras 3 attention layer's call after its inputs' Keras masks: the
   padding and explicit masks from Keras' `_compute_attention_mask`, the
   causal mask and sliding window in the op, the projections as matmuls on
@@ -172,7 +182,8 @@ def _projected_attention(layer, query, value, key, attention_axes,
       layer, project(layer._query_dense, query), project(layer._key_dense, key),  # pylint: disable=protected-access
       project(layer._value_dense, value), attention_mask,  # pylint: disable=protected-access
       causal=use_causal_mask, window=window, training=training,
-      return_scores=return_scores, attention_axes=attention_axes)
+      return_scores=return_scores, attention_axes=attention_axes,
+      segment_ids=segment_ids)
   if gate is not None:
     output = output * gate
   return project(layer._output_dense, output, 2), scores  # pylint: disable=protected-access
@@ -183,3 +194,32 @@ def _keras_computes(layer, cls):
   of `cls` that replaces `_compute_attention` (Keras' call uses it)."""
   return (not _on_tensorflow() or
           type(layer)._compute_attention is not cls._compute_attention)  # pylint: disable=protected-access
+
+
+def _segment_ids(query, segment_ids, key_segment_ids):
+  """`(query ids, key ids)` (key ids default to the queries'), or None."""
+  if segment_ids is None:
+    if key_segment_ids is not None:
+      raise ValueError("`key_segment_ids` needs `segment_ids`. Received: "
+                       "segment_ids=None")
+    return None
+  if len(query.shape) != 3:
+    raise ValueError("`segment_ids` need `[batch, length, features]` inputs. "
+                     f"Received: query with shape {query.shape}")
+  ids = keras.ops.cast(segment_ids, "int32")
+  key_ids = ids if key_segment_ids is None else keras.ops.cast(
+      key_segment_ids, "int32")
+  return ids, key_ids
+
+
+def _with_segments(attention_mask, ids):
+  """`attention_mask` and the dense `[B, T, S]` segment mask, for Keras'
+  own call (another backend, or a subclass computing attention itself)."""
+  if ids is None:
+    return attention_mask
+  query_ids, key_ids = ids
+  same = keras.ops.equal(query_ids[:, :, None], key_ids[:, None, :])
+  dense = keras.ops.logical_and(same, keras.ops.not_equal(query_ids, 0)[:, :, None])
+  if attention_mask is None:
+    return dense
+  return keras.ops.logical_and(keras.ops.cast(attention_mask, "bool"), dense)

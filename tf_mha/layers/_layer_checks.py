@@ -155,3 +155,19 @@ def segment_mask(ids):
   """The dense `[B, T, S]` mask of `(query ids, key ids)`, for subclasses
   that compute attention their own way."""
   return segments.mask(*ids)[:, 0]
+
+
+def output_shape_of_call(output_shape, query_shape, value_shape, key_shape):
+  """`compute_output_shape` of tf.keras' layer, with its checks."""
+  query_shape = tf.TensorShape(query_shape)
+  value_shape = tf.TensorShape(value_shape)
+  key_shape = value_shape if key_shape is None else tf.TensorShape(key_shape)
+  if query_shape[-1] != value_shape[-1]:
+    # tf.keras' contract for this method (calls accept different sizes).
+    raise ValueError(
+        "The last dimension of `query_shape` and `value_shape` must be "
+        f"equal. Received: query_shape={query_shape}, value_shape={value_shape}")
+  check_signature(query_shape, value_shape, key_shape)
+  if output_shape:
+    return query_shape[:-1].concatenate(output_shape)
+  return query_shape

@@ -406,17 +406,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
                          (self._value_dense, value)))
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
-    query_shape = tf.TensorShape(query_shape)
-    value_shape = tf.TensorShape(value_shape)
-    key_shape = value_shape if key_shape is None else tf.TensorShape(key_shape)
-    if query_shape[-1] != value_shape[-1]:
-      # tf.keras' contract for this method (calls accept different sizes).
-      raise ValueError(
-          "The last dimension of `query_shape` and `value_shape` must be "
-          f"equal. Received: query_shape={query_shape}, value_shape={value_shape}")
-    _layer_checks.check_signature(query_shape, value_shape, key_shape)
-    if self._output_shape:
-      return query_shape[:-1].concatenate(self._output_shape)
-    return query_shape
+    return _layer_checks.output_shape_of_call(self._output_shape, query_shape,
+                                              value_shape, key_shape)
 
 

@@ -142,14 +142,14 @@ def dot_product_attention(query,
   if dropout_rate > 0.0 and dropout_seed is None:
     dropout_seed = plain.random_seed()
   group = query.shape[2] // key.shape[2]
+  if group > 1:  # [B, T, N, H] -> [B, T * G, K, H], rows (t, g)
+    query = groups.rows_of_groups(query, group)
   path = _choose_path(query, key, mask, flash_attention, is_causal,
                       sliding_window, return_scores, query_start, group, ids)
   if ids is not None and path is not _blockwise_path:
     mask = masks_lib.combine_masks(mask, segments.mask(*ids[:2]))
-  if group > 1:  # [B, T, N, H] -> [B, T * G, K, H], rows (t, g)
-    query = groups.rows_of_groups(query, group)
-    if mask is not None:
-      mask = groups.mask_rows_of_groups(mask, group, tf.shape(query)[1] // group)
+  if group > 1 and mask is not None:
+    mask = groups.mask_rows_of_groups(mask, group, tf.shape(query)[1] // group)
   out, probs = path(query, key, value, mask=mask, is_causal=is_causal,
                     sliding_window=sliding_window, dropout_rate=dropout_rate,
                     dropout_seed=dropout_seed, block_sizes=block_sizes,

@@ -40,6 +40,9 @@ _SEGMENT_MIN_ROWS = 256
 # Key blocks of a single query block unrolled as branches (a decode step
 # over a cache of up to 512 blocks; 65536 slots of 128).
 _MAX_UNROLLED_BLOCKS = 512
+# (query block, key block) pairs up to which packed rows unroll their blocks
+# as branches instead of nested while loops.
+_MAX_UNROLLED_PAIRS = 256
 # Query rows up to which a cached call reads its key blocks straight from
 # the cache (`kv_cache`): a decode step. A 2048-token prefill ran slower
 # that way (148 ms against 101 at 4096 slots) than on the sliced halves.
@@ -111,16 +114,8 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   Returns:
     `[B, T, N, V]` in the dtype of `query`.
   """
-  batch_heads = None
-  if query.shape[0] is not None and query.shape[2] is not None:
-    batch_heads = query.shape[0] * query.shape[2]
-  bq, bk = checks.block_sizes(block_sizes) or choose_block_sizes(
-      query.shape[1], key.shape[1], batch_heads)
-  plan = blocks.make_plan(query, key, bq, bk, is_causal, sliding_window,
-                    dropout_rate)._replace(group=query_group,
-                                           start=query_start)
-  if segment_ids is not None:
-    plan = blocks.with_segments(plan, *segment_ids)
+  plan = _plan(query, key, block_sizes, is_causal, sliding_window,
+               dropout_rate, query_group, query_start, segment_ids)
   if mask is not None:
     mask = blocks.prepare_mask(mask, plan)
   if dropout_rate > 0.0:
@@ -146,6 +141,9 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     qb = blocks.to_blocks(q, plan.bq, plan.pad_t)
     kb, vb = (blocks.Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
     forward = _forward_one_query_block if lazy else _forward
+    if (not lazy and plan.segments is not None and isinstance(plan.nq, int)
+        and isinstance(plan.nk, int) and plan.nq * plan.nk <= _MAX_UNROLLED_PAIRS):
+      forward = _forward_unrolled
     out_blocks, row_max, row_sum, fully_masked = forward(
         plan, qb, kb, vb, mask, dropout_seed)
     out_blocks = _uniform_where_unseen(out_blocks, fully_masked, lambda: v,
@@ -174,6 +172,21 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   return attend(query, key, value)
 
 
+def _plan(query, key, block_sizes, is_causal, window, rate, group, start,
+          segment_ids):
+  """The `blocks.Plan` of a call (block sizes chosen when not given)."""
+  batch_heads = None
+  if query.shape[0] is not None and query.shape[2] is not None:
+    batch_heads = query.shape[0] * query.shape[2]
+  bq, bk = checks.block_sizes(block_sizes) or choose_block_sizes(
+      query.shape[1], key.shape[1], batch_heads)
+  plan = blocks.make_plan(query, key, bq, bk, is_causal, window,
+                          rate)._replace(group=group, start=start)
+  if segment_ids is not None:
+    plan = blocks.with_segments(plan, *segment_ids)
+  return plan
+
+
 def _accumulate(plan, q_i, kb, vb, mask, seed, i, j, state):
   """Query block `i` meets key block `j`: the online-softmax update of its
   running `(max m, sum l, accumulator)`."""
@@ -198,29 +211,44 @@ def _forward_one_query_block(plan, qb, kb, vb, mask, seed, value=None,
   the key blocks: each is a branch that runs only when the block is in
   range, and reads its keys by a static slice. (XLA copies the operands of
   a `while` loop: a loop over a cache's blocks read the whole cache.)"""
-  q_i = tf.gather(qb, 0)
-  lead = tf.shape(qb)[1:3]  # [B, N]
-  row_shape = tf.concat([lead, [plan.bq]], 0)
-  state = (tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
-           tf.zeros(row_shape, plan.acc),
-           tf.zeros(tf.concat([lead, [plan.bq, vb.width]], 0), plan.acc))
-  first, end = blocks.key_block_range(plan, 0)
-  for j in range(plan.nk):
-    state = tf.cond(
-        tf.logical_and(j >= first, j < end),
-        lambda j=j, state=state: _accumulate(plan, q_i, kb, vb, mask, seed,
-                                             0, j, state),
-        lambda state=state: state)
-  m, l, acc = state
-  out = acc / tf.expand_dims(l, -1)
-  big_neg = masks_lib.large_negative(plan.acc)
-  results = tuple(tf.expand_dims(x, 0) for x in (out, m, l, m <= big_neg))
+  results = tuple(tf.expand_dims(x, 0) for x in _query_block_unrolled(
+      plan, qb, kb, vb, mask, seed, 0))
   if value is None:
     return results
   # The whole output, `[B, T, N, V]` (`value()`: the values, read only for
   # rows with no visible key).
   out_blocks = _uniform_where_unseen(results[0], results[3], value, plan.acc)
   return tf.cast(blocks.from_blocks(out_blocks, length), qb.dtype)
+
+
+def _query_block_unrolled(plan, qb, kb, vb, mask, seed, i):
+  """Query block `i` (static) over the key blocks in range, each a branch:
+  its `(out, m, l, fully masked)`, each `[B, N, bq(, V)]`."""
+  q_i = qb[i]
+  lead = tf.shape(qb)[1:3]  # [B, N]
+  row_shape = tf.concat([lead, [plan.bq]], 0)
+  state = (tf.fill(row_shape, tf.constant(float("-inf"), plan.acc)),
+           tf.zeros(row_shape, plan.acc),
+           tf.zeros(tf.concat([lead, [plan.bq, vb.width]], 0), plan.acc))
+  first, end = blocks.key_block_range(plan, i)
+  for j in range(plan.nk):
+    state = tf.cond(
+        tf.logical_and(j >= first, j < end),
+        lambda j=j, state=state: _accumulate(plan, q_i, kb, vb, mask, seed,
+                                             i, j, state),
+        lambda state=state: state)
+  m, l, acc = state
+  out = acc / tf.expand_dims(l, -1)
+  return out, m, l, m <= masks_lib.large_negative(plan.acc)
+
+
+def _forward_unrolled(plan, qb, kb, vb, mask, seed):
+  """`_forward` with every (query block, key block) pair a branch that runs
+  only when in range: for packed rows of a few blocks, whose ranges are
+  found at run time (nested while loops cost more on a CPU under XLA)."""
+  results = [_query_block_unrolled(plan, qb, kb, vb, mask, seed, i)
+             for i in range(plan.nq)]
+  return tuple(tf.stack(parts) for parts in zip(*results))
 
 
 def _uniform_where_unseen(out_blocks, fully_masked, value, dtype):
@@ -296,26 +324,12 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
     v_j = tf.gather(vb, j)
 
     def query_block(i, dq_buf, dk, dv):
-      q_i = tf.gather(qb, i)
-      do_i = tf.gather(dob, i)
-      s = blocks.block_scores(plan, q_i, k_j, mask, i, j)
-      # Masked and padded entries (and so fully masked rows) get p = 0.
-      p = tf.where(s > masks_lib.large_negative(acc),
-                   tf.exp(s - tf.expand_dims(tf.gather(row_max, i), -1)) *
-                   tf.expand_dims(tf.gather(inv_sum, i), -1), tf.zeros_like(s))
-      dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, acc))
-      p_used = p
-      if plan.rate > 0.0:
-        keep = blocks.keep_mask(plan, seed, i, j, tf.shape(p))
-        scale = 1.0 / (1.0 - plan.rate)
-        p_used = tf.where(keep, p * scale, tf.zeros_like(p))
-        dp = tf.where(keep, dp * scale, tf.zeros_like(dp))
-      dv += tf.einsum("BNTS,BNTV->BNSV", p_used, do_i)
-      ds = p * (dp - tf.expand_dims(tf.gather(delta, i), -1))  # [B, N, bq, bk]
-      dq_i = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k_j, acc))
+      dq_i, dk_j, dv_j = _pair_gradients(
+          plan, tf.gather(qb, i), k_j, v_j, tf.gather(dob, i),
+          tf.gather(row_max, i), tf.gather(inv_sum, i), tf.gather(delta, i),
+          mask, seed, i, j)
       dq_buf = tf.tensor_scatter_nd_add(dq_buf, [[i]], dq_i[None])
-      dk += tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, acc))
-      return i + 1, dq_buf, dk, dv
+      return i + 1, dq_buf, dk + dk_j, dv + dv_j
 
     first, end = blocks.query_block_range(plan, j)
     init = (tf.convert_to_tensor(first), dq_buf,
@@ -327,6 +341,29 @@ def _backward(plan, qb, kb, vb, dob, stats, delta, mask, seed):
   _, dq_buffer, dks, dvs = tf.while_loop(
       lambda j, *_: j < plan.nk, key_block, [tf.constant(0), dq_buffer] + arrays)
   return dq_buffer, dks.stack(), dvs.stack()
+
+
+def _pair_gradients(plan, q_i, k_j, v_j, do_i, m_i, inv_l_i, delta_i, mask,
+                    seed, i, j):
+  """Query block `i` and key block `j`'s parts of `(dq_i, dk_j, dv_j)`."""
+  acc = plan.acc
+  s = blocks.block_scores(plan, q_i, k_j, mask, i, j)
+  # Masked and padded entries (and so fully masked rows) get p = 0.
+  p = tf.where(s > masks_lib.large_negative(acc),
+               tf.exp(s - tf.expand_dims(m_i, -1)) * tf.expand_dims(inv_l_i, -1),
+               tf.zeros_like(s))
+  dp = tf.einsum("BNTV,BNSV->BNTS", do_i, tf.cast(v_j, acc))
+  p_used = p
+  if plan.rate > 0.0:
+    keep = blocks.keep_mask(plan, seed, i, j, tf.shape(p))
+    scale = 1.0 / (1.0 - plan.rate)
+    p_used = tf.where(keep, p * scale, tf.zeros_like(p))
+    dp = tf.where(keep, dp * scale, tf.zeros_like(dp))
+  dv = tf.einsum("BNTS,BNTV->BNSV", p_used, do_i)
+  ds = p * (dp - tf.expand_dims(delta_i, -1))  # [B, N, bq, bk]
+  dq = tf.einsum("BNTS,BNSH->BNTH", ds, tf.cast(k_j, acc))
+  dk = tf.einsum("BNTS,BNTH->BNSH", ds, tf.cast(q_i, acc))
+  return dq, dk, dv
 
 
 def _key_mean(v, dtype):
