@@ -104,7 +104,8 @@ class Encoder(tf.Module):
   def weights(self):
     variables = [self.embed, self.position] + [w for pair in self.ff for w in pair]
     for layer in self.attention:
-      variables += [getattr(v, "value", v) for v in layer.trainable_variables]
+      variables += [v if isinstance(v, tf.Variable) else v.value  # Keras 3
+                    for v in layer.trainable_variables]
     return variables
 
 
@@ -124,7 +125,7 @@ def training_step(encoder):
       loss = tf.reduce_sum(loss * real) / tf.reduce_sum(real)
     variables = encoder.weights()
     for variable, grad in zip(variables, tape.gradient(loss, variables)):
-      variable.assign_sub(1e-3 * grad)
+      variable.assign_sub(1e-3 * tf.convert_to_tensor(grad))
     return loss
 
   return tf.function(step, jit_compile=True)

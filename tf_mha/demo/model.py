@@ -63,7 +63,11 @@ class PositionEmbedding(layers.Layer):
         initializer=tf_keras.initializers.RandomNormal(stddev=0.02))
     super().build(input_shape)
 
-  def call(self, x):
+  def call(self, x, positions=None):
+    """`positions` `[B, T]`: each token's position (packed rows restart at
+    every sentence); None: 0 to T - 1."""
+    if positions is not None:
+      return x + tf.gather(self.positions, positions)
     length = tf.shape(x)[1]
     return x + tf.expand_dims(self.positions[:length], 0)
 
