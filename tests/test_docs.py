@@ -50,6 +50,18 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(namespace["out"].shape, (3, 5, 8))
     self.assertEqual(namespace["scores"].shape, (3, 2, 5, 5))
 
+  def test_readme_packing_example(self):
+    with open(os.path.join(_REPO, "README.md")) as f:
+      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    example = next(b for b in blocks if "tf_mha.data.pack" in b)
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    row = namespace["row"]
+    self.assertEqual(namespace["out"].shape, (2, 512, 64))
+    # Six examples, 950 tokens: two rows, nothing lost.
+    self.assertEqual(int(tf.reduce_sum(tf.reduce_max(row["segment_ids"], 1))), 6)
+    self.assertEqual(int(tf.math.count_nonzero(row["segment_ids"])), 950)
+
   def test_benchmark_tool_smoke(self):
     out_dir = self.get_temp_dir()
     proc = subprocess.run(
