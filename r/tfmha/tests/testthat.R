@@ -1,0 +1,4 @@
+library(testthat)
+library(tfmha)
+
+test_check("tfmha")
