@@ -15,8 +15,11 @@ Block sizes are static Python ints, so everything compiles under XLA.
 """
 
 
+import functools
+
 import tensorflow as tf
 
+from tf_mha.ops import banded
 from tf_mha.ops import blocks
 from tf_mha.ops import checks
 from tf_mha.ops import masks as masks_lib
@@ -40,9 +43,6 @@ _SEGMENT_MIN_ROWS = 256
 # Key blocks of a single query block unrolled as branches (a decode step
 # over a cache of up to 512 blocks; 65536 slots of 128).
 _MAX_UNROLLED_BLOCKS = 512
-# (query block, key block) pairs up to which packed rows unroll their blocks
-# as branches instead of nested while loops.
-_MAX_UNROLLED_PAIRS = 256
 # Query rows up to which a cached call reads its key blocks straight from
 # the cache (`kv_cache`): a decode step. A 2048-token prefill ran slower
 # that way (148 ms against 101 at 4096 slots) than on the sliced halves.
@@ -136,16 +136,19 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
         plan, blocks.to_blocks(query, plan.bq, plan.pad_t), kb, vb, mask,
         dropout_seed, value=lambda: kv_cache[:, 1], length=plan.t)
 
+  band = banded.applies(plan, mask)
+
   @tf.custom_gradient
   def attend(q, k, v):
     qb = blocks.to_blocks(q, plan.bq, plan.pad_t)
     kb, vb = (blocks.Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
-    forward = _forward_one_query_block if lazy else _forward
-    if (not lazy and plan.segments is not None and isinstance(plan.nq, int)
-        and isinstance(plan.nk, int) and plan.nq * plan.nk <= _MAX_UNROLLED_PAIRS):
-      forward = _forward_unrolled
-    out_blocks, row_max, row_sum, fully_masked = forward(
-        plan, qb, kb, vb, mask, dropout_seed)
+    if band:  # packed rows: every query block at once (`banded`)
+      out_blocks, row_max, row_sum, fully_masked = banded.forward(
+          plan, qb, kb.all(), vb.all(), dropout_seed)
+    else:
+      forward = _forward_one_query_block if lazy else _forward
+      out_blocks, row_max, row_sum, fully_masked = forward(
+          plan, qb, kb, vb, mask, dropout_seed)
     out_blocks = _uniform_where_unseen(out_blocks, fully_masked, lambda: v,
                                        plan.acc)
     out = blocks.from_blocks(out_blocks, plan.t)
@@ -154,8 +157,10 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
       dob = blocks.to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
       # delta_t = sum_v dO * O, the softmax-Jacobian row term.
       delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
-      dqb, dkb, dvb = _backward(plan, qb, kb.all(), vb.all(), dob,
-                                (row_max, row_sum), delta, mask, dropout_seed)
+      backward = banded.backward if band else functools.partial(
+          _backward, mask=mask)
+      dqb, dkb, dvb = backward(plan, qb, kb.all(), vb.all(), dob,
+                               (row_max, row_sum), delta, seed=dropout_seed)
       dq = blocks.from_blocks(dqb, plan.t)
       dk = blocks.from_blocks(dkb, plan.s)
       dv = blocks.from_blocks(dvb, plan.s)
@@ -240,15 +245,6 @@ def _query_block_unrolled(plan, qb, kb, vb, mask, seed, i):
   m, l, acc = state
   out = acc / tf.expand_dims(l, -1)
   return out, m, l, m <= masks_lib.large_negative(plan.acc)
-
-
-def _forward_unrolled(plan, qb, kb, vb, mask, seed):
-  """`_forward` with every (query block, key block) pair a branch that runs
-  only when in range: for packed rows of a few blocks, whose ranges are
-  found at run time (nested while loops cost more on a CPU under XLA)."""
-  results = [_query_block_unrolled(plan, qb, kb, vb, mask, seed, i)
-             for i in range(plan.nq)]
-  return tuple(tf.stack(parts) for parts in zip(*results))
 
 
 def _uniform_where_unseen(out_blocks, fully_masked, value, dtype):

@@ -61,7 +61,17 @@ def _starts(ids):
 
 def _cummax(x):
   """Running maximum along the last axis of an int `[B, L]` tensor, by
-  doubling (log2(L) steps of O(L), static shapes)."""
+  doubling (log2(L) steps of O(L), static shapes): unrolled for a static
+  `L`, a loop otherwise."""
+  static = x.shape[-1]
+  if static is not None:
+    shift = 1
+    while shift < static:
+      shifted = tf.pad(x[:, :static - shift], [[0, 0], [shift, 0]],
+                       constant_values=x.dtype.min)
+      x = tf.maximum(x, shifted)
+      shift *= 2
+    return x
   length = tf.shape(x)[-1]
   index = tf.range(length)
 
