@@ -43,18 +43,12 @@ layer_multi_head_attention <- function(
       num_heads = as_positive_integer(num_heads, "num_heads"),
       key_dim = as_positive_integer(key_dim, "key_dim"),
       value_dim = as_positive_integer(value_dim, "value_dim", null_ok = TRUE),
-      dropout = as_rate(dropout, "dropout"),
-      use_bias = as_flag(use_bias, "use_bias"),
       output_shape = as_positive_integers(output_shape, "output_shape"),
-      attention_axes = as_axes(attention_axes, "attention_axes"),
-      flash_attention = as_flag(flash_attention, "flash_attention", null_ok = TRUE),
-      kernel_initializer = kernel_initializer,
-      bias_initializer = bias_initializer,
-      kernel_regularizer = kernel_regularizer,
-      bias_regularizer = bias_regularizer,
-      activity_regularizer = activity_regularizer,
-      kernel_constraint = kernel_constraint, bias_constraint = bias_constraint,
-      seed = as_seed(seed)), args$layer)
+      attention_axes = as_axes(attention_axes, "attention_axes")),
+    .shared_config(dropout, use_bias, flash_attention, kernel_initializer,
+                   bias_initializer, kernel_regularizer, bias_regularizer,
+                   activity_regularizer, kernel_constraint, bias_constraint,
+                   seed), args$layer)
   layer <- do.call(tfmha_python_module()$MultiHeadAttention, config)
   .call_or_return(layer, if (missing(inputs)) NULL else inputs, args$call)
 }
@@ -87,19 +81,31 @@ layer_group_query_attention <- function(
   }
   config <- c(list(
       head_dim = as_positive_integer(head_dim, "head_dim"),
-      num_query_heads = heads, num_key_value_heads = kv_heads,
-      dropout = as_rate(dropout, "dropout"),
-      use_bias = as_flag(use_bias, "use_bias"),
-      flash_attention = as_flag(flash_attention, "flash_attention", null_ok = TRUE),
-      kernel_initializer = kernel_initializer,
-      bias_initializer = bias_initializer,
-      kernel_regularizer = kernel_regularizer,
-      bias_regularizer = bias_regularizer,
-      activity_regularizer = activity_regularizer,
-      kernel_constraint = kernel_constraint, bias_constraint = bias_constraint,
-      seed = as_seed(seed)), args$layer)
+      num_query_heads = heads, num_key_value_heads = kv_heads),
+    .shared_config(dropout, use_bias, flash_attention, kernel_initializer,
+                   bias_initializer, kernel_regularizer, bias_regularizer,
+                   activity_regularizer, kernel_constraint, bias_constraint,
+                   seed), args$layer)
   layer <- do.call(tfmha_python_module()$GroupedQueryAttention, config)
   .call_or_return(layer, if (missing(inputs)) NULL else inputs, args$call)
+}
+
+# The constructor arguments both layers take, checked and converted.
+.shared_config <- function(dropout, use_bias, flash_attention,
+                           kernel_initializer, bias_initializer,
+                           kernel_regularizer, bias_regularizer,
+                           activity_regularizer, kernel_constraint,
+                           bias_constraint, seed) {
+  list(dropout = as_rate(dropout, "dropout"),
+       use_bias = as_flag(use_bias, "use_bias"),
+       flash_attention = as_flag(flash_attention, "flash_attention", null_ok = TRUE),
+       kernel_initializer = kernel_initializer,
+       bias_initializer = bias_initializer,
+       kernel_regularizer = kernel_regularizer,
+       bias_regularizer = bias_regularizer,
+       activity_regularizer = activity_regularizer,
+       kernel_constraint = kernel_constraint, bias_constraint = bias_constraint,
+       seed = as_seed(seed))
 }
 
 .split_arguments <- function(dots) {
