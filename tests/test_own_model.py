@@ -176,6 +176,52 @@ class OwnModelTest(tf.test.TestCase, parameterized.TestCase):
       self.assertNotIn("VAR_HANDLE", tflite.operators(out))  # weights frozen
       _litert_matches(self, out, export.path, "serving_default", inputs, atol)
 
+  def test_sequential_multi_output_and_subclassed_models(self):
+    tf_keras.utils.set_random_seed(12)
+    keras.utils.set_random_seed(12)
+
+    class Subclassed(tf_keras.Model):
+
+      def __init__(self):
+        super().__init__()
+        self.attention = tf_mha.MultiHeadAttention(2, 4)
+
+      def call(self, x):
+        return self.attention(x, x, use_causal_mask=True)
+
+    features = tf_keras.Input([16, 8], name="feats")
+    h = tf_mha.MultiHeadAttention(2, 4)(features, features)
+    subclassed = Subclassed()
+    subclassed(tf.ones([1, 5, 8]))  # called once: its specs are saved
+    cases = {  # name: (model, file, expected inputs, expected outputs)
+        "sequential": (tf_keras.Sequential([
+            tf_keras.Input([None, 8], name="x"), tf_keras.layers.Dense(8, name="d")]),
+                       "seq.keras", ["x"], ["d"]),
+        "two_outputs": (tf_keras.Model(features, [
+            tf_keras.layers.Dense(2, name="a")(h),
+            tf_keras.layers.Dense(3, name="b")(h)]), "two.keras", ["feats"], ["a", "b"]),
+        "keras3_sequential": (keras.Sequential([
+            keras.Input([None, 8], name="inp"), keras.layers.Dense(4)]),
+                              "k3seq.keras", ["inp"], None),
+        "subclassed": (subclassed, "subclassed_savedmodel", None, None),
+    }
+    for name, (model, file, inputs, outputs) in cases.items():
+      path = os.path.join(self.get_temp_dir(), file)
+      model.save(path)
+      export = keras_export.export_keras_model(
+          path, output_dir=self.get_temp_dir(), model_name=name)
+      if inputs:
+        self.assertEqual(list(export.inputs), inputs, name)
+      if outputs:
+        self.assertEqual(export.outputs, outputs, name)
+      out = self._out(f"{name}.tflite")
+      converter.convert_saved_model(export.path, out)
+      (spec,) = export.inputs.values()
+      shape = [3] + [d or 6 for d in spec.shape.as_list()[1:]]
+      x = np.random.default_rng(13).standard_normal(shape).astype(np.float32)
+      _litert_matches(self, out, export.path, "serving_default",
+                      {list(export.inputs)[0]: x}, atol=1e-4)
+
   def test_bad_calibration_data_is_named_and_nothing_is_written(self):
     out = self._out("bad.tflite")
     cases = {

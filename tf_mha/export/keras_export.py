@@ -203,6 +203,11 @@ def _inputs(model, framework):
                       else "_nested_inputs", None)
   if structure is None and getattr(model, "inputs", None):
     structure = model.inputs if len(model.inputs) > 1 else model.inputs[0]
+  if structure is None and framework == "tf_keras":
+    # A subclassed model called before saving: the specs of that call.
+    spec = model.save_spec(dynamic_batch=True)
+    if spec and spec[0] and not spec[1]:
+      structure = spec[0][0] if len(spec[0]) == 1 else list(spec[0])
   if structure is None:
     raise ValueError(
         "`keras_model` has no declared inputs (a subclassed model never "
