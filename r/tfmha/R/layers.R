@@ -3,6 +3,9 @@
 
 # Arguments of a layer's call, picked out of `...` (the rest go to the
 # layer's constructor: name, dtype, ...).
+# Call arguments that hold data (R arrays are converted for them).
+.data_arguments <- c("attention_mask", "query_mask", "value_mask", "key_mask",
+                     "segment_ids", "key_segment_ids")
 .call_arguments <- c("attention_mask", "use_causal_mask",
                      "return_attention_scores", "training", "query_mask",
                      "value_mask", "key_mask", "segment_ids",
@@ -142,6 +145,9 @@ layer_group_query_attention <- function(
   }
   tensors <- if (named) inputs[c("query", "value", intersect("key", names(inputs)))]
              else stats::setNames(inputs, c("query", "value", "key")[seq_along(inputs)])
+  tensors <- lapply(tensors, as_numpy)
+  data <- intersect(names(call), .data_arguments)
+  call[data] <- lapply(call[data], as_numpy)
   result <- do.call(layer, c(unname(tensors[c("query", "value")]),
                              tensors["key"][!is.na(names(tensors["key"]))],
                              call))

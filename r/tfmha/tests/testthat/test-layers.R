@@ -95,3 +95,18 @@ test_that("a missing Python package says what to install", {
   expect_error(tfmha_python_module("tf_mha_not_installed_anywhere"),
                "pip install 'tf_mha\\[keras3\\]'")
 })
+
+test_that("R arrays go in, and as.array() gives R arrays back", {
+  set.seed(11)
+  q <- array(runif(2 * 5 * 8), c(2, 5, 8))
+  mask <- array(TRUE, c(2, 5, 5))
+  mask[, , 5] <- FALSE
+  out <- layer_multi_head_attention(list(q, q), num_heads = 2, key_dim = 4,
+                                    attention_mask = mask, seed = 1)
+  r_out <- as.array(out)
+  expect_true(is.array(r_out))
+  expect_equal(dim(r_out), c(2L, 5L, 8L))
+  # The same values through NumPy arrays made in Python from the R data.
+  expect_equal(as_r_array(as_numpy(q)), q, tolerance = 1e-6)
+  expect_equal(r_out, as_r_array(out), tolerance = 1e-6)
+})
