@@ -20,6 +20,7 @@ layers write in place: under XLA a tensor cache is copied on every step
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from tf_mha.generation import samplers
 from tf_mha.ops import checks
 
 
@@ -56,7 +57,15 @@ class KVCache(tf.Module):
 
 def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
                     limit=None):
-  """Greedy decoding: prefill `prompt_ids`, then `max_new_tokens` steps.
+  """Greedy decoding: `generate` with `sampling=None` (same arguments)."""
+  return generate(step, prompt_ids, max_new_tokens, caches, end_id=end_id,
+                  limit=limit)
+
+
+def generate(step, prompt_ids, max_new_tokens, caches, *, sampling=None,
+             end_id=None, limit=None):
+  """Decoding: prefill `prompt_ids`, then `max_new_tokens` steps, each token
+  picked greedily or by `sampling`, in one loop that compiles with XLA.
 
   Args:
     step: `(token_ids [B, L] int32, caches, index) -> (logits [B, L, V],
@@ -65,13 +74,16 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
     max_new_tokens: `M`, a positive int (static: the output's shape).
     caches: the nest of caches `step` takes (tensors, or `KVCache.layers`),
       with `S >= P + M - 1` slots.
+    sampling: `None` (greedy), or a `samplers.Sampling` (temperature, top-k,
+      top-p, seed; scalars or per row): token `t` is drawn with the seed
+      folded with `t`.
     end_id: a token that ends a row: once a row emits it, the rest of that
       row is `end_id`. `None`: every row runs `M` tokens.
-    limit: an int32 scalar tensor in `[1, M]`: stop after this many tokens
-      (a run-time `max_new_tokens` under a static `M`, as an XLA-compiled
-      serving signature needs); later columns are `end_id`, or 0 without
-      one. `None`: `M`. The caller checks the range (`limit` past `M`
-      stops at `M`).
+    limit: an int32 scalar tensor, or one per row `[B]`, in `[1, M]`: a
+      row's tokens after this many are `end_id`, or 0 without one (a
+      run-time `max_new_tokens` under a static `M`, as an XLA-compiled
+      serving signature needs). `None`: `M`. The caller checks the range
+      (`limit` past `M` stops at `M`).
 
   Returns:
     `(tokens [B, M] int32, caches)`.
@@ -94,10 +106,15 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
         f"need {length + max_new_tokens - 1} cache slots; the caches have "
         f"{slots}.")
   batch = tf.shape(prompt_ids)[0]
-  count = (tf.constant(max_new_tokens) if limit is None else
-           tf.minimum(tf.cast(limit, tf.int32), max_new_tokens))
+  row_count = tf.broadcast_to(
+      tf.constant(max_new_tokens) if limit is None else
+      tf.minimum(tf.cast(limit, tf.int32), max_new_tokens), [batch])  # [B]
+  count = tf.reduce_max(row_count)
+  pick = lambda logits, t: samplers.greedy(logits)
+  if sampling is not None:
+    pick = lambda logits, t: samplers.sample(logits, sampling, t)
   logits, caches = step(prompt_ids, caches, tf.constant(0))
-  first = _argmax(logits[:, -1])
+  first = pick(logits[:, -1], 0)
   end = tf.constant(-1 if end_id is None else end_id, tf.int32)
   tokens = tf.zeros([batch, max_new_tokens], tf.int32)
   position = tf.shape(prompt_ids)[1]
@@ -113,7 +130,8 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
     done = tf.logical_or(done, tf.equal(token, end))
     logits, state = step(token[:, None], caches if in_place else state,
                          position + t)
-    return t + 1, tokens, _argmax(logits[:, -1]), done, () if in_place else state
+    return (t + 1, tokens, pick(logits[:, -1], t + 1), done,
+            () if in_place else state)
 
   def more(t, tokens, token, done, state):
     del tokens, token, state
@@ -124,22 +142,18 @@ def greedy_generate(step, prompt_ids, max_new_tokens, caches, *, end_id=None,
   _, tokens, last, done, state = tf.while_loop(
       more, body, (tf.constant(0), tokens, first, tf.zeros([batch], tf.bool),
                    state_caches))
-  return (_finish(tokens, last, done, end, count, end_id is not None),
-          caches if in_place else state)
+  return (_finish(tokens, last, done, end, count, row_count,
+                  end_id is not None), caches if in_place else state)
 
 
-def _finish(tokens, last, done, end, count, has_end):
+def _finish(tokens, last, done, end, count, row_count, has_end):
   """Writes the last token into column `count - 1`, `end` after a row's end
   token (the loop may stop early once every row has ended), and `end` (or
-  0) from column `count` on."""
+  0) from each row's `row_count` on."""
   last = tf.where(done, end, last)
   tokens = xla.dynamic_update_slice(tokens, last[:, None],
                                     tf.stack([0, count - 1]))
   ended = tf.cumsum(tf.cast(tf.equal(tokens, end), tf.int32), axis=1) > 0
   tokens = tf.where(ended, end, tokens)
-  beyond = tf.range(tf.shape(tokens)[1])[None] >= count
+  beyond = tf.range(tf.shape(tokens)[1])[None] >= row_count[:, None]
   return tf.where(beyond, end if has_end else 0, tokens)
-
-
-def _argmax(logits):
-  return tf.argmax(logits, axis=-1, output_type=tf.int32)
