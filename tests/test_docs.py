@@ -27,6 +27,17 @@ from tf_mha.demo import decoder
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_readme_block(marker):
+  """Runs README.md's first Python block containing `marker`; returns its
+  namespace."""
+  with open(os.path.join(_REPO, "README.md")) as f:
+    blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+  block = next(b for b in blocks if marker in b)
+  namespace = {}
+  exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
 class DocsTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(
@@ -42,20 +53,12 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(result.failed, 0)
 
   def test_readme_usage_example(self):
-    with open(os.path.join(_REPO, "README.md")) as f:
-      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    usage = next(b for b in blocks if "tf_mha.MultiHeadAttention" in b)
-    namespace = {}
-    exec(compile(usage, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    namespace = _run_readme_block("tf_mha.MultiHeadAttention")
     self.assertEqual(namespace["out"].shape, (3, 5, 8))
     self.assertEqual(namespace["scores"].shape, (3, 2, 5, 5))
 
   def test_readme_packing_example(self):
-    with open(os.path.join(_REPO, "README.md")) as f:
-      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    example = next(b for b in blocks if "tf_mha.data.pack" in b)
-    namespace = {}
-    exec(compile(example, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    namespace = _run_readme_block("tf_mha.data.pack")
     row = namespace["row"]
     self.assertEqual(namespace["out"].shape, (2, 512, 64))
     # Six examples, 950 tokens: two rows, nothing lost.
