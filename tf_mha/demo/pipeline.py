@@ -296,7 +296,7 @@ def convert_and_check(saved_model_dir, quantize, output_file, loaded=None):
   conversion = converter.convert_saved_model(
       saved_model_dir, output_file, signatures=["classify_ids"],
       quantize=quantize, calibration_data=calibration,
-      sample_data={"classify_ids": id_samples(ids)})
+      sample_data={"classify_ids": id_samples(ids)}, loaded=loaded)
   probs = tflite.run(output_file, "classify_ids",
                      {"token_ids": ids.astype(np.int32)})
   accuracy = float(np.mean(np.argmax(probs["probabilities"], -1) == labels))

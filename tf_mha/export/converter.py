@@ -61,7 +61,8 @@ class Conversion:
 
 def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
                         quantize="none", calibration_data=None,
-                        sample_data=None, allow_select_tf_ops=False):
+                        sample_data=None, allow_select_tf_ops=False,
+                        loaded=None):
   """Converts a SavedModel's signatures to one TFLite model and checks it.
 
   Args:
@@ -81,6 +82,7 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
       Select TF ops (Flex); refused, naming them, otherwise. Such a model
       is written unchecked: no Python interpreter here has the Flex
       delegate to run it.
+    loaded: `saved_model_dir` already loaded, if the caller has it.
 
   Returns:
     A `Conversion`.
@@ -93,7 +95,7 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
   """
   tflite.check_quantization(quantize)
   tflite.check_output_file(output_file)
-  loaded = load(saved_model_dir)
+  loaded = loaded or load(saved_model_dir)
   specs = {name: arrays_lib.signature_inputs(fn)
            for name, fn in loaded.signatures.items()}
   names, skipped = choose_signatures(specs, signatures)

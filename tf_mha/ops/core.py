@@ -96,7 +96,6 @@ def dot_product_attention(query,
       A decode step's blockwise path then reads only the key blocks it
       visits from it (under XLA, slicing the two halves out first would
       copy the whole cache on every step).
-
     segment_ids: int `[B, T]`, several examples packed in a row: query `t`
       sees key `s` only when their ids are equal and not 0 (0 is padding).
       Combines with every other mask. Segments are contiguous runs, so the

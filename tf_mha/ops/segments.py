@@ -48,9 +48,18 @@ def positions(segment_ids):
     raise ValueError("`segment_ids` must have shape [batch, length]. "
                      f"Received: segment_ids.shape={ids.shape}")
   ids = tf.cast(ids, tf.int32)
-  index = tf.broadcast_to(tf.range(tf.shape(ids)[1]), tf.shape(ids))
-  start = _cummax(tf.where(_starts(ids), index, 0))
-  return tf.where(ids != 0, index - start, 0)
+  index = _index(ids)
+  return tf.where(ids != 0, index - _run_first(ids, index), 0)
+
+
+def _index(ids):
+  """Each position's index, `[B, L]`."""
+  return tf.broadcast_to(tf.range(tf.shape(ids)[1]), tf.shape(ids))
+
+
+def _run_first(ids, index):
+  """The first position of the run of equal ids each position is in."""
+  return _cummax(tf.where(_starts(ids), index, 0))
 
 
 def _starts(ids):
@@ -90,24 +99,22 @@ def _cummax(x):
 def run_bounds(ids):
   """`(first, last)` `[B, L]`: the first and last position of the run of
   equal ids that each position is in."""
-  length = tf.shape(ids)[1]
-  index = tf.broadcast_to(tf.range(length), tf.shape(ids))
-  first = _cummax(tf.where(_starts(ids), index, 0))
-  reverse = tf.reverse(ids, [1])
-  last = length - 1 - tf.reverse(_cummax(tf.where(_starts(reverse), index, 0)), [1])
-  return first, last
+  index = _index(ids)
+  last_from_end = _run_first(tf.reverse(ids, [1]), index)
+  return _run_first(ids, index), tf.shape(ids)[1] - 1 - tf.reverse(last_from_end, [1])
 
 
 def contiguous(ids):
   """`[B]` bool: whether every nonzero id of a row is one run (the nonzero
   ids never decrease along the row), so runs are segments."""
   nonzero = ids != 0
-  rising = tf.logical_or(~nonzero, tf.equal(ids, _cummax(ids)))
+  running_max = _cummax(ids)
+  rising = tf.logical_or(~nonzero, tf.equal(ids, running_max))
   # Equal to the running max and starting a run: the previous run of this
   # id, if any, was interrupted by a larger id (impossible) or by padding.
   first_of_id = tf.logical_and(_starts(ids), nonzero)
   repeated = tf.logical_and(first_of_id, tf.equal(
-      ids, tf.pad(_cummax(ids)[:, :-1], [[0, 0], [1, 0]])))
+      ids, tf.pad(running_max[:, :-1], [[0, 0], [1, 0]])))
   return tf.reduce_all(rising & ~repeated, axis=1)
 
 
