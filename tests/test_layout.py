@@ -14,6 +14,12 @@ from absl.testing import parameterized
 
 import tf_mha
 import tf_mha.keras3
+# The README's import paths, imported by name too so Bazel's runfiles hold them.
+from tf_mha import ops
+from tf_mha import training
+from tf_mha.cli import export_saved_model
+from tf_mha.export import litert_generation
+from tf_mha.export import serving
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PACKAGE = os.path.join(_REPO, "tf_mha")
@@ -138,21 +144,21 @@ class LayoutTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(callable(getattr(tf_mha, name)))
 
   @parameterized.parameters(
-      ("tf_mha.keras3", ("MultiHeadAttention", "GroupedQueryAttention")),
-      ("tf_mha.generation", ("greedy_generate", "KVCache", "cache_shape")),
-      ("tf_mha.export.serving", ("export",)),
-      ("tf_mha.export.litert_generation", ("Generator",)),
-      ("tf_mha.ops", ("dot_product_attention",)),
-      ("tf_mha.training", ("Trainer", "make_strategy", "Examples")),
-      ("tf_mha.cli.export_saved_model", ("run",)),
+      ("tf_mha.keras3", tf_mha.keras3,
+       ("MultiHeadAttention", "GroupedQueryAttention")),
+      ("tf_mha.generation", tf_mha.generation,
+       ("greedy_generate", "KVCache", "cache_shape")),
+      ("tf_mha.export.serving", serving, ("export",)),
+      ("tf_mha.export.litert_generation", litert_generation, ("Generator",)),
+      ("tf_mha.ops", ops, ("dot_product_attention",)),
+      ("tf_mha.training", training, ("Trainer", "make_strategy", "Examples")),
+      ("tf_mha.cli.export_saved_model", export_saved_model, ("run",)),
   )
-  def test_import_paths_the_readme_shows(self, module, names):
-    imported = importlib.import_module(module)
+  def test_import_paths_the_readme_shows(self, path, module, names):
+    self.assertIs(importlib.import_module(path), module)
     for name in names:
-      self.assertTrue(hasattr(imported, name), f"{module}.{name}")
-    self.assertIs(tf_mha.generation.greedy_generate,
-                  importlib.import_module("tf_mha.generation").greedy_generate)
-    self.assertIs(tf_mha.ops.dot_product_attention, tf_mha.dot_product_attention)
+      self.assertTrue(hasattr(module, name), f"{path}.{name}")
+    self.assertIs(ops.dot_product_attention, tf_mha.dot_product_attention)
 
   def test_registered_names_are_unchanged(self):
     for layer in (tf_mha.MultiHeadAttention, tf_mha.GroupedQueryAttention,
