@@ -7,6 +7,8 @@ from absl.testing import parameterized
 
 import tf_mha
 from tf_mha import generation
+from tf_mha.generation import numpy_samplers
+from tf_mha.generation import samplers
 
 _VOCAB, _DIM, _HEADS, _KV_HEADS, _SLOTS = 13, 16, 4, 2, 24
 
@@ -181,6 +183,37 @@ class SamplingTest(tf.test.TestCase, parameterized.TestCase):
       for step in range(20):
         tokens = generation.sample(logits, sampling, step).numpy()
         self.assertTrue(np.all(allowed[np.arange(64), tokens]), (top_k, top_p))
+
+  def test_a_row_with_its_own_seed_draws_the_same_in_any_batch(self):
+    sampling = lambda seed: generation.Sampling(temperature=1.5, top_k=8, seed=seed)
+    batch = self._generate(sampling([[3, 0], [4, 0], [5, 0]]))
+    for row in range(3):
+      alone = generation.generate(
+          self.model.step, self.prompt[row:row + 1], 10, _tensor_caches(1),
+          sampling=sampling([[3 + row, 0]]))[0].numpy()
+      self.assertAllEqual(alone[0], batch[row])
+    # A batch seed s gives row r the seed (s[0], s[1] + r).
+    self.assertAllEqual(self._generate(sampling((3, 7))),
+                        self._generate(sampling([[3, 7], [3, 8], [3, 9]])))
+
+  def test_numpy_sampler_picks_the_same_tokens(self):
+    """The phone side's sampler (`numpy_samplers`) against the graph's, on
+    the same logits, seeds and steps: the same draws, the same tokens."""
+    logits = (np.random.default_rng(4).standard_normal([40, 300]) * 3).astype(np.float32)
+    for options in (dict(temperature=1.0), dict(temperature=0.7, top_k=10),
+                    dict(temperature=1.3, top_p=0.8),
+                    dict(temperature=2.0, top_k=50, top_p=0.9),
+                    dict(temperature=0.0, top_k=3)):
+      for step in (0, 5):
+        seeds = np.stack([np.full(40, 11), np.arange(40)], 1)
+        want = generation.sample(logits, generation.Sampling(seed=seeds, **options),
+                                 step).numpy()
+        got = [numpy_samplers.sample(logits[r], generation.Sampling(
+            seed=(11, r), **options), step) for r in range(40)]
+        self.assertAllEqual(got, want, msg=str(options))
+    self.assertAllEqual(numpy_samplers.uniform(300, (5, 7), 3),
+                        samplers.uniform([1, 300], [[5, 7]], 3).numpy()[0])
+    self.assertEqual(numpy_samplers.sample(logits[0], None), int(np.argmax(logits[0])))
 
   def test_draws_follow_the_distribution(self):
     """Chi-square on 40000 seeded draws from a fixed 5-token distribution

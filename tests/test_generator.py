@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the tokenizer's ops)
 import tf_keras
 
+from tf_mha import generation
 from tf_mha.demo import decoder as decoder_lib
 from tf_mha.demo import generator
 from tf_mha.demo import generator_export
@@ -103,9 +104,14 @@ class GeneratorExportTest(tf.test.TestCase):
     cls.prompts = ["red fox sun", "one", "gold owl bee elk moon star rain snow",
                    "Blue Cat"]
 
-  def _generate(self, prompts, max_new_tokens=10):
+  def _generate(self, prompts, max_new_tokens=10, **sampling):
+    """The `generate` signature, as Python calls it: every input given (the
+    sampling ones greedy unless `sampling` says otherwise)."""
+    inputs = {**generator.GREEDY, **{k: tf.constant(v, generator.GREEDY[k].dtype)
+                                     for k, v in sampling.items()}}
     return self.loaded.signatures["generate"](
-        prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens))
+        prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens),
+        **inputs)
 
   def test_trained_to_exact_answers_everywhere(self):
     self.assertGreaterEqual(self.report.accuracy["Keras"], 0.95)
@@ -145,16 +151,99 @@ class GeneratorExportTest(tf.test.TestCase):
     self.assertIn(b"_XlaMustCompile", graph)
     self.assertIn(b"While", graph)
 
-  def test_bad_inputs_to_generate_name_the_argument(self):
-    long_prompt = " ".join(["red"] * 47)
-    for prompts, count, pattern in (
-        (["red fox", ""], 5, "`prompt`: an empty prompt"),
-        (["red fox", "  "], 5, "`prompt`: an empty prompt"),
-        ([long_prompt], 1, "`prompt`: a prompt is longer"),
-        (["red fox"], 46, "`max_new_tokens`: the longest prompt"),
-        (["red fox"], 0, "`max_new_tokens` must be at least 1")):
+  def test_bad_requests_to_generate_name_the_input(self):
+    """Only what is wrong with the whole request fails it."""
+    for prompts, count, sampling, pattern in (
+        (["red fox"], 47, {}, "`max_new_tokens` must be at most 46"),
+        (["red fox"], 0, {}, "`max_new_tokens` must be at least 1"),
+        (["red fox", "one"], 5, {"temperature": [1.0, 2.0, 3.0]},
+         "`temperature` must be a scalar or one value per prompt"),
+        (["red fox"], 5, {"seed": [[1, 2]]},
+         "`seed` must be a scalar or one value per prompt")):
       with self.assertRaisesRegex(tf.errors.InvalidArgumentError, re.escape(pattern)):
-        self._generate(prompts, count)
+        self._generate(prompts, count, **sampling)
+
+  def test_a_bad_row_fails_no_other_row(self):
+    """An empty prompt, an over-long one and bad sampling values get their
+    status, empty texts and no tokens; the other rows are what they give
+    alone."""
+    long_prompt = " ".join(["red"] * 47)  # 49 tokens: more than the 48 slots
+    prompts = ["red fox sun", "", long_prompt, "one two six ten", "  ", "gold owl"]
+    out = self._generate(prompts, top_p=[1.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+    self.assertAllEqual(out["status"].numpy().astype(str),
+                        ["ok", "empty_prompt", "prompt_too_long", "ok",
+                         "empty_prompt", "invalid_sampling"])
+    self.assertAllEqual(out["num_tokens"], [3, 0, 0, 4, 0, 0])
+    texts = out["text"].numpy().astype(str)
+    self.assertAllEqual(texts, ["sun fox red", "", "", "ten six two one", "", ""])
+    ids = out["token_ids"].numpy()
+    self.assertAllEqual(ids[[1, 2, 4, 5]], np.zeros([4, 10]))
+    for row in (0, 3):
+      self.assertAllEqual(self._generate([prompts[row]])["token_ids"][0], ids[row])
+    served = self.loaded.signatures["serving_default"](
+        prompt=tf.constant(prompts[:3]), max_new_tokens=tf.constant(10))
+    self.assertAllEqual(served["token_ids"], ids[:3])
+    self.assertAllEqual(served["status"], out["status"][:3])
+
+  def test_a_row_stops_where_the_batch_cache_is_full(self):
+    """The batch shares the cache's slots: beside a 42-token prompt, an
+    8-word answer (9 tokens with [END]) gets 7 and the status cache_full."""
+    prompts = ["gold owl bee elk moon star rain snow", " ".join(["red"] * 40)]
+    out = self._generate(prompts, 12)
+    self.assertEqual(out["status"].numpy()[0].decode(), "cache_full")
+    self.assertEqual(out["text"].numpy()[0].decode(),
+                     "snow rain star moon elk bee owl")
+    self.assertEqual(out["num_tokens"].numpy()[0], 7)
+    self.assertAllEqual(out["token_ids"].numpy()[0, 7:], np.zeros(5))
+    alone = self._generate(prompts[:1], 12)
+    self.assertEqual(alone["status"].numpy()[0].decode(), "ok")
+    self.assertEqual(alone["num_tokens"].numpy()[0], 8)
+
+  def test_sampling_in_the_saved_model(self):
+    prompts = ["red fox sun", "gold owl bee elk", "one two"]
+    greedy = self._generate(prompts)["token_ids"].numpy()
+    # Degenerate settings are greedy.
+    for sampling in ({"temperature": 5.0, "top_k": 1, "seed": 3},
+                     {"temperature": 5.0, "top_p": 1e-6, "seed": 3}):
+      self.assertAllEqual(self._generate(prompts, **sampling)["token_ids"], greedy)
+    hot = {"temperature": 4.0, "seed": 11}
+    first = self._generate(prompts, **hot)
+    self.assertAllEqual(self._generate(prompts, **hot)["token_ids"], first["token_ids"])
+    self.assertNotAllEqual(first["token_ids"], greedy)  # it samples
+    self.assertNotAllEqual(self._generate(prompts, temperature=4.0, seed=12)[
+        "token_ids"], first["token_ids"])  # and the seed matters
+    self.assertAllEqual(first["status"].numpy().astype(str), ["ok"] * 3)
+    # Row r of a batch seed s draws with (s, r); a per-row seed s is (s, 0),
+    # whatever the batch: the third row alone with its own seed.
+    per_row = self._generate(prompts, temperature=[0.0, 4.0, 4.0], seed=[0, 0, 11])
+    self.assertAllEqual(per_row["token_ids"][0], greedy[0])
+    alone = self._generate(prompts[2:], temperature=4.0, seed=[11])
+    self.assertAllEqual(per_row["token_ids"][2], alone["token_ids"][0])
+    self.assertAllEqual(self._generate(prompts[:1], temperature=4.0, seed=11)[
+        "token_ids"][0], first["token_ids"][0])
+    # The restored function takes the optional inputs by their defaults.
+    restored = self.loaded.generate(tf.constant(prompts), tf.constant(10))
+    self.assertAllEqual(restored["token_ids"], greedy)
+
+  def test_litert_samples_the_saved_model_tokens(self):
+    """The phone-side loop draws as the SavedModel does: the same seed
+    gives the same tokens (float32: logits within 1e-4), top-k 1 is greedy."""
+    runner = litert_generation.Generator(self.report.tflite["none"][0])
+    prompts = ["red fox sun", "gold owl bee elk", "one two"]
+    served = self._generate(prompts, temperature=4.0, top_k=6, seed=5)
+    ids = self.loaded.signatures["tokenize"](prompt=tf.constant(prompts))[
+        "token_ids"].numpy()
+    for row, (prompt_ids, want) in enumerate(zip(ids, served["token_ids"].numpy())):
+      sampling = generation.Sampling(temperature=4.0, top_k=6, seed=(5, row))
+      got = runner.generate(prompt_ids[prompt_ids != 0].tolist(), 10,
+                            end_id=generator.END_ID, sampling=sampling).token_ids
+      self.assertAllEqual(got, want[:len(got)])
+      greedy = runner.generate(prompt_ids[prompt_ids != 0].tolist(), 10,
+                               end_id=generator.END_ID).token_ids
+      top_1 = runner.generate(prompt_ids[prompt_ids != 0].tolist(), 10,
+                              end_id=generator.END_ID, sampling=generation.Sampling(
+                                  temperature=4.0, top_k=1, seed=row)).token_ids
+      self.assertEqual(top_1, greedy)
 
   def test_prefill_refuses_a_write_past_the_cache(self):
     prefill = self.loaded.signatures["prefill"]
@@ -276,17 +365,33 @@ class GeneratorExportTest(tf.test.TestCase):
     self.assertIn("generate", self.loaded.signatures)
 
   def test_serving_in_a_clean_process_with_only_tensorflow(self):
-    code = ("import sys, tensorflow as tf, tensorflow_text\n"
-            "m = tf.saved_model.load(sys.argv[1])\n"
-            "out = m.signatures['generate'](prompt=tf.constant(['red fox sun']),"
-            " max_new_tokens=tf.constant(6))\n"
-            "assert not any(k.startswith('tf_mha') for k in sys.modules)\n"
-            "print(out['text'].numpy()[0].decode())\n")
+    """As TF Serving runs a request that leaves out `generate`'s optional
+    inputs: each one missing is filled from the SignatureDef's defaults."""
+    code = """
+import os, sys, tensorflow as tf, tensorflow_text
+from tensorflow.core.protobuf import saved_model_pb2
+saved = saved_model_pb2.SavedModel()
+with open(os.path.join(sys.argv[1], "saved_model.pb"), "rb") as f:
+  saved.ParseFromString(f.read())
+signature_def = saved.meta_graphs[0].signature_def["generate"]
+request = {"prompt": tf.constant(["red fox sun"]), "max_new_tokens": tf.constant(6)}
+for name in set(signature_def.inputs) - set(request):
+  request[name] = tf.constant(tf.make_ndarray(signature_def.defaults[name]))
+m = tf.saved_model.load(sys.argv[1])
+out = m.signatures["generate"](**request)
+default = m.signatures["serving_default"](prompt=tf.constant(["red fox sun"]),
+                                          max_new_tokens=tf.constant(6))
+assert not any(k.startswith("tf_mha") for k in sys.modules)
+print(sorted(signature_def.defaults), out["status"].numpy()[0].decode())
+print(out["text"].numpy()[0].decode(), "|", default["text"].numpy()[0].decode())
+"""
     result = subprocess.run([sys.executable, "-I", "-c", code,
                              self.report.saved_model_dir],
                             capture_output=True, text=True, timeout=300)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertEqual(result.stdout.strip().splitlines()[-1], "sun fox red")
+    lines = result.stdout.strip().splitlines()
+    self.assertEqual(lines[-2], "['seed', 'temperature', 'top_k', 'top_p'] ok")
+    self.assertEqual(lines[-1], "sun fox red | sun fox red")
 
   def _tool(self, *args):
     return subprocess.run([sys.executable, "-m", "tools.generate", *args],
@@ -301,6 +406,20 @@ class GeneratorExportTest(tf.test.TestCase):
       self.assertIn("red fox sun -> sun fox red", result.stdout)
       self.assertIn("one two -> two one", result.stdout)
       self.assertIn("tokens/s", result.stdout)
+
+  def test_generate_tool_samples_alike_in_the_saved_model_and_litert(self):
+    flags = ["--prompt=red fox sun", "--prompt=one two six", "--temperature=4",
+             "--top_k=8", "--top_p=0.95", "--seed=21"]
+    answers = []
+    for model in (self.report.saved_model_dir, self.report.tflite["none"][0]):
+      result = self._tool(f"--model={model}", *flags)
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      answers.append([line for line in result.stdout.splitlines() if " -> " in line])
+    self.assertEqual(answers[0], answers[1])
+    self.assertLen(answers[0], 2)
+    greedy = self._tool(f"--model={self.report.saved_model_dir}", *flags[:2])
+    self.assertNotEqual(answers[0], [line for line in greedy.stdout.splitlines()
+                                     if " -> " in line])
 
   def test_generate_tool_refuses_bad_input_without_a_traceback(self):
     other = os.path.join(self.out_dir, "not_a_decoder")
@@ -317,11 +436,14 @@ class GeneratorExportTest(tf.test.TestCase):
         ([f"--model={none}", "--prompt=" + " ".join(["red"] * 47)],
          "`prompt_ids` has 49 tokens"),
         ([f"--model={self.report.saved_model_dir}", "--prompt=red",
-          "--max_new_tokens=47"], "`max_new_tokens`"),
+          "--max_new_tokens=47"], "`max_new_tokens` must be at most 46"),
         ([f"--model={none}", "--prompt=red", "--max_new_tokens=47"],
          "`max_new_tokens`=47 does not fit"),
         ([f"--model={none}", "--prompt=red", "--vocab=/nonexistent"],
-         "`vocab`='/nonexistent' does not exist")):
+         "`vocab`='/nonexistent' does not exist"),
+        ([f"--model={none}", "--prompt=red", "--top_p=0"], "`top_p` must be in (0, 1]"),
+        ([f"--model={none}", "--prompt=red", "--temperature=-1"],
+         "`temperature` must be at least 0")):
       result = self._tool(*args)
       self.assertEqual(result.returncode, 1, args)
       self.assertIn(message, result.stderr, args)

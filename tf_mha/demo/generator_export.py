@@ -108,7 +108,8 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
 def generate(loaded, prompts, max_new_tokens=MAX_NEW_TOKENS):
   """The SavedModel's `generate` on `prompts`: texts and token ids."""
   out = loaded.signatures["generate"](
-      prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens))
+      prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens),
+      **generator.GREEDY)
   return {"text": [t.decode() for t in out["text"].numpy().tolist()],
           "token_ids": out["token_ids"].numpy(),
           "num_tokens": out["num_tokens"].numpy()}

@@ -12,6 +12,9 @@ import time
 import numpy as np
 
 from tf_mha.demo import sequences
+from tf_mha.generation import samplers
+
+_GREEDY = samplers.Sampling(temperature=0.0, top_k=0, top_p=1.0, seed=0)
 
 
 @dataclasses.dataclass
@@ -21,6 +24,7 @@ class Result:
   seconds: float  # generating them (the SavedModel: the whole `generate`)
   prompt_tokens: int = 0
   prefill_seconds: float = 0.0  # LiteRT only
+  status: list = None  # one per prompt: "ok", or why it was not generated
 
   @property
   def tokens_per_second(self):
@@ -37,13 +41,14 @@ def check_prompts(prompts):
                        f"least one word). Received: prompt={prompt!r}")
 
 
-def from_saved_model(model_dir, prompts, max_new_tokens):
+def from_saved_model(model_dir, prompts, max_new_tokens, sampling=None):
   """Runs the SavedModel's `generate` signature (once to compile, then
-  timed).
+  timed), greedy or with `sampling` (a `generation.Sampling` of scalars).
 
   Raises:
-    ValueError: `model_dir` is not a SavedModel with `generate`, or the
-      prompts or `max_new_tokens` are refused by it (its message).
+    ValueError: `model_dir` is not a SavedModel with `generate` (taking
+      the sampling inputs when `sampling` is given), or the prompts or
+      `max_new_tokens` are refused by it (its message).
   """
   import tensorflow as tf
   import tensorflow_text  # noqa: F401  (the tokenizer's ops)
@@ -56,18 +61,29 @@ def from_saved_model(model_dir, prompts, max_new_tokens):
   if "generate" not in loaded.signatures:
     raise ValueError(f"`model`={model_dir!r} is not a generator: it has no "
                      f"generate signature (signatures: {sorted(loaded.signatures)})")
-  run = lambda: loaded.signatures["generate"](
-      prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens))
+  signature = loaded.signatures["generate"]
+  inputs = {"prompt": tf.constant(prompts),
+            "max_new_tokens": tf.constant(max_new_tokens)}
+  expected = signature.structured_input_signature[1]
+  if set(expected) != set(inputs):  # the sampling inputs
+    sampling = sampling or _GREEDY
+    inputs.update({name: tf.constant(getattr(sampling, name), expected[name].dtype)
+                   for name in set(expected) - set(inputs)})
+  elif sampling is not None and sampling != _GREEDY:
+    raise ValueError(f"`model`={model_dir!r} generates greedily only (its "
+                     "generate signature takes no temperature, top_k, top_p, seed)")
   try:
-    run()
+    signature(**inputs)
     start = time.perf_counter()
-    out = run()
+    out = signature(**inputs)
     seconds = time.perf_counter() - start
   except tf.errors.InvalidArgumentError as e:
     raise ValueError(_assertion(e.message)) from None
   texts = [t.decode() for t in out["text"].numpy().tolist()]
   new = int(np.sum(np.count_nonzero(out["token_ids"].numpy(), axis=1)))
-  return Result(texts, new, seconds)
+  status = ([s.decode() for s in out["status"].numpy().tolist()]
+            if "status" in out else ["ok"] * len(texts))
+  return Result(texts, new, seconds, status=status)
 
 
 def _latest_version(model_dir):
@@ -94,9 +110,12 @@ def companion_files(model_file):
   return f"{stem}_tokenizer.tflite", f"{stem}_vocab.txt"
 
 
-def from_tflite(model_file, prompts, max_new_tokens, tokenizer=None, vocab=None):
+def from_tflite(model_file, prompts, max_new_tokens, tokenizer=None, vocab=None,
+                sampling=None):
   """Tokenizes, prefills and decodes each prompt in LiteRT (batch 1, as a
-  phone does).
+  phone does), greedy or with `sampling` (a `generation.Sampling` of
+  scalars; prompt `i` draws with the seed `(seed, i)`, as row `i` of the
+  SavedModel's `generate` does).
 
   Raises:
     ValueError: a file is missing or not what it should be, or a prompt or
@@ -120,17 +139,18 @@ def from_tflite(model_file, prompts, max_new_tokens, tokenizer=None, vocab=None)
   tokenize = tflite.interpreter(tokenizer, text_ops=True).get_signature_runner(
       "tokenize")
   texts, new, seconds, prompt_tokens, prefill = [], 0, 0.0, 0, 0.0
-  for prompt in prompts:
+  for row, prompt in enumerate(prompts):
     ids = tokenize(prompt=np.array([prompt]))["token_ids"][0]
     ids = ids[ids != 0].tolist()
-    result = generator.generate(ids, max_new_tokens,
-                                end_id=words.index(sequences.END))
+    result = generator.generate(
+        ids, max_new_tokens, end_id=words.index(sequences.END),
+        sampling=sampling and dataclasses.replace(sampling, seed=(sampling.seed, row)))
     texts.append(detokenize(result.token_ids, words))
     new += len(result.step_seconds)
     seconds += sum(result.step_seconds)
     prompt_tokens += len(ids)
     prefill += result.prefill_seconds
-  return Result(texts, new, seconds, prompt_tokens, prefill)
+  return Result(texts, new, seconds, prompt_tokens, prefill, ["ok"] * len(texts))
 
 
 def detokenize(token_ids, vocab, end_token=sequences.END):

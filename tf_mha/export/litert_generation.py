@@ -1,4 +1,5 @@
-"""Greedy generation entirely in LiteRT, as a phone app runs it.
+"""Generation entirely in LiteRT, as a phone app runs it: greedy, or
+sampled on the logits `decode` returns (`generation.numpy_samplers`).
 
 A decoder converted with `prefill` and `decode` signatures (the convention
 of Google's generative LiteRT converter) takes `token_ids` `[1, L]`,
@@ -15,6 +16,7 @@ import time
 import numpy as np
 
 from tf_mha.export import tflite
+from tf_mha.generation import numpy_samplers
 
 
 @dataclasses.dataclass
@@ -79,9 +81,12 @@ class Generator:
           f"{len(prompt_ids) + max_new_tokens - 1} cache slots; the model "
           f"has {self.max_length}.")
 
-  def generate(self, prompt_ids, max_new_tokens, end_id=None):
-    """Greedy tokens after `prompt_ids` (a list of ints), stopping after
-    `end_id` or `max_new_tokens` tokens."""
+  def generate(self, prompt_ids, max_new_tokens, end_id=None, sampling=None):
+    """The tokens after `prompt_ids` (a list of ints), stopping after
+    `end_id` or `max_new_tokens` tokens: greedy, or drawn by `sampling` (a
+    `generation.Sampling` with scalar parameters and an int seed; the same
+    tokens as the SavedModel's `generate` gives a row with that seed, up
+    to float rounding)."""
     self.check(prompt_ids, max_new_tokens)
     ids = np.asarray(prompt_ids, np.int32)[None]
     caches = {n: np.zeros(s, np.float32) for n, s in self._cache_shapes.items()}
@@ -90,7 +95,8 @@ class Generator:
                                                           dtype=np.int32)[None],
                         cache_index=np.array(0, np.int32), **caches)
     prefill_seconds = time.perf_counter() - start
-    tokens, steps = [int(np.argmax(out["logits"][0, -1]))], []
+    pick = lambda logits, step: numpy_samplers.sample(logits, sampling, step)
+    tokens, steps = [pick(out["logits"][0, -1], 0)], []
     while len(tokens) < max_new_tokens and tokens[-1] != end_id:
       index = ids.shape[1] + len(tokens) - 1
       start = time.perf_counter()
@@ -99,5 +105,5 @@ class Generator:
                          cache_index=np.array(index, np.int32),
                          **{n: out[n] for n in self.cache_names})
       steps.append(time.perf_counter() - start)
-      tokens.append(int(np.argmax(out["logits"][0, -1])))
+      tokens.append(pick(out["logits"][0, -1], len(tokens)))
     return Generation(tokens, prefill_seconds, steps)

@@ -25,7 +25,9 @@ class Sampling:
     top_p: keep the smallest set of tokens, most likely first, whose
       probability reaches `p` (the first token is always kept); 1.0 or None
       keeps all.
-    seed: shape-`[2]` int seed of the draws.
+    seed: int seed of the draws: `[2]` for the batch (row `r` draws with
+      `(seed[0], seed[1] + r)`), or `[B, 2]`, one per row (a row then
+      draws the same whichever batch it is in).
   """
   temperature: Any = 1.0
   top_k: Any = None
@@ -68,39 +70,55 @@ def filtered_logits(logits, temperature=1.0, top_k=None, top_p=None):
 def sample(logits, sampling, step=0):
   """The next tokens `[B]` int32 for `sampling` (a `Sampling`) at decoding
   step `step` (each step draws afresh): the Gumbel-max draw over the
-  filtered logits."""
-  filtered = filtered_logits(logits, sampling.temperature, sampling.top_k,
-                             sampling.top_p)
-  u = uniform(tf.shape(filtered), sampling.seed, step)
-  drawn = greedy(filtered - tf.math.log(-tf.math.log(u)))
+  filtered logits; rows with temperature 0 greedy (and no filtering or
+  draws at all when every row is)."""
   temperature = tf.broadcast_to(tf.cast(sampling.temperature, tf.float32),
-                                tf.shape(drawn))
-  return tf.where(temperature > 0, drawn, greedy(logits))
+                                tf.shape(logits)[:1])
+
+  def draw():
+    filtered = filtered_logits(logits, temperature, sampling.top_k,
+                               sampling.top_p)
+    u = uniform(tf.shape(filtered), sampling.seed, step)
+    drawn = greedy(filtered - tf.math.log(-tf.math.log(u)))
+    return tf.where(temperature > 0, drawn, greedy(logits))
+
+  return tf.cond(tf.reduce_any(temperature > 0), draw, lambda: greedy(logits))
 
 
 _MASK = 0xFFFFFFFF
-_MIX = 0x45D9F3B  # below 2**31: products of 32-bit values fit an int64
+MIX = 0x45D9F3B  # below 2**31: products of 32-bit values fit an int64
 
 
 def _hash(x):
   """A 32-bit integer hash in int64 arithmetic (exact on every device)."""
   for _ in range(2):
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = tf.bitwise.bitwise_and(x * _MIX, _MASK)
+    x = tf.bitwise.bitwise_and(x * MIX, _MASK)
   return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
 
 
-def uniform(shape, seed, step):
-  """Uniform draws in (0, 1), `[B, V]`, from `seed` (`[2]` ints), the step
-  and each element's index, by an integer hash: the same numbers eagerly
-  and under XLA (TensorFlow's stateless random ops differ between them)."""
+def row_seeds(seed, batch):
+  """Each row's seed `[B, 2]` int64: `seed` `[B, 2]` as given, or one `[2]`
+  for the batch, giving row `r` the seed `(seed[0], seed[1] + r)` (so row 0
+  draws as a lone row with that seed would)."""
   seed = tf.cast(seed, tf.int64)
-  key = _hash(tf.bitwise.bitwise_and(seed[0], _MASK))
-  key = _hash(tf.bitwise.bitwise_xor(key, tf.bitwise.bitwise_and(seed[1], _MASK)))
-  key = _hash(tf.bitwise.bitwise_xor(key, tf.cast(step, tf.int64)))
-  rows = tf.range(tf.cast(shape[0], tf.int64))[:, None]
+  if seed.shape.rank == 2:
+    return seed
+  rows = tf.range(tf.cast(batch, tf.int64))
+  return tf.stack([tf.broadcast_to(seed[0], tf.shape(rows)), seed[1] + rows], 1)
+
+
+def uniform(shape, seed, step):
+  """Uniform draws in (0, 1), `[B, V]`, from the rows' seeds (`seed`, see
+  `row_seeds`), the step and each column, by an integer hash: the same
+  numbers eagerly and under XLA (TensorFlow's stateless random ops differ
+  between them), and a row with its own seed draws the same wherever it
+  sits in the batch."""
+  seeds = row_seeds(seed, shape[0])
+  low = lambda x: tf.bitwise.bitwise_and(x, _MASK)
+  key = _hash(tf.bitwise.bitwise_xor(_hash(low(seeds[:, 0])), low(seeds[:, 1])))
+  key = _hash(tf.bitwise.bitwise_xor(key, tf.cast(step, tf.int64)))  # [B]
   columns = tf.range(tf.cast(shape[1], tf.int64))[None, :]
-  bits = _hash(tf.bitwise.bitwise_xor(_hash(rows * tf.cast(shape[1], tf.int64)
-                                            + columns), key))
+  bits = _hash(tf.bitwise.bitwise_xor(_hash(columns), key[:, None]))
   top = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32)  # 24 bits
   return (top + 0.5) * (1.0 / (1 << 24))
