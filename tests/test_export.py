@@ -3,11 +3,11 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from absl.testing import absltest
 
 import tf_mha
 
@@ -238,7 +238,9 @@ class DemoPipelineTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.base = os.path.join(absltest.get_default_test_tmpdir(), "export")
+    # A directory of its own: pytest-xdist may run this class's tests in
+    # two processes at once, each exporting in setUpClass.
+    cls.base = tempfile.mkdtemp(prefix="tf_mha_export_")
     cls.report = pipeline.export_demo(output_dir=cls.base, epochs=4,
                                       quantizations=("none", "dynamic_range", "int8"))
 

@@ -2,7 +2,7 @@
 
 Public names: the layers `MultiHeadAttention` and `Attention`, the pure op
 `dot_product_attention` (with `segment_ids` for packed rows, and
-`segment_positions`), the mask helpers, `generation` (greedy decoding
+`segment_positions`), `rotary_embedding`, the mask helpers, `generation` (greedy decoding
 with a key/value cache), and `patch_tf_keras` (tf_keras'
 `MultiHeadAttention` resolves to ours, for libraries that subclass it).
 """
@@ -18,6 +18,7 @@ with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
   from tf_mha.ops import causal_mask
   from tf_mha.ops import combine_masks
   from tf_mha.ops import dot_product_attention
+  from tf_mha.ops import rotary_embedding
   from tf_mha.ops import segment_positions
 
 __version__ = "0.1.0"
@@ -30,5 +31,6 @@ __all__ = [
     "combine_masks",
     "dot_product_attention",
     "patch_tf_keras",
+    "rotary_embedding",
     "segment_positions",
 ]

@@ -4,9 +4,9 @@ Shapes: `B` batch, `T` tokens, `L` new tokens of a step, `S` cache slots
 (`max_length`), `K` key/value heads, `H` head size, `D` model size, `V`
 vocabulary.
 
-Pre-norm blocks of `tf_mha.GroupedQueryAttention` (causal) and a GELU
-feed-forward net, learned position embeddings, and an output layer tied to
-the token embedding. Attention is not blockwise by default
+Pre-norm blocks of `tf_mha.GroupedQueryAttention` (causal, with rotary
+position embeddings on queries and keys, as Llama's) and a GELU
+feed-forward net, and an output layer tied to the token embedding. Attention is not blockwise by default
 (`flash_attention=False`): the caches are short, and the plain path has no
 control flow, which TFLite runs best. The same weights run two ways:
   * `call(token_ids)`: logits for every position of whole sequences
@@ -51,9 +51,6 @@ class Decoder(tf_keras.Model):
     init = lambda: tf_keras.initializers.RandomNormal(stddev=0.02)
     self.embed = layers.Embedding(vocab_size, dim, embeddings_initializer=init(),
                                   name="embed")
-    self.positions = layers.Embedding(max_length, dim,
-                                      embeddings_initializer=init(),
-                                      name="positions")
     self.blocks = [_Block(dim, num_query_heads, num_key_value_heads, ff_dim,
                           flash_attention, name=f"block{i}")
                    for i in range(num_layers)]
@@ -68,10 +65,8 @@ class Decoder(tf_keras.Model):
     return [tf.zeros(self.cache_shape(batch)) for _ in self.blocks]
 
   def call(self, token_ids):
-    token_ids = tf.convert_to_tensor(token_ids)
-    positions = tf.range(tf.shape(token_ids)[1])[None]
-    x = self.embed(token_ids) + self.positions(positions)
-    for block in self.blocks:
+    x = self.embed(tf.convert_to_tensor(token_ids))
+    for block in self.blocks:  # rotary positions: arange(T)
       x = block(x)
     return self._logits(x)
 
@@ -91,12 +86,11 @@ class Decoder(tf_keras.Model):
     cache_index = tf.cast(cache_index, tf.int32)
     start = cache_index - tf.cast(positions[:, :1], tf.int32)  # [B, 1]
     in_sequence = tf.range(self.max_length)[None] >= start  # [B, S]
-    x = self.embed(token_ids) + self.positions(
-        tf.clip_by_value(positions, 0, self.max_length - 1))
+    x = self.embed(token_ids)
     updated = []
     for block, cache in zip(self.blocks, caches):
       x, cache = block(x, cache=cache, cache_index=cache_index,
-                       value_mask=in_sequence)
+                       value_mask=in_sequence, positions=positions)
       updated.append(cache)
     return self._logits(x), updated
 
@@ -122,18 +116,20 @@ class _Block(layers.Layer):
     self.attention = tf_mha.GroupedQueryAttention(
         head_dim=dim // num_query_heads, num_query_heads=num_query_heads,
         num_key_value_heads=num_key_value_heads,
-        flash_attention=flash_attention, name="attention")
+        flash_attention=flash_attention, rope_max_wavelength=10000,
+        name="attention")
     self.norm2 = layers.LayerNormalization(epsilon=1e-6, name="ln2")
     self.ff1 = layers.Dense(ff_dim, activation="gelu", name="ff1")
     self.ff2 = layers.Dense(dim, name="ff2")
 
-  def call(self, x, cache=None, cache_index=None, value_mask=None):
+  def call(self, x, cache=None, cache_index=None, value_mask=None,
+           positions=None):
     h = self.norm1(x)
     if cache is None:
-      h = self.attention(h, h, use_causal_mask=True)
+      h = self.attention(h, h, use_causal_mask=True, positions=positions)
     else:
       h, cache = self.attention(h, h, cache=cache, cache_update_index=cache_index,
-                                value_mask=value_mask)
+                                value_mask=value_mask, positions=positions)
     x = x + h
     x = x + self.ff2(self.ff1(self.norm2(x)))
     return x if cache is None else (x, cache)

@@ -25,6 +25,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from tf_mha import ops
 from tf_mha.layers import _dropout
 from tf_mha.layers import _projections
+from tf_mha.layers import _rotary
 from tf_mha.ops import checks
 from tf_mha.ops import compiler
 from tf_mha.ops import masks as masks_lib
@@ -83,7 +84,8 @@ class CachedCall:
 
   def _cached_call(self, query, value, key, cache, index, *, attention_mask,
                    query_mask, value_mask, key_mask, training,
-                   return_attention_scores, use_causal_mask, segment_ids=None):
+                   return_attention_scores, use_causal_mask, segment_ids=None,
+                   positions=None):
     """See the layer's `cache` and `cache_update_index` arguments.
 
     Masks are over the cache: `attention_mask` `[B, L, S]`, `query_mask`
@@ -99,10 +101,11 @@ class CachedCall:
     start = 0
     if index is not None:
       index = _check_index(index, query.shape[1], slots)
-      cache = self._write(cache, variable, key, value, index)
+      cache = self._write(cache, variable, key, value, index, positions)
       start = index
     elif variable is not None:
       cache = variable.read_value()
+    q = _rotary.rotate(self, q, positions, start)
     mask = self._cache_mask(attention_mask, query_mask, value_mask, key_mask)
     flash = self._flash_attention
     if flash is None:
@@ -160,13 +163,15 @@ class CachedCall:
     check_cache(cache, self, query.shape[0])
     return query, cache, variable
 
-  def _write(self, cache, variable, key, value, index):
-    """The new tokens' projected keys and values written at `index`: the
-    cache after the write (a variable is written in place, then read)."""
+  def _write(self, cache, variable, key, value, index, positions):
+    """The new tokens' projected keys (rotated by `positions` with rotary
+    embeddings) and values written at `index`: the cache after the write (a
+    variable is written in place, then read)."""
     dtype = self._compute_dtype_object
     value = checks.tensor("value", value)
     key = checks.tensor("key", key)
     k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
+    k_new = _rotary.rotate(self, k_new, positions, index)
     v_new = _projections.apply(self._value_dense, value, 1, dtype)
     written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
     if variable is None:

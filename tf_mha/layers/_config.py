@@ -4,6 +4,7 @@
 import tf_keras
 
 from tf_mha.layers import _layer_checks
+from tf_mha.layers import _rotary
 
 
 # `get_config` entries: the attributes `_<name>` as they are (`seed` is
@@ -30,6 +31,7 @@ def layer_config(layer):
   for module, names in SERIALIZED_CONFIG:
     config.update({name: module.serialize(getattr(layer, "_" + name))
                    for name in names})
+  config.update(_rotary.config_entries(layer))
   for name in ("query_shape", "key_shape", "value_shape"):
     config[name] = _layer_checks.shape_list(getattr(layer, "_" + name))
   return config

@@ -12,6 +12,7 @@ values and a cache are `N / K` times smaller in memory and traffic.
 import tf_keras
 
 from tf_mha.layers import _layer_checks
+from tf_mha.layers import _rotary
 from tf_mha.layers import _subclassing
 from tf_mha.layers import multi_head_attention
 from tf_mha.ops import checks
@@ -62,6 +63,9 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
     bias_constraint: for the projections.
     use_gate: a sigmoid gate on the attention output, as Keras 3's.
     seed: int seed for the attention dropout.
+    rope_max_wavelength, rope_scaling_factor: rotary position embeddings on
+      the queries and keys, before a cache write (KerasHub's Llama
+      attention; `tf_mha.rotary_embedding`); `None`: none.
     **kwargs: base `Layer` arguments.
 
   Call arguments:
@@ -76,6 +80,10 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
     use_causal_mask: query `t` attends only to keys `s <= t`.
     cache, cache_update_index: a key/value cache `[B, 2, S_max, K, H]`, as
       `tf_mha.MultiHeadAttention`'s.
+    segment_ids, key_segment_ids: packed rows, as `tf_mha.MultiHeadAttention`'s.
+    positions: with rotary embeddings, the query tokens' positions `[B, T]`
+      (with a cache also the written keys'); default `cache_update_index +
+      arange(T)`, or each token's position in its segment.
 
   Raises:
     ValueError: `num_key_value_heads` does not divide `num_query_heads`, or
@@ -99,6 +107,8 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
                bias_constraint=None,
                use_gate=False,
                seed=None,
+               rope_max_wavelength=None,
+               rope_scaling_factor=1.0,
                **kwargs):
     num_query_heads = checks.positive_int("num_query_heads", num_query_heads)
     num_key_value_heads = checks.positive_int("num_key_value_heads",
@@ -116,7 +126,9 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
         activity_regularizer=activity_regularizer,
         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
-        seed=seed, sliding_window=sliding_window, use_gate=use_gate, **kwargs)
+        seed=seed, sliding_window=sliding_window, use_gate=use_gate,
+        rope_max_wavelength=rope_max_wavelength,
+        rope_scaling_factor=rope_scaling_factor, **kwargs)
     self._num_key_value_heads = num_key_value_heads
 
   head_dim = _subclassing.Alias("_key_dim")
@@ -129,6 +141,7 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
     config.update({name: module.serialize(getattr(self, "_" + name))
                    for name, module in _SERIALIZED})
     config["flash_attention"] = self._flash_attention
+    config.update(_rotary.config_entries(self))
     # As `MultiHeadAttention`'s: `from_config` builds the variables, so
     # that saved weights load before the first call.
     for name in ("query_shape", "key_shape", "value_shape"):
@@ -149,14 +162,15 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
            cache=None,
            cache_update_index=None,
            segment_ids=None,
-           key_segment_ids=None):
+           key_segment_ids=None,
+           positions=None):
     return super().call(
         query, value, key=key, attention_mask=attention_mask,
         return_attention_scores=return_attention_scores, training=training,
         use_causal_mask=use_causal_mask, query_mask=query_mask,
         value_mask=value_mask, key_mask=key_mask, cache=cache,
         cache_update_index=cache_update_index, segment_ids=segment_ids,
-        key_segment_ids=key_segment_ids)
+        key_segment_ids=key_segment_ids, positions=positions)
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
     return super().compute_output_shape(query_shape, value_shape, key_shape)

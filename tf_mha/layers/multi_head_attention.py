@@ -24,6 +24,7 @@ from tf_mha.layers import _inputs
 from tf_mha.layers import _keras_hooks
 from tf_mha.layers import _layer_checks
 from tf_mha.layers import _projections
+from tf_mha.layers import _rotary
 from tf_mha.layers import _subclassing
 from tf_mha.ops import checks
 from tf_mha.ops import equations
@@ -72,8 +73,10 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
       (`|t - s| < W`, a symmetric band over one attention axis); with
       `use_causal_mask=True` the causal sliding window of Mistral. Applied
       in the op, which skips the keys outside the band (no `[T, S]` mask).
-    softmax_robust_masking: accepted for tf.keras compatibility; masking is
-      always robust here (masked logits are replaced, not offset).
+    softmax_robust_masking: accepted for tf.keras compatibility (masking
+      is always robust here).
+    rope_max_wavelength, rope_scaling_factor: rotary position embeddings
+      on queries and keys (`tf_mha.rotary_embedding`); `None`: none.
     **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
   Call arguments:
@@ -101,6 +104,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     key_segment_ids: int `[B, S]`, the keys' ids when they are not the
       queries' sequence (cross-attention, a cache's slots); defaults to
       `segment_ids`.
+    positions: with rotary embeddings, the query tokens' positions `[B, T]`
+      (default: see `tf_mha.layers._rotary`).
 
   Returns:
     The attention output `[B, T, D]` (or `output_shape`), and the scores if
@@ -133,6 +138,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
                softmax_robust_masking=False,
                sliding_window=None,
                use_gate=False,
+               rope_max_wavelength=None,
+               rope_scaling_factor=1.0,
                **kwargs):
     super().__init__(**kwargs)
     self.supports_masking = True
@@ -152,6 +159,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     self._sliding_window = (None if sliding_window is None else
                             checks.positive_int("sliding_window", sliding_window))
     self._use_gate = bool(use_gate)
+    self._rope = _rotary.config(rope_max_wavelength, rope_scaling_factor)
     self._softmax_robust_masking = softmax_robust_masking
     self._kernel_initializer = tf_keras.initializers.get(kernel_initializer)
     self._bias_initializer = tf_keras.initializers.get(bias_initializer)
@@ -333,7 +341,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
            cache=None,
            cache_update_index=None,
            segment_ids=None,
-           key_segment_ids=None):
+           key_segment_ids=None,
+           positions=None):
     ids = _layer_checks.segment_ids(self, query, segment_ids, key_segment_ids)
     if cache is not None or cache_update_index is not None:
       return self._cached_call(
@@ -341,7 +350,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
           attention_mask=attention_mask, query_mask=query_mask,
           value_mask=value_mask, key_mask=key_mask, training=training,
           return_attention_scores=return_attention_scores,
-          use_causal_mask=use_causal_mask, segment_ids=ids)
+          use_causal_mask=use_causal_mask, segment_ids=ids, positions=positions)
     if key is None:
       key = value
     query_mask = _inputs.keras_mask(query, query_mask)
@@ -374,7 +383,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
       attention_mask = masks_lib.combine_masks(attention_mask,
                                                _layer_checks.segment_mask(ids))
     gate = self._gate_dense(query) if self._use_gate else None  # [B, T, N, V]
-    query, key, value = self._project(query, key, value)
+    query, key, value = self._project(query, key, value, _rotary.call_positions(
+        self, query, key, positions, ids))
     if op_path:
       output, scores = self._compute_attention(
           query, key, value, attention_mask, training,
@@ -393,17 +403,15 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
       output = tf.RaggedTensor.from_tensor(output, lengths=ragged_lengths)
     return (output, scores) if return_attention_scores else output
 
-  def _project(self, query, key, value):
-    """The three input projections (`_projections.apply`).
-
-    Three matmuls, not one on the concatenated kernels: on this project's
-    CPU measurements the per-call concatenation cost more than the wider
-    matmul saved, with and without XLA (README, "Benchmark").
-    """
-    return tuple(
-        _projections.apply(dense, x, 1, self._compute_dtype_object)
-        for dense, x in ((self._query_dense, query), (self._key_dense, key),
-                         (self._value_dense, value)))
+  def _project(self, query, key, value, positions=(None, None)):
+    """The three input projections (`_projections.apply`; three matmuls,
+    README "Benchmark"), queries and keys rotated by `positions` when the
+    layer has rotary embeddings (`_rotary`)."""
+    q, k, v = (_projections.apply(dense, x, 1, self._compute_dtype_object)
+               for dense, x in ((self._query_dense, query),
+                                (self._key_dense, key), (self._value_dense, value)))
+    return (_rotary.rotate(self, q, positions[0]),
+            _rotary.rotate(self, k, positions[1]), v)
 
   def compute_output_shape(self, query_shape, value_shape, key_shape=None):
     return _layer_checks.output_shape_of_call(self._output_shape, query_shape,

@@ -10,3 +10,4 @@ from tf_mha.ops.masks import combine_masks
 from tf_mha.ops.plain import dropout
 from tf_mha.ops.plain import random_seed
 from tf_mha.ops.segments import positions as segment_positions
+from tf_mha.ops.rotary import rotary_embedding

@@ -1,0 +1,60 @@
+"""Rotary position embeddings (RoFormer, Su et al. 2021; Llama, Gemma,
+Mistral): each pair of features of a query or key is rotated by an angle
+proportional to the token's position, so a query-key product depends on
+their positions only through the distance between them.
+
+Shapes: `B` batch, `T` tokens, `H` head size (even); any axes (heads)
+between `T` and `H`.
+
+The pairs are the two halves of the features (`x[..., i]` with
+`x[..., i + H / 2]`), KerasHub's `RotaryEmbedding` and Hugging Face's
+Llama convention, with frequencies `max_wavelength ** (-2i / H)`.
+"""
+
+import tensorflow as tf
+
+from tf_mha.ops import checks
+
+
+def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
+  """`x` `[B, T, ..., H]` with each token rotated by its position.
+
+  Args:
+    x: queries or keys, `[B, T, ..., H]`, `H` even.
+    positions: each token's position, `[B, T]` or `[T]` (int or float):
+      per token, so left-padded rows (positions counted from each row's
+      first token) and packed rows (`segment_positions`) work.
+    max_wavelength: the longest wavelength (10000 in RoFormer and Llama).
+    scaling_factor: positions are divided by it (linear RoPE scaling).
+
+  Returns:
+    `x`'s shape and dtype; computed in float32 (float64 for float64 `x`).
+
+  Raises:
+    ValueError: `H` is odd or unknown, `x` has rank below 3, or
+      `max_wavelength` / `scaling_factor` is not positive.
+  """
+  x = checks.tensor("x", x)
+  size = x.shape[-1]
+  if x.shape.rank is None or x.shape.rank < 3 or size is None or size % 2:
+    raise ValueError("`x` must be [batch, length, ..., head_size] with a known, "
+                     f"even head size. Received: x with shape {x.shape}")
+  for name, value in (("max_wavelength", max_wavelength),
+                      ("scaling_factor", scaling_factor)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+      raise ValueError(f"`{name}` must be a positive number. Received: "
+                       f"{name}={value!r}")
+  dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+  # Positions are shaped as they come (ints), then cast and multiplied by
+  # the constant frequencies at once: an int8 TFLite model then keeps them
+  # exact (a position quantized to int8 at 48 slots is off by up to 0.1).
+  positions = tf.reshape(
+      tf.broadcast_to(tf.convert_to_tensor(positions), tf.shape(x)[:2]),
+      tf.concat([tf.shape(x)[:2], tf.ones([x.shape.rank - 2], tf.int32)], 0))
+  frequencies = tf.constant(max_wavelength, dtype) ** (
+      -tf.range(0, size, 2, dtype=dtype) / size) / scaling_factor  # [H / 2]
+  angles = tf.cast(positions, dtype) * frequencies  # [B, T, 1, ..., H / 2]
+  cos, sin = tf.cos(angles), tf.sin(angles)
+  first, second = tf.split(tf.cast(x, dtype), 2, axis=-1)
+  rotated = tf.concat([first * cos - second * sin, second * cos + first * sin], -1)
+  return tf.cast(rotated, x.dtype)
