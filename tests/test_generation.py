@@ -230,5 +230,23 @@ class SamplingTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLess(chi2, 16.27)
 
 
+class GenerationBenchmarkTableTest(tf.test.TestCase):
+
+  def test_table_states_the_targets_and_marks_what_was_not_timed(self):
+    from tf_mha.benchmarks import generation as benchmark  # pylint: disable=g-import-not-at-top
+    rows = [benchmark.Row("TensorFlow, XLA (tf_mha)", 9000.0, 600.0, 36.0, 1.6, 1.7, 580.0),
+            benchmark.Row("LiteRT, float32", 5000.0, 400.0, 20.0, 2.0, 2.0, 390.0),
+            benchmark.Row("KerasHub LlamaCausalLM.generate", 5000.0, 150.0, None, None,
+                          None, 145.0)]
+    text = benchmark.table(rows)
+    self.assertIn("| KerasHub LlamaCausalLM.generate | 5000 | 150.0 | 145.0 | - | - "
+                  "| - | - |", text)
+    self.assertIn("| TensorFlow, XLA (tf_mha) | 9000 | 600.0 | 580.0 | 36.0 | 16.7x "
+                  "| 1.60 / 1.70 | 1.06 |", text)
+    self.assertIn("LiteRT float32: 1.50x", text)
+    self.assertIn("end to end / KerasHub's generate: 4.00x", text)
+    self.assertIn("cached decoding / KerasHub's: 4.00x", text)
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -742,6 +742,23 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
       types = [op.type for op in graph.get_operations()]
       self.assertEqual(types.count("MatMul"), matmuls, f"jit={jit}")
       self.assertEqual(types.count("Einsum"), 6 - matmuls, f"jit={jit}")
+      # Each kernel behind a barrier: XLA:CPU would otherwise fuse its
+      # reshape into a one-row product as a slow naive loop (issue 26).
+      self.assertEqual(types.count("XlaOptimizationBarrier"), matmuls, f"jit={jit}")
+
+  def test_projection_gradients_pass_the_barrier(self):
+    layer = tf_mha.MultiHeadAttention(2, 4)
+    x = tf.constant(_normal(2, 5, 6))
+    layer(x, x)
+
+    def gradients(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x, x) ** 2)
+      return tape.gradient(loss, [x] + layer.trainable_variables)
+
+    for got, want in zip(tf.function(gradients, jit_compile=True)(x), gradients(x)):
+      self.assertAllClose(got, want, rtol=1e-4, atol=1e-5)
 
   def test_activity_regularizer_losses_match_tf_keras(self):
     x = _normal(2, 5, 6)

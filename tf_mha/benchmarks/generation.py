@@ -1,5 +1,6 @@
 """Generation speed of a decoder of realistic layer sizes, cached against
-uncached, in TensorFlow (XLA) and LiteRT: `tools/benchmark.py --generation`.
+uncached, in TensorFlow (XLA) and LiteRT, and KerasHub's Llama `generate`
+of the same sizes: `tools/benchmark.py --generation`.
 
 Shapes: `P` prompt tokens, `M` new tokens, `S = P + M` cache slots.
 
@@ -36,17 +37,20 @@ class Row:
   name: str
   prefill_tokens_per_second: float
   cached_tokens_per_second: float
-  uncached_tokens_per_second: float
-  token_ms_16: float  # median time of new tokens 14..18 (cached)
+  uncached_tokens_per_second: float  # None: not timed (KerasHub)
+  token_ms_16: float  # median time of new tokens 14..18 (cached); None: not timed
   token_ms_256: float  # median time of the last 5 new tokens (cached)
+  end_to_end_tokens_per_second: float  # new tokens / (prefill + decoding)
 
   @property
   def speedup(self):
+    if self.uncached_tokens_per_second is None:
+      return None
     return self.cached_tokens_per_second / self.uncached_tokens_per_second
 
   @property
   def flatness(self):
-    return self.token_ms_256 / self.token_ms_16
+    return None if self.token_ms_16 is None else self.token_ms_256 / self.token_ms_16
 
 
 def build_decoder(slots, seed=0):
@@ -110,9 +114,10 @@ def time_tensorflow(model, prompt_ids, new, repeats=3):
     ids = tf.ones([1, length], tf.int32)
     return _best(lambda: full(ids)[:, -1].numpy(), repeats)
 
-  return Row("TensorFlow, XLA", prompt / prefill_only,
+  return Row("TensorFlow, XLA (tf_mha)", prompt / prefill_only,
              (new - 1) / (whole - prefill_only),
-             _uncached_tokens_per_second(uncached_at, prompt, new), *_flat_ms(steps))
+             _uncached_tokens_per_second(uncached_at, prompt, new), *_flat_ms(steps),
+             new / whole)
 
 
 def time_litert(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
@@ -146,8 +151,39 @@ def time_litert(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
           len(ids) / min(r.prefill_seconds for r in runs),
           best.decode_tokens_per_second,
           _uncached_tokens_per_second(uncached_at, len(ids), new),
-          *_flat_ms(best.step_seconds)))
+          *_flat_ms(best.step_seconds),
+          new / (best.prefill_seconds + sum(best.step_seconds))))
   return rows
+
+
+def time_keras_hub(prompt_ids, new, repeats=3, seed=0):
+  """KerasHub's `LlamaCausalLM.generate` (Keras 3 on TensorFlow, its
+  compiled greedy loop) on a `LlamaBackbone` of the same sizes (random
+  weights, `preprocessor=None`): a batch of the prompt padded to `P + M`
+  tokens, every slot generated (no stop token). Its prefill runs over all
+  `P + M` positions; a call padded to `P + 1` times it, as
+  `time_tensorflow` times one of `M = 1`. Llama's feed-forward is gated
+  (three 512 x 2048 matrices to the demo decoder's two)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import keras_hub  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(seed)
+  backbone = keras_hub.models.LlamaBackbone(
+      vocabulary_size=_VOCAB, num_layers=4, num_query_heads=8, hidden_dim=512,
+      intermediate_dim=2048, num_key_value_heads=2)
+  model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+  model.compile(sampler="greedy")
+  prompt = prompt_ids.numpy()
+
+  def generate(count):
+    ids = np.pad(prompt, [(0, 0), (0, count)])
+    mask = np.pad(np.ones_like(prompt, bool), [(0, 0), (0, count)])
+    return model.generate({"token_ids": ids, "padding_mask": mask},
+                          stop_token_ids=None)
+
+  prefill_only = _best(lambda: generate(1), repeats)
+  whole = _best(lambda: generate(new), repeats)
+  return Row("KerasHub LlamaCausalLM.generate", prompt.shape[1] / prefill_only,
+             (new - 1) / (whole - prefill_only), None, None, None, new / whole)
 
 
 def run(prompt=128, new=256, repeats=3, log=print):
@@ -159,6 +195,8 @@ def run(prompt=128, new=256, repeats=3, log=print):
   rows = [time_tensorflow(model, prompt_ids, new, repeats)]
   log("Converting and timing generation in LiteRT...")
   rows += time_litert(model, prompt_ids, new, repeats=repeats)
+  log("Timing KerasHub's LlamaCausalLM.generate...")
+  rows.append(time_keras_hub(prompt_ids, new, repeats))
   return rows
 
 
@@ -166,12 +204,30 @@ def table(rows, prompt=128, new=256):
   lines = [f"Generation, B=1, a {prompt}-token prompt then {new} new tokens "
            "(D=512, 8 query and 2 key/value heads of 64, 4 blocks, random "
            "weights):", "",
-           "| runtime | prefill tokens/s | cached decode tokens/s | uncached "
-           "tokens/s | cached / uncached | ms/token at 16th / 256th | 256th / 16th |",
-           "|---|---|---|---|---|---|---|"]
+           "| runtime | prefill tokens/s | cached decode tokens/s | end-to-end "
+           "tokens/s | uncached tokens/s | cached / uncached | ms/token at "
+           "16th / 256th | 256th / 16th |",
+           "|---|---|---|---|---|---|---|---|"]
+  missing = "-"
   for r in rows:
+    flat = (missing, missing) if r.token_ms_16 is None else (
+        f"{r.token_ms_16:.2f} / {r.token_ms_256:.2f}", f"{r.flatness:.2f}")
+    uncached = (missing, missing) if r.speedup is None else (
+        f"{r.uncached_tokens_per_second:.1f}", f"{r.speedup:.1f}x")
     lines.append(f"| {r.name} | {r.prefill_tokens_per_second:.0f} | "
-                 f"{r.cached_tokens_per_second:.1f} | {r.uncached_tokens_per_second:.1f} | "
-                 f"{r.speedup:.1f}x | {r.token_ms_16:.2f} / {r.token_ms_256:.2f} | "
-                 f"{r.flatness:.2f} |")
+                 f"{r.cached_tokens_per_second:.1f} | "
+                 f"{r.end_to_end_tokens_per_second:.1f} | {uncached[0]} | "
+                 f"{uncached[1]} | {flat[0]} | {flat[1]} |")
+  by_name = {r.name.split(" (")[0]: r for r in rows}
+  ours = by_name.get("TensorFlow, XLA")
+  litert = by_name.get("LiteRT, float32")
+  keras_hub = by_name.get("KerasHub LlamaCausalLM.generate")
+  if ours and litert and keras_hub:
+    lines += ["", f"TensorFlow XLA cached decoding / LiteRT float32: "
+              f"{ours.cached_tokens_per_second / litert.cached_tokens_per_second:.2f}x "
+              "(target: at least 1x); end to end / KerasHub's generate: "
+              f"{ours.end_to_end_tokens_per_second / keras_hub.end_to_end_tokens_per_second:.2f}x, "
+              f"cached decoding / KerasHub's: "
+              f"{ours.cached_tokens_per_second / keras_hub.cached_tokens_per_second:.2f}x "
+              "(target: at least 2x)."]
   return "\n".join(lines)

@@ -47,7 +47,8 @@ _GENERATION = flags.DEFINE_bool(
     "and 2 key/value heads of 64, 4 blocks (random weights), B=1, a 128-token "
     "prompt then 256 new tokens, cached (prefill + decode) against uncached "
     "(recomputing the prefix), in TensorFlow with XLA and in LiteRT (float32 "
-    "and dynamic-range int8).")
+    "and dynamic-range int8), and KerasHub's LlamaCausalLM.generate of the "
+    "same sizes.")
 _BERT = flags.DEFINE_bool(
     "bert", False, "Also time a training step of Model Garden's BertEncoderV2 "
     "(4 layers, D=512, 8 heads, T=512, B=4, padding mask, jit) on tf_mha's "
