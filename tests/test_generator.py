@@ -272,6 +272,11 @@ class GeneratorExportTest(tf.test.TestCase):
       inputs = {"token_ids": token[:, None], "positions": np.array([[index]], np.int32),
                 "cache_index": np.array(index, np.int32),
                 **{k: out[k] for k in caches}}
+    # Cached steps equal recomputing the whole prefix (rotary positions).
+    tokens = np.concatenate([ids[0]] + [i["token_ids"][0] for _, i, _ in served[1:]])
+    full = self.report.model(tokens[None]).numpy()[0]
+    for last, (key, _, want) in enumerate(served, start=4):
+      self.assertAllClose(want["logits"][0, -1], full[last], atol=1e-4, msg=key)
     for key, step_inputs, want in served:  # the Keras model, same weights
       logits, keras_caches = self.report.model.step(
           step_inputs["token_ids"], step_inputs["positions"],
@@ -280,12 +285,14 @@ class GeneratorExportTest(tf.test.TestCase):
       self.assertAllClose(keras_caches[1], want["kv_cache_1"], atol=1e-5)
     for quantize in _QUANTIZATIONS:
       interpreter = tflite.interpreter(self.report.tflite[quantize][0])
-      for key, step_inputs, want in served:
+      for last, (key, step_inputs, want) in enumerate(served, start=4):
         got = interpreter.get_signature_runner(key)(**step_inputs)
         self.assertEqual(set(got), set(want))
         if quantize == "none":
           for name in want:
             self.assertAllClose(got[name], want[name], atol=1e-4, msg=f"{key} {name}")
+          self.assertAllClose(got["logits"][0, -1], full[last], atol=2e-4,
+                              msg=f"TFLite {key} against the full recompute")
         self.assertAllEqual(np.argmax(got["logits"][:, -1], -1),
                             np.argmax(want["logits"][:, -1], -1), msg=quantize)
 
