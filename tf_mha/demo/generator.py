@@ -125,7 +125,7 @@ def _strings(tensor):
 # `generate`'s optional inputs and their defaults (greedy): TF Serving fills
 # an input a request leaves out from the SignatureDef's defaults.
 GREEDY = {"temperature": tf.constant(0.0), "top_k": tf.constant(0),
-           "top_p": tf.constant(1.0), "seed": tf.constant(0, tf.int64)}
+           "top_p": tf.constant(1.0), "seed": tf.constant(0)}
 _SAMPLING_SPECS = [tf.TensorSpec(None, v.dtype, name=k) for k, v in GREEDY.items()]
 _REQUEST_SPECS = [tf.TensorSpec([None], tf.string, name="prompt"),
                   tf.TensorSpec([], tf.int32, name="max_new_tokens")]
