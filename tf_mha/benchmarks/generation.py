@@ -30,6 +30,9 @@ from tf_mha.export import tflite
 
 _UNCACHED_POINTS = 6
 _VOCAB = 4096
+# The rows the targets compare (`table`).
+TENSORFLOW, LITERT_FLOAT32, KERAS_HUB = (
+    "TensorFlow, XLA (tf_mha)", "LiteRT, float32", "KerasHub LlamaCausalLM.generate")
 
 
 @dataclasses.dataclass
@@ -114,7 +117,7 @@ def time_tensorflow(model, prompt_ids, new, repeats=3):
     ids = tf.ones([1, length], tf.int32)
     return _best(lambda: full(ids)[:, -1].numpy(), repeats)
 
-  return Row("TensorFlow, XLA (tf_mha)", prompt / prefill_only,
+  return Row(TENSORFLOW, prompt / prefill_only,
              (new - 1) / (whole - prefill_only),
              _uncached_tokens_per_second(uncached_at, prompt, new), *_flat_ms(steps),
              new / whole)
@@ -182,7 +185,7 @@ def time_keras_hub(prompt_ids, new, repeats=3, seed=0):
 
   prefill_only = _best(lambda: generate(1), repeats)
   whole = _best(lambda: generate(new), repeats)
-  return Row("KerasHub LlamaCausalLM.generate", prompt.shape[1] / prefill_only,
+  return Row(KERAS_HUB, prompt.shape[1] / prefill_only,
              (new - 1) / (whole - prefill_only), None, None, None, new / whole)
 
 
@@ -218,10 +221,9 @@ def table(rows, prompt=128, new=256):
                  f"{r.cached_tokens_per_second:.1f} | "
                  f"{r.end_to_end_tokens_per_second:.1f} | {uncached[0]} | "
                  f"{uncached[1]} | {flat[0]} | {flat[1]} |")
-  by_name = {r.name.split(" (")[0]: r for r in rows}
-  ours = by_name.get("TensorFlow, XLA")
-  litert = by_name.get("LiteRT, float32")
-  keras_hub = by_name.get("KerasHub LlamaCausalLM.generate")
+  by_name = {r.name: r for r in rows}
+  ours, litert, keras_hub = (by_name.get(n) for n in (TENSORFLOW, LITERT_FLOAT32,
+                                                       KERAS_HUB))
   if ours and litert and keras_hub:
     lines += ["", f"TensorFlow XLA cached decoding / LiteRT float32: "
               f"{ours.cached_tokens_per_second / litert.cached_tokens_per_second:.2f}x "

@@ -58,8 +58,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _console.check_positive(_MAX_NEW_TOKENS)
   sampling = _sampling()
-  if isinstance(sampling, int):
-    return sampling
   from tf_mha.demo import text_generation
   try:
     if _MODEL.value.endswith(".tflite"):
@@ -86,16 +84,16 @@ def main(argv):
 
 
 def _sampling():
-  """The flags' `generation.Sampling`, None (greedy), or the exit code of a
-  refused flag."""
+  """The flags' `generation.Sampling`, or None (greedy); a UsageError naming
+  a flag out of range."""
   if _TEMPERATURE.value < 0:
-    return _console.fail(f"Error: `temperature` must be at least 0. "
+    raise app.UsageError("`temperature` must be at least 0. "
                          f"Received: --temperature={_TEMPERATURE.value}")
   if _TOP_K.value < 0:
-    return _console.fail(f"Error: `top_k` must be at least 0. "
+    raise app.UsageError("`top_k` must be at least 0. "
                          f"Received: --top_k={_TOP_K.value}")
   if not 0 < _TOP_P.value <= 1:
-    return _console.fail(f"Error: `top_p` must be in (0, 1]. "
+    raise app.UsageError("`top_p` must be in (0, 1]. "
                          f"Received: --top_p={_TOP_P.value}")
   if _TEMPERATURE.value == 0:
     return None

@@ -11,21 +11,19 @@ import numpy as np
 
 from tf_mha.generation import samplers
 
-_MASK = 0xFFFFFFFF
-
 
 def _hash(x):
   """`samplers._hash` on int64 arrays."""
   for _ in range(2):
     x = np.bitwise_xor(x, np.right_shift(x, 16))
-    x = np.bitwise_and(x * samplers.MIX, _MASK)
+    x = np.bitwise_and(x * samplers.MIX, samplers.MASK)
   return np.bitwise_xor(x, np.right_shift(x, 16))
 
 
 def uniform(vocab, seed, step):
   """One row's draws in (0, 1), `[V]` float32, for the row seed `seed`
   (two ints) at decoding step `step`: `samplers.uniform`'s numbers."""
-  low = lambda x: np.bitwise_and(np.int64(x), _MASK)
+  low = lambda x: np.bitwise_and(np.int64(x), samplers.MASK)
   key = _hash(np.bitwise_xor(_hash(low(seed[0])), low(seed[1])))
   key = _hash(np.bitwise_xor(key, np.int64(step)))
   bits = _hash(np.bitwise_xor(_hash(np.arange(vocab, dtype=np.int64)), key))

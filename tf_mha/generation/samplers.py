@@ -85,7 +85,7 @@ def sample(logits, sampling, step=0):
   return tf.cond(tf.reduce_any(temperature > 0), draw, lambda: greedy(logits))
 
 
-_MASK = 0xFFFFFFFF
+MASK = 0xFFFFFFFF  # the low 32 bits
 MIX = 0x45D9F3B  # below 2**31: products of 32-bit values fit an int64
 
 
@@ -93,7 +93,7 @@ def _hash(x):
   """A 32-bit integer hash in int64 arithmetic (exact on every device)."""
   for _ in range(2):
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = tf.bitwise.bitwise_and(x * MIX, _MASK)
+    x = tf.bitwise.bitwise_and(x * MIX, MASK)
   return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
 
 
@@ -115,7 +115,7 @@ def uniform(shape, seed, step):
   between them), and a row with its own seed draws the same wherever it
   sits in the batch."""
   seeds = row_seeds(seed, shape[0])
-  low = lambda x: tf.bitwise.bitwise_and(x, _MASK)
+  low = lambda x: tf.bitwise.bitwise_and(x, MASK)
   key = _hash(tf.bitwise.bitwise_xor(_hash(low(seeds[:, 0])), low(seeds[:, 1])))
   key = _hash(tf.bitwise.bitwise_xor(key, tf.cast(step, tf.int64)))  # [B]
   columns = tf.range(tf.cast(shape[1], tf.int64))[None, :]

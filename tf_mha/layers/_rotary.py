@@ -23,12 +23,8 @@ def config(max_wavelength, scaling_factor):
   """The checked `(max_wavelength, scaling_factor)`, or None (no rotary)."""
   if max_wavelength is None:
     return None
-  for name, value in (("rope_max_wavelength", max_wavelength),
-                      ("rope_scaling_factor", scaling_factor)):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-      raise ValueError(f"`{name}` must be a positive number. Received: "
-                       f"{name}={value!r}")
-  return float(max_wavelength), float(scaling_factor)
+  return (checks.positive_number("rope_max_wavelength", max_wavelength),
+          checks.positive_number("rope_scaling_factor", scaling_factor))
 
 
 def config_entries(layer):

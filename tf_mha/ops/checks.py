@@ -19,6 +19,14 @@ def positive_int(name, value):
   return int(value)
 
 
+def positive_number(name, value):
+  """`value` as a float, if it is a positive Python int or float."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    raise ValueError(f"`{name}` must be a positive number. Received: "
+                     f"{name}={value!r}")
+  return float(value)
+
+
 def rate(name, value):
   if not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
     raise ValueError(f"`{name}` must be a float in [0, 1). "

@@ -39,11 +39,8 @@ def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
   if x.shape.rank is None or x.shape.rank < 3 or size is None or size % 2:
     raise ValueError("`x` must be [batch, length, ..., head_size] with a known, "
                      f"even head size. Received: x with shape {x.shape}")
-  for name, value in (("max_wavelength", max_wavelength),
-                      ("scaling_factor", scaling_factor)):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-      raise ValueError(f"`{name}` must be a positive number. Received: "
-                       f"{name}={value!r}")
+  max_wavelength = checks.positive_number("max_wavelength", max_wavelength)
+  scaling_factor = checks.positive_number("scaling_factor", scaling_factor)
   dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
   # Positions are shaped as they come (ints), then cast and multiplied by
   # the constant frequencies at once: an int8 TFLite model then keeps them
