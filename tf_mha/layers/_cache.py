@@ -79,6 +79,13 @@ def _fits(index, new, slots):
   return tf.logical_and(index >= 0, index + new <= slots)
 
 
+def _fits_or_fail(index, new, slots):
+  """An assertion (InvalidArgumentError) that the write fits the cache."""
+  return tf.debugging.Assert(_fits(index, new, slots), [
+      "cache_update_index does not fit the cache: index", index,
+      "new tokens", new, "slots", slots])
+
+
 class CachedCall:
   """`_cached_call`: the layers' call with a cache (a mixin)."""
 
@@ -101,6 +108,12 @@ class CachedCall:
     start = 0
     if index is not None:
       index = _check_index(index, query.shape[1], slots)
+      if not tf.executing_eagerly() and not compiler.in_xla_context():
+        # Graph mode: the range check runs before the write, whose own
+        # error for an index that does not fit would otherwise race it.
+        with tf.control_dependencies([_fits_or_fail(
+            index, query.shape[1] or tf.shape(query)[1], slots)]):
+          index = tf.identity(index)
       cache = self._write(cache, variable, key, value, index, positions)
       start = index
     elif variable is not None:
@@ -202,14 +215,11 @@ class CachedCall:
   def _poison_if_out_of_range(self, out, index, new, slots):
     """Graph mode: an index that does not fit fails an assertion, or under
     XLA (no assertions) turns the output into NaN, never a silent answer."""
-    fits = _fits(index, new, slots)
     if not compiler.in_xla_context():
-      check = tf.debugging.Assert(fits, [
-          "cache_update_index does not fit the cache: index", index,
-          "new tokens", new, "slots", slots])
-      with tf.control_dependencies([check]):
+      with tf.control_dependencies([_fits_or_fail(index, new, slots)]):
         return tf.identity(out)
-    return tf.where(fits, out, tf.constant(float("nan"), out.dtype))
+    return tf.where(_fits(index, new, slots), out,
+                    tf.constant(float("nan"), out.dtype))
 
 
 def _assign(variable, update, index):
