@@ -9,6 +9,9 @@ step `w` takes every query block with its key block `first_i + w`, as one
 batched product `[nq, B, N, bq, bk]`. Query blocks whose band is narrower
 than `w` keep their state. The work is `nq * max_i(end_i - first_i)`
 blocks, which for packed rows of short examples is about `sum(L_i^2)`.
+Step 0 runs outside the loop, and the loop (with the block layouts only it
+reads) sits in a branch taken when some band is wider: packed rows whose
+examples fit their blocks then cost what the same examples as rows cost.
 
 Shapes as in `tf_mha.ops.flash`: blocks `[n, B, N, block, H]`; `I` indexes
 query blocks in the einsums.
@@ -16,6 +19,7 @@ query blocks in the einsums.
 
 import tensorflow as tf
 
+from tf_mha.ops import blocks
 from tf_mha.ops import masks as masks_lib
 
 
@@ -75,52 +79,93 @@ def _scores(plan, qb, k, j, seed, w):
   return s, dropped
 
 
-def forward(plan, qb, kb, vb, seed):
-  """As `flash._forward`: out `[nq, B, N, bq, V]`, row max, row sum and
-  fully-masked flags `[nq, B, N, bq]`."""
+def _layout(plan, queries, keys):
+  """Query-side `[B, T, N, .]` and key-side `[B, S, N, .]` tensors as
+  blocks `[n, B, N, block, .]`."""
+  return ([blocks.to_blocks(x, plan.bq, plan.pad_t) for x in queries] +
+          [blocks.to_blocks(x, plan.bk, plan.pad_s) for x in keys])
+
+
+def _rest_of_band(span, make_step, state):
+  """`state` after the band's steps from `w = 1` on. Rows of examples that
+  fit their blocks need none, and then there is no loop at all: XLA copies
+  a loop's operands into its own layout. `make_step()` builds the step
+  (and the blocks it reads) inside the loop's branch for the same reason."""
+  widest = tf.reduce_max(span)
+
+  def loop():
+    return tf.while_loop(lambda w, *_: w < widest, make_step(),
+                         (tf.constant(1),) + tuple(state))[1:]
+
+  return tf.cond(widest > 1, loop, lambda: tuple(state))
+
+
+def forward(plan, q, k, v, seed):
+  """As `flash._forward`, from `q` `[B, T, N, H]`, `k`, `v` `[B, S, N, .]`:
+  out `[nq, B, N, bq, V]`, row max, row sum and fully-masked flags
+  `[nq, B, N, bq]`.
+
+  The band's first step runs outside the loop: every query block takes
+  one (a block with no real query row, span 0, comes out fully masked)."""
   first, end = _key_ranges(plan)
   span = end - first
-  lead = tf.shape(qb)[:4]  # [nq, B, N, bq]
-  init = (tf.constant(0), tf.fill(lead, tf.constant(float("-inf"), plan.acc)),
-          tf.zeros(lead, plan.acc),
-          tf.zeros(tf.concat([lead, tf.shape(vb)[-1:]], 0), plan.acc))
 
-  def step(w, m, l, acc):
+  def visit(w, qb, kb, vb):
+    """Step `w`'s scores, dropout keep-mask and pv product `[nq, ...]`."""
     j = tf.minimum(first + w, plan.nk - 1)
     s, dropped = _scores(plan, qb, tf.gather(kb, j), j, seed, w)
-    m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
-    p = tf.exp(s - m_new[..., None])
-    correction = tf.exp(m - m_new)
-    l_new = l * correction + tf.reduce_sum(p, axis=-1)
-    if dropped is not None:
-      p = tf.where(dropped, p / (1.0 - plan.rate), tf.zeros_like(p))
-    v = tf.gather(vb, j)
-    pv = tf.einsum("IBNTS,IBNSV->IBNTV", tf.cast(p, v.dtype), v)
-    acc_new = acc * correction[..., None] + tf.cast(pv, plan.acc)
-    active = (w < span)[:, None, None, None]  # a narrower band keeps its state
-    return (w + 1, tf.where(active, m_new, m), tf.where(active, l_new, l),
-            tf.where(active[..., None], acc_new, acc))
 
-  _, m, l, acc = tf.while_loop(lambda w, *_: w < tf.reduce_max(span), step, init)
+    def pv(p):
+      if dropped is not None:
+        p = tf.where(dropped, p / (1.0 - plan.rate), tf.zeros_like(p))
+      v = tf.gather(vb, j)
+      return tf.cast(tf.einsum("IBNTS,IBNSV->IBNTV", tf.cast(p, v.dtype), v),
+                     plan.acc)
+    return s, pv
+
+  s, pv = visit(0, *_layout(plan, [q], [k, v]))
+  m = tf.reduce_max(s, axis=-1)
+  p = tf.exp(s - m[..., None])
+  state = (m, tf.reduce_sum(p, axis=-1), pv(p))
+
+  def make_step():
+    qb, kb, vb = _layout(plan, [q], [k, v])
+
+    def step(w, m, l, acc):
+      s, pv = visit(w, qb, kb, vb)
+      m_new = tf.maximum(m, tf.reduce_max(s, axis=-1))
+      p = tf.exp(s - m_new[..., None])
+      correction = tf.exp(m - m_new)
+      l_new = l * correction + tf.reduce_sum(p, axis=-1)
+      acc_new = acc * correction[..., None] + pv(p)
+      active = (w < span)[:, None, None, None]  # a narrower band keeps its state
+      return (w + 1, tf.where(active, m_new, m), tf.where(active, l_new, l),
+              tf.where(active[..., None], acc_new, acc))
+    return step
+
+  m, l, acc = _rest_of_band(span, make_step, state)
   return (acc / l[..., None], m, l, m <= masks_lib.large_negative(plan.acc))
 
 
-def backward(plan, qb, kb, vb, dob, stats, delta, seed):
-  """As `flash._backward`: `(dq [nq, ...], dk [nk, ...], dv [nk, ...])`,
-  each step's key-block parts scattered onto their blocks."""
+def backward(plan, q, k, v, d_out, stats, delta, seed):
+  """As `flash._backward`, from `[B, L, N, .]` tensors (`d_out` in the
+  accumulation dtype): `(dq [nq, ...], dk [nk, ...], dv [nk, ...])`, each
+  step's key-block parts scattered onto their blocks. The first step runs
+  outside the loop, as in `forward`."""
   first, end = _key_ranges(plan)
   span = end - first
   row_max, inv_sum = stats[0], 1.0 / stats[1]
-  init = (tf.constant(0), tf.zeros(tf.shape(qb), plan.acc),
-          tf.zeros(tf.shape(kb), plan.acc), tf.zeros(tf.shape(vb), plan.acc))
 
-  def step(w, dq, dk, dv):
+  def parts(w, qb, dob, kb, vb):
+    """Step `w`'s `(key blocks [nq, 1], dq, dk, dv)` `[nq, ...]`; zero for
+    query blocks whose band is narrower than `w`."""
     j = tf.minimum(first + w, plan.nk - 1)
     k, v = tf.gather(kb, j), tf.gather(vb, j)
     s, dropped = _scores(plan, qb, k, j, seed, w)
     # Masked and padded entries (and so fully masked rows) get p = 0.
-    p = tf.where(s > masks_lib.large_negative(plan.acc),
-                 tf.exp(s - row_max[..., None]) * inv_sum[..., None],
+    seen = tf.logical_and(s > masks_lib.large_negative(plan.acc),
+                          (w < span)[:, None, None, None, None])
+    p = tf.where(seen, tf.exp(s - row_max[..., None]) * inv_sum[..., None],
                  tf.zeros_like(s))
     dp = tf.einsum("IBNTV,IBNSV->IBNTS", dob, tf.cast(v, plan.acc))
     p_used = p
@@ -129,14 +174,24 @@ def backward(plan, qb, kb, vb, dob, stats, delta, seed):
       p_used = tf.where(dropped, p * scale, tf.zeros_like(p))
       dp = tf.where(dropped, dp * scale, tf.zeros_like(dp))
     ds = p * (dp - delta[..., None])  # [nq, B, N, bq, bk]
-    active = (w < span)[:, None, None, None, None]
-    only = lambda x: tf.where(active, x, tf.zeros_like(x))
-    dq += only(tf.einsum("IBNTS,IBNSH->IBNTH", ds, tf.cast(k, plan.acc)))
-    dk = tf.tensor_scatter_nd_add(dk, j[:, None], only(tf.einsum(
-        "IBNTS,IBNTH->IBNSH", ds, tf.cast(qb, plan.acc))))
-    dv = tf.tensor_scatter_nd_add(dv, j[:, None], only(tf.einsum(
-        "IBNTS,IBNTV->IBNSV", p_used, dob)))
-    return w + 1, dq, dk, dv
+    return (j[:, None],
+            tf.einsum("IBNTS,IBNSH->IBNTH", ds, tf.cast(k, plan.acc)),
+            tf.einsum("IBNTS,IBNTH->IBNSH", ds, tf.cast(qb, plan.acc)),
+            tf.einsum("IBNTS,IBNTV->IBNSV", p_used, dob))
 
-  _, dq, dk, dv = tf.while_loop(lambda w, *_: w < tf.reduce_max(span), step, init)
-  return dq, dk, dv
+  layout = lambda: _layout(plan, [q, d_out], [k, v])
+  kb_shape = lambda x: tf.concat([[plan.nk], tf.shape(x)[1:]], 0)
+  j, dq, dk, dv = parts(0, *layout())
+  state = (dq, tf.scatter_nd(j, dk, kb_shape(dk)),
+           tf.scatter_nd(j, dv, kb_shape(dv)))
+
+  def make_step():
+    laid_out = layout()
+
+    def step(w, dq, dk, dv):
+      j, dq_w, dk_j, dv_j = parts(w, *laid_out)
+      return (w + 1, dq + dq_w, tf.tensor_scatter_nd_add(dk, j, dk_j),
+              tf.tensor_scatter_nd_add(dv, j, dv_j))
+    return step
+
+  return _rest_of_band(span, make_step, state)

@@ -15,7 +15,6 @@ Block sizes are static Python ints, so everything compiles under XLA.
 """
 
 
-import functools
 
 import tensorflow as tf
 
@@ -140,12 +139,12 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
 
   @tf.custom_gradient
   def attend(q, k, v):
-    qb = blocks.to_blocks(q, plan.bq, plan.pad_t)
-    kb, vb = (blocks.Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
     if band:  # packed rows: every query block at once (`banded`)
       out_blocks, row_max, row_sum, fully_masked = banded.forward(
-          plan, qb, kb.all(), vb.all(), dropout_seed)
+          plan, q, k, v, dropout_seed)
     else:
+      qb = blocks.to_blocks(q, plan.bq, plan.pad_t)
+      kb, vb = (blocks.Blocks(x, plan.bk, plan.pad_s, lazy) for x in (k, v))
       forward = _forward_one_query_block if lazy else _forward
       out_blocks, row_max, row_sum, fully_masked = forward(
           plan, qb, kb, vb, mask, dropout_seed)
@@ -154,13 +153,17 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     out = blocks.from_blocks(out_blocks, plan.t)
 
     def grad(d_out):
-      dob = blocks.to_blocks(tf.cast(d_out, plan.acc), plan.bq, plan.pad_t)
+      d_out = tf.cast(d_out, plan.acc)
+      dob = blocks.to_blocks(d_out, plan.bq, plan.pad_t)
       # delta_t = sum_v dO * O, the softmax-Jacobian row term.
       delta = tf.reduce_sum(dob * out_blocks, axis=-1)  # [nq, B, N, bq]
-      backward = banded.backward if band else functools.partial(
-          _backward, mask=mask)
-      dqb, dkb, dvb = backward(plan, qb, kb.all(), vb.all(), dob,
-                               (row_max, row_sum), delta, seed=dropout_seed)
+      stats = (row_max, row_sum)
+      if band:
+        dqb, dkb, dvb = banded.backward(plan, q, k, v, d_out, stats, delta,
+                                        dropout_seed)
+      else:
+        dqb, dkb, dvb = _backward(plan, qb, kb.all(), vb.all(), dob, stats,
+                                  delta, mask=mask, seed=dropout_seed)
       dq = blocks.from_blocks(dqb, plan.t)
       dk = blocks.from_blocks(dkb, plan.s)
       dv = blocks.from_blocks(dvb, plan.s)
