@@ -153,6 +153,20 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
     for got, expected in zip(grads, want_grads):
       self.assertAllClose(got, expected, atol=1e-6)
 
+  def test_ids_interleaved_inside_a_block(self):
+    """Ids that are not contiguous runs: in one block only (no other block
+    holds them, so only the diagonal is visited), and across blocks."""
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal([1, 12, 2, 4]).astype(np.float32)
+               for _ in range(3))
+    for ids in ([[1, 2, 1, 2, 3, 3, 3, 3, 4, 0, 4, 4]],
+                [[1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 0, 0]]):
+      ids = np.array(ids, np.int32)
+      run = lambda flash, ids=ids: tf_mha.dot_product_attention(
+          q, k, v, segment_ids=ids, flash_attention=flash, block_sizes=(4, 4))
+      real = (ids != 0)[..., None, None]
+      self.assertAllClose(run(True) * real, run(False) * real, atol=1e-6)
+
   def test_dropout_gradients_on_the_packed_path(self):
     """The packed path redraws each step's dropout mask in the backward
     pass: its gradients equal the numerical ones (float64)."""

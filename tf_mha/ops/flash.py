@@ -113,8 +113,9 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
   Returns:
     `[B, T, N, V]` in the dtype of `query`.
   """
+  band = banded.applies(segment_ids, mask, query_start)
   plan = _plan(query, key, block_sizes, is_causal, sliding_window,
-               dropout_rate, query_group, query_start, segment_ids)
+               dropout_rate, query_group, query_start, segment_ids, band)
   if mask is not None:
     mask = blocks.prepare_mask(mask, plan)
   if dropout_rate > 0.0:
@@ -134,8 +135,6 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
     return _forward_one_query_block(
         plan, blocks.to_blocks(query, plan.bq, plan.pad_t), kb, vb, mask,
         dropout_seed, value=lambda: kv_cache[:, 1], length=plan.t)
-
-  band = banded.applies(plan, mask)
 
   @tf.custom_gradient
   def attend(q, k, v):
@@ -181,7 +180,7 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
 
 
 def _plan(query, key, block_sizes, is_causal, window, rate, group, start,
-          segment_ids):
+          segment_ids, band):
   """The `blocks.Plan` of a call (block sizes chosen when not given)."""
   batch_heads = None
   if query.shape[0] is not None and query.shape[2] is not None:
@@ -191,7 +190,7 @@ def _plan(query, key, block_sizes, is_causal, window, rate, group, start,
   plan = blocks.make_plan(query, key, bq, bk, is_causal, window,
                           rate)._replace(group=group, start=start)
   if segment_ids is not None:
-    plan = blocks.with_segments(plan, *segment_ids)
+    plan = blocks.with_segments(plan, *segment_ids, ranges=not band)
   return plan
 
 
