@@ -166,12 +166,7 @@ def blockwise_attention(query, key, value, *, mask=None, is_causal=False,
       dq = blocks.from_blocks(dqb, plan.t)
       dk = blocks.from_blocks(dkb, plan.s)
       dv = blocks.from_blocks(dvb, plan.s)
-      # Fully masked rows attend uniformly: each key gets dO / S.
-      dob_masked = tf.where(tf.expand_dims(fully_masked, -1), dob,
-                            tf.zeros_like(dob))
-      dv_uniform = tf.reduce_sum(dob_masked, axis=[0, 3]) / tf.cast(
-          plan.s, plan.acc)  # [B, N, V]
-      dv += tf.expand_dims(dv_uniform, 1)  # [B, 1, N, V]
+      dv += _unseen_value_grad(plan, dob, fully_masked)
       return (tf.cast(dq, q.dtype), tf.cast(dk, k.dtype), tf.cast(dv, v.dtype))
 
     return tf.cast(out, q.dtype), grad
@@ -263,6 +258,15 @@ def _uniform_where_unseen(out_blocks, fully_masked, value, dtype):
   v_mean = tf.cond(tf.reduce_any(fully_masked), mean, zeros)
   return tf.where(tf.expand_dims(fully_masked, -1),
                   tf.expand_dims(v_mean, 0), out_blocks)
+
+
+def _unseen_value_grad(plan, dob, fully_masked):
+  """The values' gradient from rows with no visible key, which attend
+  uniformly: each key gets their dO / S, `[B, 1, N, V]`."""
+  dob_masked = tf.where(tf.expand_dims(fully_masked, -1), dob,
+                        tf.zeros_like(dob))
+  dv = tf.reduce_sum(dob_masked, axis=[0, 3]) / tf.cast(plan.s, plan.acc)
+  return tf.expand_dims(dv, 1)  # [B, 1, N, V]
 
 
 def _forward(plan, qb, kb, vb, mask, seed):
