@@ -17,12 +17,12 @@ from tf_mha.ops import segments as segments_lib
 Plan = collections.namedtuple(
     "Plan", "t s bq bk nq nk pad_t pad_s is_causal window rate acc group start "
     "segments")
-# Segment ids per block, `[nq, B, bq]` (query rows) and `[nk, B, bk]`,
-# whether the keys' ids are the queries' own, and the `[n, 2]` block ranges
-# that `segments.block_ranges` found (None: every block, or not computed:
-# the packed path, `banded`, finds them itself when it needs them).
+# Segment ids per block, `[nq, B, bq]` (query rows) and `[nk, B, bk]`, and
+# the `[n, 2]` block ranges that `segments.block_ranges` found (None: every
+# block, for ids that are not the queries' own; or not computed: the packed
+# path, `banded`, finds them itself when it needs them).
 Segments = collections.namedtuple(
-    "Segments", "query_ids key_ids self_attention key_ranges query_ranges")
+    "Segments", "query_ids key_ids key_ranges query_ranges")
 
 
 def make_plan(query, key, bq, bk, is_causal, window, rate):
@@ -37,18 +37,18 @@ def make_plan(query, key, bq, bk, is_causal, window, rate):
                segments=None)
 
 
-def with_segments(plan, query_ids, key_ids, self_attention, ranges=True):
+def with_segments(plan, query_ids, key_ids, self_attention, find_ranges=True):
   """`plan` with segment ids `[B, T]`, `[B, S]` laid out per block; for
-  self-attention (and `ranges`), with the key and query block ranges they
-  allow."""
-  with_ranges, ranges = ranges, (None, None)
-  if self_attention and with_ranges:
+  self-attention (and `find_ranges`), with the key and query block ranges
+  they allow."""
+  ranges = (None, None)
+  if self_attention and find_ranges:
     ranges = segments_lib.block_ranges(query_ids, plan.group, plan.bq,
                                        plan.bk, plan.nq, plan.nk)
   rows = tf.repeat(query_ids, plan.group, axis=1)  # [B, T * G]
   return plan._replace(segments=Segments(
       _id_blocks(rows, plan.bq, plan.nq), _id_blocks(key_ids, plan.bk, plan.nk),
-      self_attention, *ranges))
+      *ranges))
 
 
 def _id_blocks(ids, block, count):

@@ -14,8 +14,6 @@ Shapes (see `tf_mha.ops`): inputs `[B, T, N, H]`, `[B, S, N, H]`,
 Block sizes are static Python ints, so everything compiles under XLA.
 """
 
-
-
 import tensorflow as tf
 
 from tf_mha.ops import banded
@@ -185,7 +183,7 @@ def _plan(query, key, block_sizes, is_causal, window, rate, group, start,
   plan = blocks.make_plan(query, key, bq, bk, is_causal, window,
                           rate)._replace(group=group, start=start)
   if segment_ids is not None:
-    plan = blocks.with_segments(plan, *segment_ids, ranges=not band)
+    plan = blocks.with_segments(plan, *segment_ids, find_ranges=not band)
   return plan
 
 
