@@ -79,11 +79,17 @@ def _fits(index, new, slots):
   return tf.logical_and(index >= 0, index + new <= slots)
 
 
-def _fits_or_fail(index, new, slots):
-  """An assertion (InvalidArgumentError) that the write fits the cache."""
-  return tf.debugging.Assert(_fits(index, new, slots), [
+def _asserted_to_fit(index, new, slots):
+  """Graph mode without XLA: `index`, behind an assertion
+  (InvalidArgumentError) that the write fits the cache. The write and the
+  attention read this index, so the assertion runs before either (the
+  write's own error for an index that does not fit would otherwise race
+  it)."""
+  check = tf.debugging.Assert(_fits(index, new, slots), [
       "cache_update_index does not fit the cache: index", index,
       "new tokens", new, "slots", slots])
+  with tf.control_dependencies([check]):
+    return tf.identity(index)
 
 
 class CachedCall:
@@ -109,11 +115,8 @@ class CachedCall:
     if index is not None:
       index = _check_index(index, query.shape[1], slots)
       if not tf.executing_eagerly() and not compiler.in_xla_context():
-        # Graph mode: the range check runs before the write, whose own
-        # error for an index that does not fit would otherwise race it.
-        with tf.control_dependencies([_fits_or_fail(
-            index, query.shape[1] or tf.shape(query)[1], slots)]):
-          index = tf.identity(index)
+        index = _asserted_to_fit(index, query.shape[1] or tf.shape(query)[1],
+                                 slots)
       cache = self._write(cache, variable, key, value, index, positions)
       start = index
     elif variable is not None:
@@ -141,9 +144,9 @@ class CachedCall:
 
     result = _dropout.attend_with_rate(self._dropout, training, attend)
     out, scores = result if return_attention_scores else (result, None)
-    if index is not None and not tf.executing_eagerly():
-      out = self._poison_if_out_of_range(out, index, query.shape[1] or
-                                         tf.shape(query)[1], slots)
+    if index is not None and compiler.in_xla_context():
+      out = _nan_unless_fits(out, index, query.shape[1] or tf.shape(query)[1],
+                             slots)
     if self._use_gate:
       out = out * self._gate_dense(query)
     out = _projections.apply(self._output_dense, out, 2, dtype)
@@ -212,14 +215,12 @@ class CachedCall:
       mask = tf.expand_dims(mask, 0)
     return tf.expand_dims(mask, 1)
 
-  def _poison_if_out_of_range(self, out, index, new, slots):
-    """Graph mode: an index that does not fit fails an assertion, or under
-    XLA (no assertions) turns the output into NaN, never a silent answer."""
-    if not compiler.in_xla_context():
-      with tf.control_dependencies([_fits_or_fail(index, new, slots)]):
-        return tf.identity(out)
-    return tf.where(_fits(index, new, slots), out,
-                    tf.constant(float("nan"), out.dtype))
+
+def _nan_unless_fits(out, index, new, slots):
+  """Under XLA (no assertions): `out`, or NaN where the write did not fit
+  the cache, never a silent answer."""
+  return tf.where(_fits(index, new, slots), out,
+                  tf.constant(float("nan"), out.dtype))
 
 
 def _assign(variable, update, index):
