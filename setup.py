@@ -29,7 +29,7 @@ setuptools.setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "bench": ["matplotlib>=3.8", "keras>=3.10,<4", "keras-hub>=0.20"],
+        "bench": ["matplotlib>=3.8", "keras>=3.10,<4", "keras-hub>=0.32,<0.33"],
         # tf_mha.keras3: the Keras versions it is tested with (checked at
         # import, tf_mha/keras3/__init__.py SUPPORTED_KERAS).
         "keras3": ["keras>=3.10,<4"],
@@ -44,6 +44,8 @@ setuptools.setup(
             "gin-config>=0.5",
             "scipy>=1.10",
             "keras>=3.10,<4",
+            # KerasHub's layers are the reference of the rotary tests.
+            "keras-hub>=0.32,<0.33",
         ],
     },
     entry_points={

@@ -57,6 +57,44 @@ def _keras3():
                      {"scores": keras.layers.Dense(5)(h)})
 
 
+def _bucketed():
+  """Words and a 3-class bucket id per row, each feeding its own table."""
+  tf_keras.utils.set_random_seed(4)
+  words = tf_keras.Input([None], dtype="int32", name="words")
+  bucket = tf_keras.Input([], dtype="int32", name="bucket")
+  h = tf_keras.layers.Embedding(40, 16)(words)
+  h = h + tf_keras.layers.Embedding(3, 16)(bucket)[:, None, :]
+  h = tf_mha.MultiHeadAttention(2, 8)(h, h)
+  pooled = tf_keras.layers.GlobalAveragePooling1D()(h)
+  return tf_keras.Model([words, bucket], tf_keras.layers.Dense(2)(pooled))
+
+
+class _OneHotTable(tf.Module):
+  """Type ids looked up as one-hot rows of a 2-row table: TensorFlow gives
+  zeros for an id past the table, LiteRT's EMBEDDING_LOOKUP (what the
+  converter makes of it, as of BERT's type embeddings) refuses it."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(5)
+    self.table = tf.Variable(rng.standard_normal([2, 4]).astype(np.float32))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="kind")])
+  def serve(self, kind):
+    rows = tf.matmul(tf.one_hot(tf.reshape(kind, [-1]), 2), self.table)
+    return {"out": tf.reduce_sum(rows, 0)}
+
+
+class _NegativeOffsets(tf.Module):
+  """A model that asserts its integer input is negative: no id draw (ids
+  are never negative) runs."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="offset")])
+  def serve(self, offset):
+    with tf.control_dependencies([tf.debugging.assert_negative(offset)]):
+      return {"out": tf.cast(offset, tf.float32) * 2.0}
+
+
 def _samples(seed, batch=6, length=9):
   rng = np.random.default_rng(seed)
   ids = rng.integers(1, 100, [batch, length]).astype(np.int32)
@@ -141,6 +179,65 @@ class OwnModelTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(got)))
     _litert_matches(self, out, self.user.path, "serving_default",
                     _samples(7, 4, 12), atol=0.1)
+
+  @parameterized.parameters("none", "float16", "dynamic_range", "int8")
+  def test_ids_drawn_for_the_check_stay_inside_their_tables(self, quantize):
+    """A 3-class input feeding an embedding: the export's and the
+    conversion's drawn checks use ids the tables hold."""
+    path = os.path.join(self.get_temp_dir(), f"bucketed_{quantize}.keras")
+    _bucketed().save(path)
+    export = keras_export.export_keras_model(
+        path, output_dir=self.get_temp_dir(), model_name=f"bucketed_{quantize}")
+    self.assertEqual(export.checked_on, "inputs drawn from the specs")
+    rng = np.random.default_rng(6)
+    fresh = {"words": rng.integers(0, 40, [4, 7]).astype(np.int32),
+             "bucket": rng.integers(0, 3, [4]).astype(np.int32)}
+    calibration = None
+    if quantize == "int8":
+      calibration = self._write_npz(
+          "bucketed_calibration.npz",
+          words=rng.integers(0, 40, [16, 7]).astype(np.int32),
+          bucket=rng.integers(0, 3, [16]).astype(np.int32))
+    out = self._out(f"bucketed_{quantize}.tflite")
+    result = converter.convert_saved_model(export.path, out, quantize=quantize,
+                                           calibration_data=calibration)
+    self.assertEqual(tflite.index_bounds(out),
+                     {"serving_default": {"bucket": 3, "words": 40}})
+    self.assertIn("serving_default", result.differences)
+    _litert_matches(self, out, export.path, "serving_default", fresh,
+                    atol=1e-4 if quantize == "none" else 0.1)
+
+  def test_a_one_hot_table_bounds_the_draw_and_litert_failures_are_named(self):
+    saved = os.path.join(self.get_temp_dir(), "one_hot")
+    module = _OneHotTable()
+    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+    out = self._out("one_hot.tflite")
+    result = converter.convert_saved_model(saved, out)
+    self.assertEqual(result.operators.get("EMBEDDING_LOOKUP"), 1)
+    self.assertEqual(tflite.index_bounds(out), {"serving_default": {"kind": 2}})
+    # Ids the SavedModel takes (one-hot rows of zeros) but LiteRT refuses.
+    bad = self._write_npz("kind_5.npz", kind=np.full([2, 3], 5, np.int32))
+    refused = self._out("one_hot_refused.tflite")
+    with self.assertRaisesRegex(
+        converter.LiteRTFailed, r"signature 'serving_default'.*kind int32\[1, 3\] "
+        r"in \[5, 5\].*index out of bounds.*Nothing written.*--sample_data"):
+      converter.convert_saved_model(saved, refused, sample_data=bad)
+    self.assertFalse(os.path.exists(refused))
+
+  def test_no_draw_the_saved_model_accepts_is_named(self):
+    saved = os.path.join(self.get_temp_dir(), "negative")
+    module = _NegativeOffsets()
+    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+    out = self._out("negative.tflite")
+    with self.assertRaisesRegex(
+        ValueError, r"Signature 'serving_default': the SavedModel runs on no "
+        r"inputs drawn from its specs \(offset int32\[None\].*InvalidArgumentError: "
+        r"assertion failed.*--sample_data"):
+      converter.convert_saved_model(saved, out)
+    self.assertFalse(os.path.exists(out))
+    offsets = self._write_npz("offsets.npz", offset=np.array([-1, -4], np.int32))
+    result = converter.convert_saved_model(saved, out, sample_data=offsets)
+    self.assertEqual(result.differences["serving_default"], {"out": 0.0})
 
   def test_causal_gqa_model(self):
     path = os.path.join(self.get_temp_dir(), "gqa.h5")
@@ -323,7 +420,8 @@ class OwnModelTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class ModelGardenEndToEndTest(tf.test.TestCase):
-  """A BertEncoderV2 classifier built on tf_mha (patch_tf_keras), saved, and
+  """A BertEncoderV2 classifier as BERT is configured (two token types) built
+  on tf_mha (patch_tf_keras), saved as a tf_keras SavedModel directory, and
   taken through both commands, in the processes a user would run."""
 
   def test_bert_classifier_exports_and_converts(self):
@@ -336,20 +434,28 @@ class ModelGardenEndToEndTest(tf.test.TestCase):
     run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=_REPO,
                                        capture_output=True, text=True,
                                        timeout=600, env=env)
-    export = run("tools.export_saved_model", f"--keras_model={base}/bert.keras",
+    # No --sample_data: the export's own check draws its inputs.
+    export = run("tools.export_saved_model", f"--keras_model={base}/bert",
                  "--model_name=bert", f"--output_dir={base}",
-                 f"--sample_data={base}/sample.npz",
                  "--imports=official.nlp.modeling", "--patch_tf_keras")
     self.assertEqual(export.returncode, 0, export.stderr[-3000:])
     self.assertIn("input_mask int32[None, None], input_type_ids int32[None, "
                   "None], input_word_ids int32[None, None]", export.stdout)
     sample = dict(np.load(f"{base}/sample.npz"))
-    for quantize, atol in (("none", 1e-4), ("dynamic_range", 5e-2)):
+    for quantize, atol in (("none", 1e-4), ("float16", 5e-3),
+                           ("dynamic_range", 5e-2), ("int8", 0.2)):
       out = f"{base}/bert_{quantize}.tflite"
+      calibration = ([f"--calibration_data={base}/calibration.npz"]
+                     if quantize == "int8" else [])
       convert = run("tools.convert_tflite", f"--saved_model_dir={base}/bert/1",
-                    f"--output_file={out}", f"--quantize={quantize}")
+                    f"--output_file={out}", f"--quantize={quantize}",
+                    *calibration)
       self.assertEqual(convert.returncode, 0, convert.stderr[-3000:])
+      self.assertNotIn("Traceback", convert.stderr)
       self.assertFalse([op for op in tflite.operators(out) if op.startswith("CUSTOM")])
+      if quantize != "int8":  # checked on drawn inputs, type ids below 2
+        self.assertIn("(inputs drawn from its specs)", convert.stdout)
+        self.assertEqual(tflite.index_bounds(out)["serving_default"]["input_type_ids"], 2)
       _litert_matches(self, out, f"{base}/bert/1", "serving_default", sample, atol)
 
 
@@ -363,7 +469,8 @@ from official.nlp.modeling import networks
 tf_keras.utils.set_random_seed(3)
 encoder = networks.BertEncoderV2(
     vocab_size=60, hidden_size=32, num_layers=2, num_attention_heads=4,
-    intermediate_size=64, max_sequence_length=32, inner_activation="gelu")
+    intermediate_size=64, max_sequence_length=32, type_vocab_size=2,
+    inner_activation="gelu")
 names = ("input_word_ids", "input_mask", "input_type_ids")
 inputs = {n: tf_keras.Input([None], dtype="int32", name=n) for n in names}
 pooled = encoder(inputs)["pooled_output"]
@@ -371,12 +478,17 @@ model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="logits")(pooled))
 block = encoder._transformer_layers[0]
 print("attention on tf_mha:", any(isinstance(l, tf_mha.MultiHeadAttention)
                                   for l in block._flatten_layers()))
-model.save(sys.argv[1] + "/bert.keras")
-ids = np.random.default_rng(0).integers(1, 60, [3, 11]).astype("int32")
-mask = np.ones_like(ids)
-mask[0, 8:] = 0
-np.savez(sys.argv[1] + "/sample.npz", input_word_ids=ids, input_mask=mask,
-         input_type_ids=np.zeros_like(ids))
+model.save(sys.argv[1] + "/bert", save_format="tf")  # a SavedModel directory
+rng = np.random.default_rng(0)
+def batch(size, length):
+  ids = rng.integers(1, 60, [size, length]).astype("int32")
+  mask = np.ones_like(ids)
+  mask[0, length - 3:] = 0
+  types = np.zeros_like(ids)
+  types[:, length // 2:] = 1  # a second segment, as BERT's sentence pairs
+  return dict(input_word_ids=ids, input_mask=mask, input_type_ids=types)
+np.savez(sys.argv[1] + "/sample.npz", **batch(3, 11))
+np.savez(sys.argv[1] + "/calibration.npz", **batch(32, 11))
 """
 
 

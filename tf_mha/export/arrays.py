@@ -98,15 +98,17 @@ def examples(arrays, specs, limit=None):
   return out
 
 
-def draw(specs, seed=0):
+def draw(specs, seed=0, int_bounds=None):
   """Examples drawn from `specs`, one per length in `_DRAWN_LENGTHS`:
   dynamic axes get the batch `_DRAWN_BATCH` (axis 0) or that length;
-  integer inputs hold ids in `[0, _DRAWN_INT_RANGE)`, an input whose name
-  says mask holds ones, floating inputs are standard normal.
+  integer inputs hold ids in `[0, _DRAWN_INT_RANGE)`, or in `[0, n)` for
+  an input `int_bounds` maps to a smaller `n`; an input whose name says mask
+  holds ones, floating inputs are standard normal.
 
   Raises:
     ValueError: a string input, which cannot be drawn.
   """
+  int_bounds = int_bounds or {}
   rng = np.random.default_rng(seed)
   out = []
   for length in _DRAWN_LENGTHS:
@@ -121,9 +123,69 @@ def draw(specs, seed=0):
       if "mask" in name.lower() or dtype.is_bool:
         value = np.ones(shape)
       elif dtype.is_integer:
-        value = rng.integers(0, _DRAWN_INT_RANGE, size=shape)
+        high = max(1, min(_DRAWN_INT_RANGE, int_bounds.get(name, _DRAWN_INT_RANGE)))
+        value = rng.integers(0, high, size=shape)
       else:
         value = rng.standard_normal(shape)
       example[name] = value.astype(dtype.as_numpy_dtype)
     out.append(example)
   return out
+
+
+def draw_accepted(specs, run, *, signature, int_bounds=None, seed=0):
+  """Examples drawn from `specs` (as `draw`) that `run` accepts.
+
+  `run(example)` runs the model (a SavedModel signature, a Keras model) on
+  one example. Ids a table is too small for fail there (TensorFlow's gather
+  checks its indices on CPU); such draws are retried with ids below 2, then
+  with zeros, which any table holds.
+
+  Raises:
+    ValueError: naming `signature`, when no draw runs; give inputs it
+      accepts (`sample_data`).
+  """
+  int_bounds = dict(int_bounds or {})
+  error = None
+  for cap in _RETRY_INT_RANGES:
+    bounds = {name: min(cap, int_bounds.get(name, cap)) for name in specs}
+    examples = draw(specs, seed, bounds)
+    try:
+      for example in examples:
+        run(example)
+      return examples
+    except (tf.errors.OpError, ValueError) as e:
+      error = e
+  raise ValueError(
+      f"Signature {signature!r}: the SavedModel runs on no inputs drawn from "
+      f"its specs ({describe(specs)}; integer ids in [0, "
+      f"{_DRAWN_INT_RANGE}), [0, 2) and zeros): {type(error).__name__}: "
+      f"{reason(error)}. Give inputs it accepts with `sample_data` "
+      "(--sample_data).") from error
+
+
+# The integer ranges `draw_accepted` tries, widest first.
+_RETRY_INT_RANGES = (_DRAWN_INT_RANGE, 2, 1)
+
+
+def describe(example_or_specs):
+  """`name dtype[shape]` of each input, and the range an example's holds."""
+  parts = []
+  for name, value in example_or_specs.items():
+    if isinstance(value, tf.TensorSpec):
+      parts.append(f"{name} {value.dtype.name}{value.shape.as_list()}")
+      continue
+    value = np.asarray(value)
+    span = (f" in [{value.min()}, {value.max()}]"
+            if value.size and value.dtype.kind in "iufb" else "")
+    parts.append(f"{name} {value.dtype}{list(value.shape)}{span}")
+  return ", ".join(parts)
+
+
+def reason(error, limit=400):
+  """What went wrong, from an exception's text: a TensorFlow op error's own
+  message, without the "Graph execution error" and traceback lines."""
+  skip = ("Graph execution error", "Detected at node", "File ", "[[{{node",
+          "<stack traces unavailable>")
+  lines = [line.strip() for line in str(error).splitlines()]
+  lines = [line for line in lines if line and not line.startswith(skip)]
+  return " ".join(lines)[:limit].rstrip(".")

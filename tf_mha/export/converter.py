@@ -29,6 +29,10 @@ class SelectOpsRefused(ValueError):
   """The model needs TensorFlow ops that TFLite has no builtin for."""
 
 
+class LiteRTFailed(ValueError):
+  """LiteRT failed to run the converted model on the check's inputs."""
+
+
 @dataclasses.dataclass
 class Conversion:
   """What `convert_saved_model` wrote and measured."""
@@ -77,7 +81,9 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
       (one `.npz` per signature), or `{signature: [{input: array}, ...]}`
       (examples in memory, used as given). See `tf_mha.export.arrays`.
     sample_data: inputs for the LiteRT check, in the same forms; by default
-      the calibration data, else inputs drawn from the signatures' specs.
+      the calibration data, else inputs drawn from the signatures' specs
+      (integer inputs that index a table of the model stay inside it, and
+      the draw is one the SavedModel runs on).
     allow_select_tf_ops: let TensorFlow ops without a TFLite builtin run as
       Select TF ops (Flex); refused, naming them, otherwise. Such a model
       is written unchecked: no Python interpreter here has the Flex
@@ -91,6 +97,7 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
     ValueError: an argument that does not fit (named), a SavedModel that
       does not load or convert, data that do not match the inputs.
     SelectOpsRefused: the model needs Select TF ops and they are not allowed.
+    LiteRTFailed: LiteRT cannot run the model on the check's inputs.
     tflite.ConversionMismatch: LiteRT's outputs disagree with the SavedModel.
   """
   tflite.check_quantization(quantize)
@@ -114,6 +121,7 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
   model = _convert(saved_model_dir, names, quantize, representative,
                    allow_select_tf_ops)
   differences, checked_on = {}, {}
+  tables = tflite.index_bounds(model)  # ids LiteRT accepts, per input
   flex = [op for op in tflite.operator_counts(model) if op.startswith("CUSTOM:Flex")]
   for name in names:
     if flex:  # LiteRT's wheel (and TF's) has no Flex delegate to run them
@@ -121,12 +129,16 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
       checked_on[name] = (f"Select TF ops {flex} need the Flex delegate, "
                           "which this Python does not have")
       continue
+    function = loaded.signatures[name]
     examples = samples.get(name)
     checked_on[name] = ("the given examples" if examples else
                         "inputs drawn from its specs")
-    examples = (examples or arrays_lib.draw(specs[name]))[:_CHECKED_EXAMPLES]
-    differences[name] = _compare(model, name, loaded.signatures[name],
-                                 examples, quantize)
+    if not examples:
+      examples = arrays_lib.draw_accepted(
+          specs[name], lambda example, f=function: _run_saved(f, example),
+          signature=name, int_bounds=tables.get(name))
+    differences[name] = _compare(model, name, function,
+                                 examples[:_CHECKED_EXAMPLES], quantize)
   tflite.atomic_write(output_file, model)
   return Conversion(output_file, len(model), quantize, names, skipped,
                     tflite.operator_counts(model), differences, checked_on)
@@ -212,6 +224,11 @@ def _data(source, specs, flag):
   return out
 
 
+def _run_saved(function, example):
+  """A SavedModel signature's outputs on one example of arrays."""
+  return function(**{k: tf.constant(v) for k, v in example.items()})
+
+
 def _convert(saved_model_dir, names, quantize, representative, allow_select):
   try:
     return tflite.convert(saved_model_dir, signature=names, quantize=quantize,
@@ -250,8 +267,16 @@ def _compare(model, name, function, examples, quantize):
   tolerance."""
   worst = collections.defaultdict(float)
   for example in examples:
-    got = tflite.run(model, name, example)
-    want = function(**{k: tf.constant(v) for k, v in example.items()})
+    want = _run_saved(function, example)
+    try:
+      got = tflite.run(model, name, example)
+    except (RuntimeError, ValueError) as e:
+      raise LiteRTFailed(
+          f"LiteRT could not run signature {name!r} of the converted model "
+          f"(quantize={quantize!r}) on inputs {arrays_lib.describe(example)}: "
+          f"{arrays_lib.reason(e)}. Nothing written. If those inputs are outside what the model "
+          "takes, give inputs it accepts with `sample_data` "
+          "(--sample_data).") from e
     for output, value in want.items():
       value = np.asarray(value)
       mine = np.asarray(got[output])

@@ -80,23 +80,18 @@ def export_keras_model(model_path, *, output_dir, model_name, version=None,
     examples = arrays_lib.examples(arrays, specs, limit=16)
     checked_on, warmup = "the sample data", examples[0]
   elif not any(spec.dtype == tf.string for spec in specs.values()):
-    examples = arrays_lib.draw(specs)
+    examples = arrays_lib.draw_accepted(
+        specs, lambda example: serve(*[tf.constant(example[name])
+                                       for name in specs]),
+        signature="serving_default")
   result = {}
 
   def verify(staging):
     result["difference"] = _max_difference(staging, serve, list(specs),
                                            examples or [])
 
-  module = tf.Module()
-  module.model = model
-  if framework == "keras3":
-    # Keras 3's variables wrap tf.Variables that tf.saved_model does not see
-    # as the model's own: tracked here, they are saved as variables and the
-    # TFLite converter freezes them (untracked, LiteRT read them
-    # uninitialised: NaN outputs). Keras' ExportArchive tracks them too.
-    module.tf_variables = [v.value for v in model.weights]
-  path = serving.export(module, output_dir, model_name, version,
-                        signatures={"serving_default": serve},
+  path = serving.export(_tracking_module(model), output_dir, model_name,
+                        version, signatures={"serving_default": serve},
                         overwrite=overwrite, warmup_inputs=warmup,
                         verify=verify)
   if examples is None:
@@ -104,6 +99,29 @@ def export_keras_model(model_path, *, output_dir, model_name, version=None,
   outputs = list(serve.get_concrete_function().structured_outputs)
   return KerasExport(path, framework, specs, outputs, result["difference"],
                      checked_on, warmup is not None)
+
+
+def _tracking_module(model):
+  """A `tf.Module` that tracks what the serving function reads of `model`:
+  its variables and its resources (lookup tables) and assets (their vocabulary
+  files), not the model object itself.
+
+  A tf_keras model loaded from a SavedModel directory carries the functions
+  restored with it, which capture the variables as first loaded; saving the
+  model object saves those too and fails ("captures tensor ... not reachable
+  from root"). Keras' own `ExportArchive` tracks lists the same way. For a
+  Keras 3 model the lists hold the tf.Variables under its variables, which
+  tf.saved_model does not see through the model (untracked, the TFLite
+  converter did not freeze them and LiteRT read them uninitialised: NaN).
+  """
+  module = tf.Module()
+  module.model_variables = [v if isinstance(v, tf.Variable) else v.value
+                            for v in model.weights]
+  module.model_resources = [
+      t for t in tf.train.TrackableView(model).descendants()
+      if isinstance(t, (tf.saved_model.experimental.TrackableResource,
+                        tf.saved_model.Asset))]
+  return module
 
 
 def load_keras_model(model_path, imports=(), patch_tf_keras=False,

@@ -139,18 +139,8 @@ def operators(model):
 def operator_counts(model):
   """`{operator name: count}` over every subgraph (signature) of a TFLite
   model (bytes or a path); custom operators as `CUSTOM:<name>`."""
-  from tensorflow.lite.python import schema_py_generated as schema
-  if not isinstance(model, (bytes, bytearray)):
-    with open(model, "rb") as f:
-      model = f.read()
-  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
-  names = []
-  for code in parsed.operatorCodes:
-    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    if builtin == schema.BuiltinOperator.CUSTOM:
-      names.append(f"CUSTOM:{code.customCode.decode()}")
-    else:
-      names.append(_BUILTIN_NAMES.get(builtin, str(builtin)))
+  parsed = _parse(model)
+  names = [_operator_name(code) for code in parsed.operatorCodes]
   counts = {}
   for subgraph in parsed.subgraphs:
     for op in subgraph.operators or []:
@@ -158,9 +148,94 @@ def operator_counts(model):
   return counts
 
 
-def _builtin_names():
+# Operators whose first input's values reach their output unchanged, only
+# moved or retyped: an id input is followed through them to its lookups.
+_PASS_THROUGH = frozenset((
+    "CAST", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE", "SLICE",
+    "TRANSPOSE", "TILE", "BROADCAST_TO", "REVERSE_V2"))
+# Operators that join several inputs' values: any of them reaches the output.
+_JOINING = frozenset(("CONCATENATION", "PACK"))
+
+
+def index_bounds(model):
+  """`{signature: {input: n}}`: each integer input of a TFLite model that
+  indexes a table (EMBEDDING_LOOKUP's ids, GATHER's indices), directly or
+  through operators that only move its values (`_PASS_THROUGH`, `_JOINING`),
+  with the smallest table size `n` it indexes; LiteRT refuses an id outside
+  `[0, n)` ("index out of bounds"). Inputs that index no table are absent.
+  """
+  parsed = _parse(model)
+  codes = [_operator_name(code) for code in parsed.operatorCodes]
+  out = {}
+  for signature in parsed.signatureDefs:
+    subgraph = parsed.subgraphs[signature.subgraphIndex]
+    readers = {}  # tensor -> [(operator, input position)]
+    for op in subgraph.operators or []:
+      for position, tensor in enumerate(op.inputs):
+        readers.setdefault(int(tensor), []).append((op, position))
+    bounds = {}
+    for entry in signature.inputs:
+      tensor = subgraph.tensors[entry.tensorIndex]
+      if tensor.type not in (_schema().TensorType.INT32, _schema().TensorType.INT64):
+        continue
+      bound = _smallest_table(subgraph, codes, readers, int(entry.tensorIndex))
+      if bound is not None:
+        bounds[entry.name.decode()] = bound
+    out[signature.signatureKey.decode()] = bounds
+  return out
+
+
+def _smallest_table(subgraph, codes, readers, start):
+  """The smallest table size indexed by the values of tensor `start`."""
+  sizes, frontier, seen = [], [start], {start}
+  while frontier:
+    for op, position in readers.get(frontier.pop(), []):
+      name = codes[op.opcodeIndex]
+      if name == "EMBEDDING_LOOKUP" and position == 0:
+        sizes.append(_dimension(subgraph, op.inputs[1], 0))
+      elif name == "GATHER" and position == 1:
+        sizes.append(_dimension(subgraph, op.inputs[0], op.builtinOptions.axis))
+      elif (name in _PASS_THROUGH and position == 0) or name in _JOINING:
+        for tensor in map(int, op.outputs):
+          if tensor not in seen:
+            seen.add(tensor)
+            frontier.append(tensor)
+  sizes = [size for size in sizes if size is not None and size > 0]
+  return min(sizes) if sizes else None
+
+
+def _dimension(subgraph, tensor, axis):
+  """The static size of `tensor`'s `axis`, or None where it is dynamic."""
+  tensor = subgraph.tensors[tensor]
+  shape = list(tensor.shapeSignature if tensor.shapeSignature is not None
+               else tensor.shape)
+  size = int(shape[axis]) if -len(shape) <= axis < len(shape) else -1
+  return size if size >= 0 else None
+
+
+def _schema():
   from tensorflow.lite.python import schema_py_generated as schema
-  return {v: k for k, v in vars(schema.BuiltinOperator).items()
+  return schema
+
+
+def _parse(model):
+  """The TFLite model (bytes or a path) as a flatbuffer object tree."""
+  schema = _schema()
+  if not isinstance(model, (bytes, bytearray)):
+    with open(model, "rb") as f:
+      model = f.read()
+  return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
+
+
+def _operator_name(code):
+  builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+  if builtin == _schema().BuiltinOperator.CUSTOM:
+    return f"CUSTOM:{code.customCode.decode()}"
+  return _BUILTIN_NAMES.get(builtin, str(builtin))
+
+
+def _builtin_names():
+  return {v: k for k, v in vars(_schema().BuiltinOperator).items()
           if not k.startswith("_")}
 
 
