@@ -25,6 +25,13 @@ setuptools.setup(
         "tensorflow-text==2.21.1",  # 2.21.0 fails to import (tensorflow/text#1541)
         "tensorflow-serving-api==2.21.0",
         "ai-edge-litert>=2.0",
+        # LiteRT-LM: the runtime, the .litertlm builder and the `litert-lm`
+        # command, and the tokenizers a .litertlm file holds.
+        "litert-lm-api==0.18.1",
+        "litert-lm-builder==0.18.1",
+        "litert-lm==0.18.1",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.20",
         "absl-py>=2.1",
         "numpy>=1.26",
     ],
@@ -52,6 +59,7 @@ setuptools.setup(
         "console_scripts": [
             "tf_mha_export=tf_mha.cli.export_saved_model:run",
             "tf_mha_convert_tflite=tf_mha.cli.convert_tflite:run",
+            "tf_mha_convert_litertlm=tf_mha.cli.convert_litertlm:run",
             "tf_mha_train=tf_mha.cli.train:run",
             "tf_mha_benchmark=tf_mha.cli.benchmark:run",
             "tf_mha_generate=tf_mha.cli.generate:run",

@@ -49,3 +49,34 @@ def make_prompts(count, seed=0, exclude=()):
     excluded.add(prompt)
     prompts.append(prompt)
   return prompts
+
+
+def sentencepiece_model():
+  """The vocabulary as a serialized SentencePiece model (word-level, built
+  here, not trained), for runtimes that read SentencePiece (LiteRT-LM): it
+  gives a prompt the ids the SavedModel's tokenizer gives it. Words are
+  pieces `"\u2581word"`; the separator is `"\u2581[SEP]"`, so the template's
+  " [SEP]" after a prompt is one token; ids as in `vocabulary()`."""
+  from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=g-import-not-at-top
+  model = pb.ModelProto()
+  spec = model.trainer_spec
+  spec.model_type = pb.TrainerSpec.WORD
+  spec.pad_id, spec.unk_id, spec.bos_id = (RESERVED.index(t) for t in (PAD, UNK, BEGIN))
+  spec.eos_id = RESERVED.index(END)
+  model.normalizer_spec.name = "identity"
+  model.normalizer_spec.add_dummy_prefix = True
+  model.normalizer_spec.remove_extra_whitespaces = True
+  model.normalizer_spec.escape_whitespaces = True
+  kinds = {PAD: pb.ModelProto.SentencePiece.CONTROL,
+           UNK: pb.ModelProto.SentencePiece.UNKNOWN,
+           BEGIN: pb.ModelProto.SentencePiece.CONTROL,
+           SEPARATOR: pb.ModelProto.SentencePiece.NORMAL,
+           END: pb.ModelProto.SentencePiece.CONTROL}
+  for token in RESERVED:
+    piece = "\u2581" + token if token == SEPARATOR else token
+    model.pieces.add(piece=piece, score=0.0, type=kinds[token])
+  for word in WORDS:
+    model.pieces.add(piece="\u2581" + word, score=0.0,
+                     type=pb.ModelProto.SentencePiece.NORMAL)
+  spec.vocab_size = len(model.pieces)
+  return model.SerializeToString()

@@ -118,7 +118,7 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
   if calibration:
     representative = [(name, example) for name in names
                       for example in calibration[name][:_CALIBRATION_EXAMPLES]]
-  model = _convert(saved_model_dir, names, quantize, representative,
+  model = to_tflite(saved_model_dir, names, quantize, representative,
                    allow_select_tf_ops)
   differences, checked_on = {}, {}
   tables = tflite.index_bounds(model)  # ids LiteRT accepts, per input
@@ -229,7 +229,10 @@ def _run_saved(function, example):
   return function(**{k: tf.constant(v) for k, v in example.items()})
 
 
-def _convert(saved_model_dir, names, quantize, representative, allow_select):
+def to_tflite(saved_model_dir, names, quantize, representative, allow_select):
+  """The signatures `names` as a TFLite model of builtin operators; a
+  ValueError when they do not convert, `SelectOpsRefused` (naming the ops)
+  when they need Select TF ops and `allow_select` is False."""
   try:
     return tflite.convert(saved_model_dir, signature=names, quantize=quantize,
                           representative_inputs=representative)

@@ -15,6 +15,12 @@ it is a tensor passed in and returned (measured in the project's notes:
 3.7 ms at 4096 slots under XLA), so the cache may also be a `tf.Variable`
 of that shape: it is then written in place with a slice assign (flat in
 `S` under XLA) and the call returns the variable (`tf_mha.generation`).
+
+The cache may also be a pair `(keys, values)` of `[B, S, K, H]` tensors, the
+layout on-device runtimes keep (LiteRT-LM's `kv_cache_k_<i>` and
+`kv_cache_v_<i>`, one buffer each, written in place): each is written with
+its own `dynamic_update_slice` and the call returns the pair, so an export
+boundary that speaks that layout copies nothing to stack or split them.
 """
 
 import math
@@ -38,9 +44,22 @@ _CACHE_KEY_BLOCK = 256
 
 
 def check_cache(cache, layer, batch=None):
-  """Raises a ValueError naming `cache` unless it is `[B, 2, S, K, H]` of
-  the layer's heads, head size and compute dtype."""
+  """Raises a ValueError naming `cache` unless it is `[B, 2, S, K, H]` (or a
+  pair of `[B, S, K, H]`) of the layer's heads, head size and compute
+  dtype."""
   kv_heads, size = layer._num_key_value_heads, layer._key_dim
+  if isinstance(cache, (tuple, list)):
+    shapes = [c.shape for c in cache]
+    if any(s.rank != 4 or s[2] not in (None, kv_heads) or s[3] not in (None, size)
+           for s in shapes) or shapes[0] != shapes[1] or layer._value_dim != size:
+      raise ValueError(
+          f"A `cache` pair must be two tensors of shape [batch, max_length, "
+          f"{kv_heads}, {size}] (keys, values; the layer's key/value heads "
+          "and head size, with value_dim equal to key_dim). Received: cache "
+          f"with shapes {[list(s) for s in shapes]}")
+    for part in cache:
+      _check_cache_part(part, shapes[0], layer, batch)
+    return
   shape = cache.shape
   if shape.rank != 5 or shape[1] not in (None, 2) or shape[3] not in (
       None, kv_heads) or shape[4] not in (None, size) or (
@@ -48,8 +67,13 @@ def check_cache(cache, layer, batch=None):
     raise ValueError(
         f"`cache` must have shape [batch, 2, max_length, {kv_heads}, {size}] "
         "(keys, then values, projected; the layer's key/value heads and "
-        "head size, with value_dim equal to key_dim). Received: cache with "
+        "head size, with value_dim equal to key_dim), or be a pair of "
+        f"[batch, max_length, {kv_heads}, {size}]. Received: cache with "
         f"shape {shape}")
+  _check_cache_part(cache, shape, layer, batch)
+
+
+def _check_cache_part(cache, shape, layer, batch):
   if batch is not None and shape[0] is not None and shape[0] != batch:
     raise ValueError(f"`cache` must have the batch size of `query` ({batch}). "
                      f"Received: cache with shape {shape}")
@@ -108,7 +132,8 @@ class CachedCall:
       key, key_mask = value, None
     query, cache, variable = self._checked_cache_call(query, value, key, cache,
                                                       index)
-    slots = cache.shape[2]
+    pair = isinstance(cache, tuple)
+    slots = cache[0].shape[1] if pair else cache.shape[2]
     dtype = self._compute_dtype_object
     q = _projections.apply(self._query_dense, query, 1, dtype)  # [B, L, N, H]
     start = 0
@@ -127,15 +152,18 @@ class CachedCall:
     if flash is None:
       flash = index is not None and not return_attention_scores
 
+    kv_heads = cache[0].shape[2] if pair else cache.shape[3]
+    kv = dict(key=cache[0], value=cache[1]) if pair else dict(kv_cache=cache)
+
     def attend(rate):
       return ops.dot_product_attention(
-          q, kv_cache=cache, mask=mask,
+          q, **kv, mask=mask,
           is_causal=index is not None or use_causal_mask,
           sliding_window=self._sliding_window,
           scale=1.0 / math.sqrt(float(self._key_dim)), dropout_rate=rate,
           dropout_seed=self._dropout_seeds.next() if rate else None,
           return_scores=return_attention_scores, flash_attention=flash,
-          block_sizes=((q.shape[1] or 1) * (q.shape[2] // cache.shape[3]),
+          block_sizes=((q.shape[1] or 1) * (q.shape[2] // kv_heads),
                        min(_CACHE_KEY_BLOCK, slots or _CACHE_KEY_BLOCK))
           if flash and q.shape[1] is not None else None,
           query_start=start,
@@ -174,7 +202,12 @@ class CachedCall:
                        "`[batch, length, features]` inputs. Received: "
                        f"attention_axes={self._attention_axes}")
     variable = cache if isinstance(cache, tf.Variable) else None
-    if variable is None:
+    if isinstance(cache, (tuple, list)):
+      if len(cache) != 2:
+        raise ValueError("A `cache` pair holds two tensors (keys, values). "
+                         f"Received: a {type(cache).__name__} of {len(cache)}")
+      cache = tuple(checks.tensor("cache", part) for part in cache)
+    elif variable is None:
       cache = checks.tensor("cache", cache)
     check_cache(cache, self, query.shape[0])
     return query, cache, variable
@@ -189,6 +222,9 @@ class CachedCall:
     k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
     k_new = _rotary.rotate(self, k_new, positions, index)
     v_new = _projections.apply(self._value_dense, value, 1, dtype)
+    if isinstance(cache, tuple):  # each in its own buffer
+      return tuple(_update(part, new, [0, index, 0, 0])
+                   for part, new in zip(cache, (k_new, v_new)))
     written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
     if variable is None:
       return _update(cache, written, [0, 0, index, 0, 0])

@@ -78,8 +78,8 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
     return_attention_scores: also return the probabilities `[B, N, T, S]`.
     training: whether dropout applies.
     use_causal_mask: query `t` attends only to keys `s <= t`.
-    cache, cache_update_index: a key/value cache `[B, 2, S_max, K, H]`, as
-      `tf_mha.MultiHeadAttention`'s.
+    cache, cache_update_index: a key/value cache `[B, 2, S_max, K, H]` (or a
+      pair of `[B, S_max, K, H]`), as `tf_mha.MultiHeadAttention`'s.
     segment_ids, key_segment_ids: packed rows, as `tf_mha.MultiHeadAttention`'s.
     positions: with rotary embeddings, the query tokens' positions `[B, T]`
       (with a cache also the written keys'); default `cache_update_index +

@@ -1,0 +1,306 @@
+"""`.litertlm` files run by LiteRT-LM itself (issue 32): a decoder built here
+from tf_mha layers (not the demo's class), with a Hugging Face tokenizer,
+through `decoder_signatures.save_decoder`, `litertlm.convert` and the
+`tf_mha_convert_litertlm` and `litert-lm` commands; greedy text equal to the
+SavedModel's own loop, fed as the runtime feeds it."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl.testing import parameterized
+
+import tf_mha
+from tf_mha.export import converter
+from tf_mha.export import decoder_signatures
+from tf_mha.export import litertlm
+from tf_mha.export import litertlm_file
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_WORDS = [f"w{i}" for i in range(40)]
+_VOCAB = ["<pad>", "<unk>", "<s>", "</s>"] + _WORDS  # 44 tokens
+_SLOTS, _PREFILLS = 32, (4, 8)
+
+
+class TinyDecoder(tf_keras.Model):
+  """Two GQA layers with rotary positions and an untied head; the step
+  interface of `decoder_signatures`."""
+
+  def __init__(self, vocab_size=48, dim=32, slots=_SLOTS):
+    super().__init__()
+    self.num_layers, self.slots = 2, slots
+    self.embed = tf_keras.layers.Embedding(vocab_size, dim)
+    self.attention = [tf_mha.GroupedQueryAttention(
+        head_dim=8, num_query_heads=4, num_key_value_heads=2,
+        rope_max_wavelength=10000) for _ in range(self.num_layers)]
+    self.mlp = [tf_keras.layers.Dense(dim, activation="relu")
+                for _ in range(self.num_layers)]
+    self.head = tf_keras.layers.Dense(vocab_size)
+
+  def cache_shape(self, batch):
+    return [batch, 2, self.slots, 2, 8]
+
+  def step(self, token_ids, positions, cache_index, caches):
+    x = self.embed(token_ids)
+    out = []
+    for attention, mlp, cache in zip(self.attention, self.mlp, caches):
+      h, cache = attention(x, x, cache=cache, cache_update_index=cache_index,
+                           positions=positions)
+      x = x + h
+      x = x + mlp(x)
+      out.append(cache)
+    return self.head(x) * 4.0, out  # sharper logits: fewer near-ties
+
+  def call(self, token_ids):
+    caches = [tf.zeros(self.cache_shape(1)) for _ in range(self.num_layers)]
+    length = tf.shape(token_ids)[1]
+    return self.step(token_ids, tf.range(length)[None], 0, caches)[0]
+
+
+def _hf_tokenizer(path):
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.Tokenizer(models.WordLevel(
+      {token: i for i, token in enumerate(_VOCAB)}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words by spaces
+  tokenizer.add_special_tokens(["<pad>", "<s>", "</s>"])
+  tokenizer.save(path)
+  return path
+
+
+def _prompt(count, offset=0):
+  return " ".join(_WORDS[(offset + 7 * i) % len(_WORDS)] for i in range(count))
+
+
+class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = tempfile.mkdtemp()
+    tf_keras.utils.set_random_seed(11)
+    cls.model = TinyDecoder()
+    cls.model(tf.constant([[2, 5]]))
+    cls.tokenizer = _hf_tokenizer(os.path.join(cls.dir, "tokenizer.json"))
+    cls.saved = decoder_signatures.save_decoder(
+        cls.model, os.path.join(cls.dir, "decoder"), prefill_lengths=_PREFILLS,
+        tokenizer=cls.tokenizer, start_token="<s>", stop_tokens=["</s>"])
+    cls.loaded = tf.saved_model.load(cls.saved)
+    cls.file = os.path.join(cls.dir, "decoder.litertlm")
+    cls.conversion = litertlm.convert(cls.saved, cls.file, prompt=_prompt(3))
+    cls.engine = litertlm_file.engine(cls.file)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.engine.close()
+    super().tearDownClass()
+
+  def _reference(self, text, max_new=20, stop_ids=(3,)):
+    contract = litertlm.read_contract(self.loaded)
+    call = lambda name, inputs: self.loaded.signatures[name](**{
+        k: tf.constant(v) for k, v in inputs.items()})
+    ids = [2] + self.engine.tokenize(text)
+    return litertlm.reference_tokens(call, self.loaded, contract, ids, max_new,
+                                     list(stop_ids))
+
+  def test_signatures_follow_the_protocol(self):
+    self.assertEqual(sorted(self.loaded.signatures), ["decode", "prefill_4", "prefill_8"])
+    decode = self.loaded.signatures["decode"]
+    inputs = decode.structured_input_signature[1]
+    self.assertEqual(inputs["tokens"].shape.as_list(), [1, 1])
+    self.assertEqual(inputs["input_pos"].shape.as_list(), [1])
+    self.assertEqual(inputs["kv_cache_k_1"].shape.as_list(), [1, _SLOTS, 2, 8])
+    self.assertEqual(decode.structured_outputs["logits"].shape.as_list(), [1, 1, 48])
+    self.assertNotIn("logits", self.loaded.signatures["prefill_8"].structured_outputs)
+    contract = litertlm.read_contract(self.loaded)
+    self.assertEqual((contract.prefill, contract.layers, contract.slots,
+                      contract.vocabulary), ({"prefill_4": 4, "prefill_8": 8}, 2, _SLOTS, 48))
+
+  def test_decode_equals_the_whole_prefix_recomputed(self):
+    """The SavedModel's prefill/decode against the model's full call."""
+    ids = [2, 9, 14, 20, 7, 30]
+    contract = litertlm.read_contract(self.loaded)
+    caches = {n: np.zeros(s.shape, np.float32) for n, s in self.loaded.signatures[
+        "decode"].structured_input_signature[1].items() if n.startswith("kv_cache")}
+    for position, token in enumerate(ids):
+      out = self.loaded.signatures["decode"](
+          tokens=tf.constant([[token]]), input_pos=tf.constant([position]),
+          **caches)
+      caches = {n: out[n] for n in caches}
+    full = self.model(tf.constant([ids]))[:, -1]
+    self.assertAllClose(out["logits"][:, 0], full, atol=1e-4, rtol=0)
+    self.assertEqual(contract.slots, _SLOTS)
+
+  @parameterized.named_parameters(
+      ("shorter_than_the_smallest_prefill", 2),
+      ("between_prefill_lengths", 6),
+      ("longer_than_the_largest_prefill", 13))
+  def test_runtime_greedy_text_equals_the_saved_model(self, words):
+    text = _prompt(words, offset=words)
+    got = litertlm_file.run_greedy(self.engine, text, 12)
+    want = self._reference(text, max_new=12)
+    self.assertTrue(want)
+    self.assertEqual(got.text, self.engine.detokenize(want))
+    self.assertGreater(got.decode_tokens_per_second, 0)
+
+  def test_a_stop_token_ends_generation(self):
+    text = _prompt(5, offset=1)
+    free = self._reference(text, max_new=6, stop_ids=())
+    self.assertLen(free, 6)
+    stop = free[2]
+    first = free.index(stop)
+    path = os.path.join(self.get_temp_dir(), "stop.litertlm")
+    litertlm.convert(self.saved, path, stop_tokens=[str(stop)], prompt=text)
+    engine = litertlm_file.engine(path)
+    try:
+      got = litertlm_file.run_greedy(engine, text, 6)
+    finally:
+      engine.close()
+    self.assertEqual(got.text, self.engine.detokenize(free[:first]))
+
+  def test_a_prompt_that_fills_the_cache_stops_without_a_crash(self):
+    text = _prompt(_SLOTS - 3)  # 30 tokens with the start token
+    got = litertlm_file.run_greedy(self.engine, text, 20)
+    want = self._reference(text, max_new=20)
+    # The runtime stops when the prompt and the new tokens fill the slots.
+    self.assertLessEqual(len(want), 2)
+    self.assertEqual(got.text, self.engine.detokenize(want) if want else "")
+
+  def test_report_and_file(self):
+    kinds = [kind for kind, _ in self.conversion.sections]
+    self.assertEqual(kinds, ["LlmMetadataProto", "ExecutorMetadataProto",
+                             "HF_Tokenizer_Zlib", "TFLiteModel"])
+    self.assertFalse([op for op in self.conversion.operators if op.startswith("CUSTOM")])
+    self.assertIn("DYNAMIC_UPDATE_SLICE", self.conversion.operators)
+    self.assertEqual(self.engine.bos_token_id, 2)
+    self.assertEqual(self.engine.eos_token_ids, [[3]])
+    text = "\n".join(self.conversion.lines())
+    self.assertRegex(text, r"decode \d+ tokens/s")
+
+  def test_dynamic_range_matches_its_own_tflite_loop(self):
+    path = os.path.join(self.get_temp_dir(), "dynamic.litertlm")
+    result = litertlm.convert(self.saved, path, quantize="dynamic_range",
+                              prompt=_prompt(4))
+    self.assertLess(result.size, self.conversion.size)
+    self.assertTrue(os.path.exists(path))
+
+  def test_bad_input_is_named_and_nothing_is_written(self):
+    out = os.path.join(self.get_temp_dir(), "never.litertlm")
+    cases = [
+        (dict(tokenizer=self.saved + "/saved_model.pb"), r"`tokenizer`.*neither a SentencePiece"),
+        (dict(tokenizer=os.path.join(self.dir, "missing.model")), r"`tokenizer`.*cannot be read"),
+        (dict(start_token="<nope>"), r"`start_token` names '<nope>'"),
+        (dict(stop_tokens=["99"]), r"`stop_tokens` must be inside .*\[0, 44\)"),
+        (dict(max_tokens=_SLOTS + 1), r"`max_tokens` must be in \[1, 32\]"),
+        (dict(quantize="int8"), r"`quantize` must be one of"),
+    ]
+    for kwargs, message in cases:
+      with self.assertRaisesRegex(ValueError, message):
+        litertlm.convert(self.saved, out, **kwargs)
+      self.assertFalse(os.path.exists(out))
+    big = os.path.join(self.get_temp_dir(), "big.json")
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    from tokenizers import models  # pylint: disable=g-import-not-at-top
+    tokenizers.Tokenizer(models.WordLevel(
+        {f"t{i}": i for i in range(60)}, unk_token="t0")).save(big)
+    with self.assertRaisesRegex(ValueError, r"has 60 tokens, more than the model's 48"):
+      litertlm.convert(self.saved, out, tokenizer=big)
+    with self.assertRaisesRegex(ValueError, r"`output_file`.*is a directory"):
+      litertlm.convert(self.saved, self.dir)
+    self.assertFalse(os.path.exists(out))
+    self.assertEqual([n for n in os.listdir(self.get_temp_dir()) if "tmp" in n], [])
+
+  def test_saved_models_off_the_protocol_are_named(self):
+    out = os.path.join(self.get_temp_dir(), "never.litertlm")
+
+    def save(name, signatures):
+      module = tf.Module()
+      path = os.path.join(self.get_temp_dir(), name)
+      tf.saved_model.save(module, path, signatures=signatures)
+      return path
+
+    spec = lambda shape, name, dtype=tf.float32: tf.TensorSpec(shape, dtype, name=name)
+    plain = tf.function(lambda x: {"y": x * 2.0}, input_signature=[spec([1, 4], "x")])
+    with self.assertRaisesRegex(ValueError, r"must have a `decode` signature.*"
+                                r"Found signatures: \['serving_default'\]"):
+      litertlm.convert(save("plain", {"serving_default": plain}), out,
+                       tokenizer=self.tokenizer)
+    unpaired = tf.function(
+        lambda tokens, input_pos, kv_cache_k_0: {
+            "kv_cache_k_0": kv_cache_k_0,
+            "logits": tf.zeros([1, 1, 48]) + tf.cast(tokens[0, 0], tf.float32)},
+        input_signature=[spec([1, 1], "tokens", tf.int32), spec([1], "input_pos", tf.int32),
+                         spec([1, 8, 2, 4], "kv_cache_k_0")])
+    with self.assertRaisesRegex(ValueError, r"in pairs.*Found: \['kv_cache_k_0'\]"):
+      litertlm.convert(save("unpaired", {"decode": unpaired, "prefill_1": unpaired}),
+                       out, tokenizer=self.tokenizer)
+    no_logits = tf.function(
+        lambda tokens, input_pos: {"out": tf.cast(tokens, tf.float32)},
+        input_signature=[spec([1, 1], "tokens", tf.int32), spec([1], "input_pos", tf.int32)])
+    with self.assertRaisesRegex(ValueError, r"caches must be kv_cache_k_<i>"):
+      litertlm.convert(save("no_caches", {"decode": no_logits, "prefill_1": no_logits}),
+                       out, tokenizer=self.tokenizer)
+    self.assertFalse(os.path.exists(out))
+
+  def test_select_tf_ops_are_refused(self):
+    def call(tokens, input_pos, kv_cache_k_0, kv_cache_v_0):
+      odd = tf.strings.to_number(tf.strings.as_string(tokens), tf.float32)  # Flex
+      return {"kv_cache_k_0": kv_cache_k_0, "kv_cache_v_0": kv_cache_v_0,
+              "logits": tf.zeros([1, 1, 48]) + odd[:, :1, None]}
+    specs = [tf.TensorSpec([1, 1], tf.int32, name="tokens"),
+             tf.TensorSpec([1], tf.int32, name="input_pos"),
+             tf.TensorSpec([1, 8, 2, 4], tf.float32, name="kv_cache_k_0"),
+             tf.TensorSpec([1, 8, 2, 4], tf.float32, name="kv_cache_v_0")]
+    function = tf.function(call, input_signature=specs)
+    path = os.path.join(self.get_temp_dir(), "flex")
+    tf.saved_model.save(tf.Module(), path,
+                        signatures={"decode": function, "prefill_1": function})
+    out = os.path.join(self.get_temp_dir(), "flex.litertlm")
+    with self.assertRaisesRegex(converter.SelectOpsRefused, r"AsString"):
+      litertlm.convert(path, out, tokenizer=self.tokenizer)
+    self.assertFalse(os.path.exists(out))
+
+  def test_the_commands(self):
+    """tf_mha_convert_litertlm with no flag but the paths (the export
+    recorded the rest), then the `litert-lm` command on its file."""
+    out = os.path.join(self.get_temp_dir(), "cli.litertlm")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    convert = subprocess.run(
+        [sys.executable, "-m", "tools.convert_litertlm",
+         f"--saved_model_dir={self.saved}", f"--output_file={out}",
+         f"--prompt={_prompt(5)}"], cwd=_REPO, capture_output=True, text=True,
+        timeout=600, env=env)
+    self.assertEqual(convert.returncode, 0, convert.stderr[-3000:])
+    self.assertRegex(convert.stdout, r"sections: LlmMetadataProto .*TFLiteModel")
+    self.assertRegex(convert.stdout, r"LiteRT-LM: prefill \d+ tokens/s, decode \d+")
+    want = self.engine.detokenize(self._reference(_prompt(5), max_new=litertlm.CHECK_TOKENS))
+    self.assertIn(f"greedy from {_prompt(5)!r}: {want!r}", convert.stdout)
+    command = shutil.which("litert-lm", path=os.path.dirname(sys.executable))
+    self.assertIsNotNone(command, "the litert-lm command is installed with tf_mha")
+    home = tempfile.mkdtemp()  # it writes under $HOME
+    run = subprocess.run([command, "run", out, "--prompt", _prompt(5),
+                          "--backend", "cpu"], capture_output=True, text=True,
+                         timeout=600, env=dict(env, HOME=home))
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    # The command generates until a stop token or a full cache.
+    whole = self.engine.detokenize(self._reference(_prompt(5), max_new=_SLOTS))
+    self.assertEqual(run.stdout.strip().splitlines()[-1].strip(), whole)
+    refused = subprocess.run(
+        [sys.executable, "-m", "tools.convert_litertlm",
+         f"--saved_model_dir={self.saved}", f"--output_file={out}2",
+         "--stop_tokens=nope"], cwd=_REPO, capture_output=True, text=True,
+        timeout=600, env=env)
+    self.assertEqual(refused.returncode, 1)
+    self.assertIn("FAILED: `stop_tokens` names 'nope'", refused.stderr)
+    self.assertNotIn("Traceback", refused.stderr)
+    self.assertFalse(os.path.exists(f"{out}2"))
+
+
+if __name__ == "__main__":
+  tf.test.main()
