@@ -91,11 +91,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     value_mask: `[B, S]`, defaults to the value's Keras mask.
     key_mask: `[B, S]`, defaults to the key's Keras mask.
     cache: a key/value cache `[B, 2, S_max, K, H]` (keys, then values,
-      already projected; KerasHub's `CachedMultiHeadAttention` layout), or a
-      pair `(keys, values)` of `[B, S_max, K, H]` (LiteRT-LM's layout), for
-      `[B, T, D]` inputs; see `tf_mha.layers._cache.CachedCall`. The call then
-      returns `(output, cache)`, or `(output, scores, cache)`, the cache in
-      the layout given.
+      projected; KerasHub's layout) or a pair of `[B, S_max, K, H]` (LiteRT-LM's),
+      for `[B, T, D]` inputs; see `tf_mha.layers._cache.CachedCall`. The call
+      then returns `(output, cache)`, or `(output, scores, cache)`.
     cache_update_index: with `cache`, where the `T` new tokens' keys and
       values are written (`[i, i + T)`); query `i + t` attends to cache
       positions `<= i + t`. `None`: the cache is read as it is.
