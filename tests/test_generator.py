@@ -126,6 +126,43 @@ class GeneratorExportTest(tf.test.TestCase):
     for quantize in _QUANTIZATIONS:
       self.assertIn(f"TFLite prefill/decode ({quantize})", text)
 
+  def test_litertlm_files_answer_in_the_runtime(self):
+    """The main job's .litertlm files, in LiteRT-LM itself: exact-match 1.0
+    float32 and dynamic-range, and `litert-lm run` with the file's template."""
+    self.assertEqual(sorted(self.report.litertlm), ["dynamic_range", "none"])
+    for quantize, (path, size, accuracy, speed) in self.report.litertlm.items():
+      suffix = "" if quantize == "none" else "_dynamic_range"
+      self.assertEqual(path, os.path.join(self.out_dir, f"tf_mha_generator{suffix}.litertlm"))
+      self.assertEqual(os.path.getsize(path), size)
+      self.assertEqual(accuracy, 1.0, quantize)
+      self.assertGreater(speed, 0)
+    self.assertEqual(self.report.same_ids, 2 * generator.HELD_OUT_PROMPTS)
+    path = self.report.litertlm["none"][0]
+    texts, _ = generator_export.run_litertlm(path, self.prompts)
+    self.assertEqual(texts, [sequences.answer(p.lower()) for p in self.prompts])
+    import shutil  # pylint: disable=g-import-not-at-top
+    command = shutil.which("litert-lm", path=os.path.dirname(sys.executable))
+    self.assertIsNotNone(command, "the litert-lm command is installed with tf_mha")
+    run = subprocess.run([command, "run", path, "--prompt", "red fox sun",
+                          "--backend", "cpu"], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, HOME=tempfile.mkdtemp()))
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    self.assertEqual(run.stdout.strip().splitlines()[-1], "sun fox red")
+    self.assertIn("LiteRT-LM (dynamic_range)", "\n".join(self.report.lines()))
+
+  def test_sentencepiece_model_gives_the_saved_model_ids(self):
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+    model = sentencepiece.SentencePieceProcessor(
+        model_proto=sequences.sentencepiece_model())
+    self.assertEqual(model.get_piece_size(), len(generator.VOCAB))
+    prompts = ["Red FOX sun", "one", "zebra owl"]
+    ids = self.loaded.signatures["tokenize"](prompt=tf.constant(prompts))["token_ids"]
+    for prompt, row in zip(prompts, ids.numpy()):
+      self.assertEqual([generator.BEGIN_ID] + model.encode(prompt + generator_export.USER_SUFFIX),
+                       row[row != 0].tolist())
+    self.assertEqual(model.decode([generator.VOCAB.index(w) for w in ("sun", "fox")]),
+                     "sun fox")
+
   def test_generate_signature_answers_a_mixed_batch(self):
     out = self._generate(self.prompts)
     texts = [t.decode() for t in out["text"].numpy()]

@@ -7,7 +7,12 @@ Files, beside the classifier's, for `<name>` and version `<v>`:
     `prefill` and `decode`, builtin operators only;
   * `<output_dir>/<name>_<v>_tokenizer.tflite`: prompt strings -> ids
     (tensorflow-text's TFLite kernels), and `<name>_<v>_vocab.txt`, one
-    token per line, to turn ids back into words.
+    token per line, to turn ids back into words;
+  * `<output_dir>/<name>.litertlm` (float32) and
+    `<name>_dynamic_range.litertlm`: the decoder, its SentencePiece
+    tokenizer (`sequences.sentencepiece_model`: the SavedModel's ids), `[BOS]`
+    prepended, `[END]` to stop and " [SEP]" after the prompt, for LiteRT-LM:
+    `litert-lm run saved_models/tf_mha_generator.litertlm --prompt "red fox sun"`.
 """
 
 import dataclasses
@@ -25,13 +30,21 @@ from tf_mha.demo import generator
 from tf_mha.demo import pipeline
 from tf_mha.demo import sequences
 from tf_mha.demo import text_generation
+from tf_mha.export import decoder_signatures
 from tf_mha.export import litert_generation
+from tf_mha.export import litertlm
+from tf_mha.export import litertlm_file
 from tf_mha.export import serving
 from tf_mha.export import tflite
 
 SIGNATURES = ("generate", "prefill", "decode", "tokenize")
 # New tokens asked for when measuring: more than any answer needs.
 MAX_NEW_TOKENS = sequences.MAX_WORDS + 2
+# The .litertlm files: their quantizations, prefill lengths (each divides
+# the cache's 48 slots) and the prompt template's text after a prompt.
+LITERTLM_QUANTIZATIONS = ("none", "dynamic_range")
+LITERTLM_PREFILLS = (8, 16)
+USER_SUFFIX = " " + sequences.SEPARATOR
 
 
 @dataclasses.dataclass
@@ -45,6 +58,9 @@ class GeneratorReport:
   train_seconds: float
   tokenizer: tuple  # (path, bytes, prompts checked)
   vocab_file: str
+  # quantization -> (path, bytes, exact-match, decode tokens/s in LiteRT-LM)
+  litertlm: dict = dataclasses.field(default_factory=dict)
+  same_ids: int = 0  # prompts the SentencePiece model tokenizes as the SavedModel
   model: object = None  # the trained Keras decoder
 
   def lines(self):
@@ -60,6 +76,12 @@ class GeneratorReport:
     path, size, count = self.tokenizer
     out.append(f"TFLite tokenizer: {path} ({size / 1e3:.1f} kB), same ids as the "
                f"SavedModel on {count} prompts; vocabulary: {self.vocab_file}")
+    for name, (path, size, accuracy, speed) in self.litertlm.items():
+      out.append(f"LiteRT-LM ({name}): {path} ({size / 1e3:.1f} kB), exact-match "
+                 f"{accuracy:.4f}, decode {speed:.0f} tokens/s")
+    if self.litertlm:
+      out.append(f"  its SentencePiece tokenizer gives the SavedModel's ids on "
+                 f"{self.same_ids} prompts")
     return out
 
 
@@ -98,11 +120,83 @@ def export_generator(output_dir="saved_models", model_name="tf_mha_generator",
   vocab_file = artifact("vocab.txt")
   tflite.atomic_write(vocab_file, "".join(
       f"{token}\n" for token in demo.tokenizer.vocab).encode())
+  litertlm_files, same_ids = export_litertlm(
+      demo.model, output_dir, model_name, loaded, demo.held_out)
   warmup = os.path.join(path, serving.WARMUP_FILE)
   return GeneratorReport(path, serving.directory_size(path),
                          warmup if os.path.exists(warmup) else "", accuracy,
                          results, len(demo.held_out), train_seconds, tokenizer,
-                         vocab_file, demo.model)
+                         vocab_file, litertlm_files, same_ids, demo.model)
+
+
+def export_litertlm(model, output_dir, model_name, loaded, prompts):
+  """Writes `<output_dir>/<model_name>.litertlm` and its dynamic-range twin
+  (`LITERTLM_QUANTIZATIONS`), each checked by `litertlm.convert`, then run
+  in LiteRT-LM on `prompts`.
+
+  Returns:
+    `({quantization: (path, bytes, exact-match, decode tokens/s)}, the
+    number of prompts, also capitalised, that the SentencePiece model
+    tokenizes as the SavedModel's `tokenize`)`.
+
+  Raises:
+    ValueError: the SentencePiece model gives other ids than the SavedModel.
+  """
+  same = _check_sentencepiece_ids(loaded, prompts + [p.title() for p in prompts])
+  results = {}
+  with tempfile.TemporaryDirectory() as scratch:
+    tokenizer = os.path.join(scratch, "tokenizer.model")
+    with open(tokenizer, "wb") as f:
+      f.write(sequences.sentencepiece_model())
+    saved = decoder_signatures.save_decoder(
+        model, os.path.join(scratch, "litertlm"),
+        prefill_lengths=LITERTLM_PREFILLS, tokenizer=tokenizer,
+        start_token=generator.BEGIN_ID, stop_tokens=[generator.END_ID],
+        user_suffix=USER_SUFFIX)
+    for quantize in LITERTLM_QUANTIZATIONS:
+      logging.info("Packing the generator for LiteRT-LM (%s)...", quantize)
+      suffix = "" if quantize == "none" else f"_{quantize}"
+      path = os.path.join(output_dir, f"{model_name}{suffix}.litertlm")
+      conversion = litertlm.convert(saved, path, quantize=quantize,
+                                    prompt=prompts[0])
+      texts, speeds = run_litertlm(path, prompts)
+      results[quantize] = (path, conversion.size,
+                           generator.exact_match(prompts, texts),
+                           float(np.median(speeds)))
+  return results, same
+
+
+def run_litertlm(path, prompts):
+  """Greedy answers of the `.litertlm` file in LiteRT-LM, one session per
+  prompt (the template's " [SEP]" added, the runtime prepending `[BOS]`),
+  and each prompt's decode tokens/s."""
+  engine = litertlm_file.engine(path)
+  texts, speeds = [], []
+  try:
+    for prompt in prompts:
+      generated = litertlm_file.run_greedy(engine, prompt + USER_SUFFIX,
+                                           MAX_NEW_TOKENS)
+      texts.append(generated.text)
+      speeds.append(generated.decode_tokens_per_second)
+  finally:
+    engine.close()
+  return texts, speeds
+
+
+def _check_sentencepiece_ids(loaded, prompts):
+  """The number of `prompts` checked: the SentencePiece model's ids (after
+  `[BOS]`, with the template's " [SEP]") equal the SavedModel's `tokenize`."""
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  model = sentencepiece.SentencePieceProcessor(
+      model_proto=sequences.sentencepiece_model())
+  ids = loaded.signatures["tokenize"](prompt=tf.constant(prompts))["token_ids"].numpy()
+  for prompt, row in zip(prompts, ids):
+    want = row[row != 0].tolist()
+    got = [generator.BEGIN_ID] + model.encode(prompt + USER_SUFFIX)
+    if got != want:
+      raise ValueError(f"The SentencePiece tokenizer gives {got} for "
+                       f"{prompt!r}, the SavedModel {want}.")
+  return len(prompts)
 
 
 def generate(loaded, prompts, max_new_tokens=MAX_NEW_TOKENS):

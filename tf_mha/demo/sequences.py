@@ -52,31 +52,36 @@ def make_prompts(count, seed=0, exclude=()):
 
 
 def sentencepiece_model():
-  """The vocabulary as a serialized SentencePiece model (word-level, built
-  here, not trained), for runtimes that read SentencePiece (LiteRT-LM): it
-  gives a prompt the ids the SavedModel's tokenizer gives it. Words are
-  pieces `"\u2581word"`; the separator is `"\u2581[SEP]"`, so the template's
-  " [SEP]" after a prompt is one token; ids as in `vocabulary()`."""
+  """The vocabulary as a serialized SentencePiece model (word-level, ids as in
+  `vocabulary()`), for runtimes that read SentencePiece (LiteRT-LM): it gives
+  a prompt of the vocabulary's words, in any case, the ids the SavedModel's
+  tokenizer gives it. Built here, not trained; only its normalizer (NFKC with
+  case folding, as the SavedModel's lower-casing) comes from a throwaway
+  model that SentencePiece's trainer makes. Words are pieces `"\u2581word"`;
+  the separator is `"\u2581[sep]"` (case-folded), so the template's " [SEP]"
+  after a prompt is one token."""
+  import io  # pylint: disable=g-import-not-at-top
+  import sentencepiece  # pylint: disable=g-import-not-at-top
   from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=g-import-not-at-top
+  trained = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([" ".join(WORDS)] * 4), model_writer=trained,
+      model_type="word", vocab_size=len(WORDS), hard_vocab_limit=False,
+      normalization_rule_name="nmt_nfkc_cf", minloglevel=2)
   model = pb.ModelProto()
+  model.normalizer_spec.CopyFrom(
+      pb.ModelProto.FromString(trained.getvalue()).normalizer_spec)
   spec = model.trainer_spec
   spec.model_type = pb.TrainerSpec.WORD
-  spec.pad_id, spec.unk_id, spec.bos_id = (RESERVED.index(t) for t in (PAD, UNK, BEGIN))
-  spec.eos_id = RESERVED.index(END)
-  model.normalizer_spec.name = "identity"
-  model.normalizer_spec.add_dummy_prefix = True
-  model.normalizer_spec.remove_extra_whitespaces = True
-  model.normalizer_spec.escape_whitespaces = True
-  kinds = {PAD: pb.ModelProto.SentencePiece.CONTROL,
-           UNK: pb.ModelProto.SentencePiece.UNKNOWN,
-           BEGIN: pb.ModelProto.SentencePiece.CONTROL,
-           SEPARATOR: pb.ModelProto.SentencePiece.NORMAL,
-           END: pb.ModelProto.SentencePiece.CONTROL}
+  spec.pad_id, spec.unk_id, spec.bos_id, spec.eos_id = (
+      RESERVED.index(t) for t in (PAD, UNK, BEGIN, END))
+  kind = pb.ModelProto.SentencePiece
+  kinds = {PAD: kind.CONTROL, UNK: kind.UNKNOWN, BEGIN: kind.CONTROL,
+           SEPARATOR: kind.NORMAL, END: kind.CONTROL}
   for token in RESERVED:
-    piece = "\u2581" + token if token == SEPARATOR else token
+    piece = "\u2581" + token.lower() if token == SEPARATOR else token
     model.pieces.add(piece=piece, score=0.0, type=kinds[token])
   for word in WORDS:
-    model.pieces.add(piece="\u2581" + word, score=0.0,
-                     type=pb.ModelProto.SentencePiece.NORMAL)
+    model.pieces.add(piece="\u2581" + word, score=0.0, type=kind.NORMAL)
   spec.vocab_size = len(model.pieces)
   return model.SerializeToString()
