@@ -199,6 +199,7 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
         (dict(stop_tokens=["99"]), r"`stop_tokens` must be inside .*\[0, 44\)"),
         (dict(max_tokens=_SLOTS + 1), r"`max_tokens` must be in \[1, 32\]"),
         (dict(quantize="int8"), r"`quantize` must be one of"),
+        (dict(stop_tokens=[]), r"`stop_tokens` must name at least one token"),
     ]
     for kwargs, message in cases:
       with self.assertRaisesRegex(ValueError, message):
@@ -300,6 +301,33 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIn("FAILED: `stop_tokens` names 'nope'", refused.stderr)
     self.assertNotIn("Traceback", refused.stderr)
     self.assertFalse(os.path.exists(f"{out}2"))
+
+
+class RuntimeBenchmarkTest(tf.test.TestCase):
+  """`tools/benchmark.py --generation`'s LiteRT-LM rows, on a tiny decoder."""
+
+  def test_rows_and_ratios(self):
+    from tf_mha.benchmarks import generation  # pylint: disable=g-import-not-at-top
+    from tf_mha.demo import decoder as decoder_lib  # pylint: disable=g-import-not-at-top
+    tf_keras.utils.set_random_seed(5)
+    model = decoder_lib.Decoder(64, max_length=32)
+    model(tf.constant([[1, 2]]))
+    prompt = tf.constant([[5, 9, 17, 30, 41, 8]])
+    rows = generation.time_litertlm(model, prompt, 8, repeats=1)
+    self.assertEqual([r.name for r in rows],
+                     ["LiteRT-LM, float32", generation.LITERTLM_DYNAMIC])
+    for row in rows:
+      self.assertGreater(row.decode_tokens_per_second, 0)
+      self.assertGreater(row.prefill_tokens_per_second, 0)
+      self.assertGreater(row.peak_rss_bytes, 2**20)
+    self.assertLess(rows[1].file_bytes, rows[0].file_bytes)
+    ours = generation.Row(generation.LITERT_DYNAMIC, 1.0, 100.0, None, None,
+                          None, 1.0)
+    table = generation.runtime_table([ours], rows, 1e10)
+    ratio = rows[1].decode_tokens_per_second / 100.0
+    self.assertIn(f"LiteRT-LM dynamic-range decode / our LiteRT loop's: "
+                  f"{ratio:.2f}x", table)
+    self.assertGreater(generation.memory_bandwidth(megabytes=16, repeats=1), 1e8)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ interpolation (one compile and a few calls per length, instead of M).
 """
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,7 +28,9 @@ import tf_keras
 
 from tf_mha import generation
 from tf_mha.demo import decoder as decoder_lib
+from tf_mha.export import decoder_signatures
 from tf_mha.export import litert_generation
+from tf_mha.export import litertlm
 from tf_mha.export import tflite
 
 _UNCACHED_POINTS = 6
@@ -33,6 +38,7 @@ _VOCAB = 4096
 # The rows the targets compare (`table`).
 TENSORFLOW, LITERT_FLOAT32, KERAS_HUB = (
     "TensorFlow, XLA (tf_mha)", "LiteRT, float32", "KerasHub LlamaCausalLM.generate")
+LITERT_DYNAMIC, LITERTLM_DYNAMIC = "LiteRT, dynamic_range", "LiteRT-LM, dynamic_range"
 
 
 @dataclasses.dataclass
@@ -159,6 +165,93 @@ def time_litert(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
   return rows
 
 
+@dataclasses.dataclass
+class RuntimeRow:
+  """A `.litertlm` file run by LiteRT-LM in a process of its own."""
+  name: str
+  file_bytes: int
+  prefill_tokens_per_second: float
+  decode_tokens_per_second: float
+  time_to_first_token: float
+  peak_rss_bytes: int  # the whole process: runtime, model and caches
+
+
+# Runs a .litertlm file in LiteRT-LM (argv: path, prompt text, new tokens,
+# repeats) and prints its best benchmark figures and peak memory as JSON.
+# LiteRT-LM only (as `litertlm_file.run_greedy` calls it): no TensorFlow in
+# the process, so its peak memory is the runtime's, the model's and caches'.
+_RUN_LITERTLM = """
+import json, resource, sys
+import litert_lm
+path, text, new, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(), enable_benchmark=True)
+runs = []
+for _ in range(repeats):
+  session = engine.create_session(apply_prompt_template=False,
+      sampler_config=litert_lm.SamplerConfig(top_k=1), max_output_tokens=new)
+  session.run_prefill([text])
+  session.run_decode()
+  runs.append(session.get_benchmark_info())
+  session.close()
+engine.close()
+print(json.dumps(dict(
+    prefill=max(r.last_prefill_tokens_per_second for r in runs),
+    decode=max(r.last_decode_tokens_per_second for r in runs),
+    first=min(r.time_to_first_token_in_second for r in runs),
+    rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+"""
+
+
+def _word_tokenizer(path, vocab):
+  """A word-level `tokenizer.json` of tokens `t0`..`t<vocab - 1>`."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.Tokenizer(models.WordLevel(
+      {f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+  tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tokenizer.decoder = decoders.WordPiece(prefix="##")
+  tokenizer.save(path)
+  return path
+
+
+def time_litertlm(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
+                  repeats=3):
+  """LiteRT-LM: the decoder as a `.litertlm` file, run in a child process;
+  `RuntimeRow`s. The runtime needs a stop token: `t0`, which a prompt of ids
+  from 5 up does not hold (random weights may still pick it; the runtime's
+  tokens/s count what it made)."""
+  rows = []
+  ids = prompt_ids.numpy()[0].tolist()
+  text = " ".join(f"t{i}" for i in ids[1:])  # the runtime prepends ids[0]
+  with tempfile.TemporaryDirectory() as directory:
+    saved = decoder_signatures.save_decoder(
+        model, os.path.join(directory, "decoder"),
+        tokenizer=_word_tokenizer(os.path.join(directory, "tokenizer.json"),
+                                  model.vocab_size),
+        start_token=ids[0], stop_tokens=[0])
+    for quantize in quantizations:
+      path = os.path.join(directory, f"{quantize}.litertlm")
+      conversion = litertlm.convert(saved, path, quantize=quantize, prompt=text)
+      child = subprocess.run(
+          [sys.executable, "-c", _RUN_LITERTLM, path, text, str(new), str(repeats)],
+          capture_output=True, text=True, check=True)
+      figures = json.loads(child.stdout.strip().splitlines()[-1])
+      rows.append(RuntimeRow(
+          f"LiteRT-LM, {'float32' if quantize == 'none' else quantize}",
+          conversion.size, figures["prefill"], figures["decode"],
+          figures["first"], figures["rss"]))
+  return rows
+
+
+def memory_bandwidth(megabytes=512, repeats=5):
+  """Bytes per second this machine reads and writes: the best of copying a
+  `megabytes` array into another (each byte read once and written once)."""
+  source = np.ones(megabytes * 2**20 // 8)
+  target = np.empty_like(source)
+  seconds = _best(lambda: np.copyto(target, source), repeats)
+  return 2 * source.nbytes / seconds
+
+
 def time_keras_hub(prompt_ids, new, repeats=3, seed=0):
   """KerasHub's `LlamaCausalLM.generate` (Keras 3 on TensorFlow, its
   compiled greedy loop) on a `LlamaBackbone` of the same sizes (random
@@ -200,7 +293,34 @@ def run(prompt=128, new=256, repeats=3, log=print):
   rows += time_litert(model, prompt_ids, new, repeats=repeats)
   log("Timing KerasHub's LlamaCausalLM.generate...")
   rows.append(time_keras_hub(prompt_ids, new, repeats))
-  return rows
+  log("Packing and timing generation in LiteRT-LM...")
+  runtime_rows = time_litertlm(model, prompt_ids, new, repeats=repeats)
+  return rows, runtime_rows, memory_bandwidth()
+
+
+def runtime_table(rows, runtime_rows, bandwidth, new=256):
+  """LiteRT-LM's rows beside our LiteRT loop's, and the targets' ratios."""
+  lines = ["", f"LiteRT-LM (its own CPU engine, in a process of its own; "
+           f"memory bandwidth here {bandwidth / 1e9:.1f} GB/s, a copy):", "",
+           "| runtime | file MB | prefill tokens/s | decode tokens/s | first "
+           "token ms | peak memory MB | decode step / reading the file once |",
+           "|---|---|---|---|---|---|---|"]
+  for r in runtime_rows:
+    read = r.file_bytes / bandwidth
+    lines.append(f"| {r.name} | {r.file_bytes / 1e6:.1f} | "
+                 f"{r.prefill_tokens_per_second:.0f} | "
+                 f"{r.decode_tokens_per_second:.0f} | "
+                 f"{r.time_to_first_token * 1e3:.0f} | {r.peak_rss_bytes / 2**20:.0f} | "
+                 f"{1 / r.decode_tokens_per_second / read:.2f}x |")
+  ours = {r.name: r for r in rows}.get(LITERT_DYNAMIC)
+  theirs = {r.name: r for r in runtime_rows}.get(LITERTLM_DYNAMIC)
+  if ours and theirs:
+    lines += ["", f"LiteRT-LM dynamic-range decode / our LiteRT loop's: "
+              f"{theirs.decode_tokens_per_second / ours.cached_tokens_per_second:.2f}x "
+              "(target: at least 1x); its decode step / reading the file once: "
+              f"{1 / theirs.decode_tokens_per_second / (theirs.file_bytes / bandwidth):.2f}x "
+              "(target: at most 2x)."]
+  return "\n".join(lines)
 
 
 def table(rows, prompt=128, new=256):

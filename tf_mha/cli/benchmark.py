@@ -252,9 +252,10 @@ def _packing_lines():
 
 def _generation_lines():
   from tf_mha.benchmarks import generation  # pylint: disable=g-import-not-at-top
-  rows = generation.run(repeats=max(3, min(_REPEATS.value, 5)),
-                        log=lambda s: print(s, flush=True))
-  return ["", generation.table(rows)]
+  rows, runtime_rows, bandwidth = generation.run(
+      repeats=max(3, min(_REPEATS.value, 5)), log=lambda s: print(s, flush=True))
+  return ["", generation.table(rows),
+          generation.runtime_table(rows, runtime_rows, bandwidth)]
 
 
 def main(argv):

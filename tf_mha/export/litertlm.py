@@ -125,6 +125,9 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
   start_id = None if start is None else vocab.token_id(start, "start_token")
   stop_ids = [vocab.token_id(t, "stop_tokens")
               for t in given(stop_tokens, "stop_tokens", [])]
+  if not stop_ids:  # the runtime refuses to open a session without one
+    raise ValueError("`stop_tokens` must name at least one token (LiteRT-LM "
+                     "needs one); the SavedModel recorded none.")
   max_tokens = contract.slots if max_tokens is None else int(max_tokens)
   if not 1 <= max_tokens <= contract.slots:
     raise ValueError(f"`max_tokens` must be in [1, {contract.slots}] (the "
@@ -139,7 +142,7 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
   staging = f"{output_file}.tmp-{os.getpid()}.litertlm"
   try:
     litertlm_file.build(
-        staging, model=model, tokenizer=vocab,
+        staging, model=model, tokenizer=vocab, float32=quantize == "none",
         llm=litertlm_file.llm_metadata(
             start_id=start_id, stop_ids=stop_ids, user_prefix=template[0],
             user_suffix=template[1], model_prefix=template[2],

@@ -6,7 +6,9 @@ model with LiteRT-LM's builder; `run_greedy` generates in the runtime (on
 CPU, greedy: its CPU sampler is `TOP_P` with `k: 1`).
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 import tempfile
 
@@ -111,9 +113,11 @@ def executor_metadata(layers):
   return meta.SerializeToString()
 
 
-def build(path, *, model, tokenizer, llm, executor):
+def build(path, *, model, tokenizer, llm, executor, float32=True):
   """Writes the `.litertlm` file `path` from a TFLite model (bytes), a
-  `Tokenizer` and the two metadata protos (bytes)."""
+  `Tokenizer` and the two metadata protos (bytes). `float32`: ask the
+  runtime for float32 activations (on CPU its default for a text decoder is
+  float16, where the processor has it); else its default."""
   import litert_lm_builder  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as scratch:
     parts = {}
@@ -135,14 +139,15 @@ def build(path, *, model, tokenizer, llm, executor):
       builder.add_hf_tokenizer(copy)
     else:
       builder.add_sentencepiece_tokenizer(tokenizer.path)
-    builder.add_tflite_model(parts["model.tflite"], model_type)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the type
+      builder.add_tflite_model(parts["model.tflite"], model_type,
+                               prefer_activation_type="fp32" if float32 else None)
     with open(path, "wb") as f:
       builder.build(f, validate_metadata=True)
 
 
 def sections(path):
   """`[(kind, bytes)]` of a `.litertlm` file's sections, in order."""
-  import io  # pylint: disable=g-import-not-at-top
   from litert_lm_builder import litertlm_core  # pylint: disable=g-import-not-at-top
   from litert_lm_builder import litertlm_peek  # pylint: disable=g-import-not-at-top
   objects = litertlm_peek.read_litertlm_header(path, io.StringIO()).SectionMetadata()
