@@ -65,7 +65,8 @@ class Conversion:
                                      for kind, size in self.sections),
             "operators: " + ", ".join(f"{name} x{count}" for name, count
                                       in sorted(self.operators.items())),
-            f"greedy from {self.prompt!r}: {self.text!r} (LiteRT-LM = SavedModel)",
+            f"greedy from {self.prompt!r}: {self.text!r} (LiteRT-LM = "
+            f"{'SavedModel' if self.quantize == 'none' else 'its TFLite model'})",
             f"LiteRT-LM: prefill {self.prefill_tokens_per_second:.0f} tokens/s, "
             f"decode {self.decode_tokens_per_second:.0f} tokens/s, first token "
             f"after {self.time_to_first_token * 1e3:.0f} ms"]
