@@ -22,7 +22,8 @@ _COMMANDS = {
 # Lines TensorFlow writes on its own (start-up, CUDA probe, converter, LiteRT).
 _CHATTER = ("absl::InitializeLog", "cpu_feature_guard", "cuInit", "port.cc",
             "cudart_stub", "fully_quantize", "XNNPACK", "is deprecated",
-            "Warning", "I0000", "W0000", "E0000")
+            "Warning", "I0000", "W0000", "E0000",
+            "accelerator_registry")  # LiteRT-LM's INFO lines, also at exit
 
 
 def _env(**extra):

@@ -168,8 +168,14 @@ class Generated:
 
 
 def engine(path):
-  """A LiteRT-LM engine (CPU, benchmark figures on) for the file `path`."""
+  """A LiteRT-LM engine (CPU, benchmark figures on) for the file `path`.
+
+  The runtime's log shows errors (its reasons when a call fails) and
+  nothing below: its INFO lines, printed natively, also at exit, would
+  otherwise reach the terminal after a command's quiet `main` has ended.
+  """
   import litert_lm  # pylint: disable=g-import-not-at-top
+  litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
   return litert_lm.Engine(path, backend=litert_lm.Backend.CPU(),
                           enable_benchmark=True)
 
