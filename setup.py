@@ -31,6 +31,8 @@ setuptools.setup(
         "litert-lm-builder==0.18.1",
         "litert-lm==0.18.1",
         "sentencepiece>=0.2",
+        # int4 weights for .litertlm files (pins ai-edge-litert 2.3.0).
+        "ai-edge-quantizer==0.10.0",
         "tokenizers>=0.20",
         "absl-py>=2.1",
         "numpy>=1.26",

@@ -183,12 +183,16 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     text = "\n".join(self.conversion.lines())
     self.assertRegex(text, r"decode \d+ tokens/s")
 
-  def test_dynamic_range_matches_its_own_tflite_loop(self):
-    path = os.path.join(self.get_temp_dir(), "dynamic.litertlm")
-    result = litertlm.convert(self.saved, path, quantize="dynamic_range",
+  @parameterized.parameters("dynamic_range", "int4")
+  def test_quantized_files_match_their_own_tflite_loop(self, quantize):
+    """The check passes (LiteRT-LM = the quantized model in LiteRT), and
+    the weights shrink."""
+    path = os.path.join(self.get_temp_dir(), f"{quantize}.litertlm")
+    result = litertlm.convert(self.saved, path, quantize=quantize,
                               prompt=_prompt(4))
     self.assertLess(result.size, self.conversion.size)
     self.assertTrue(os.path.exists(path))
+    self.assertFalse([op for op in result.operators if op.startswith("CUSTOM")])
 
   def test_bad_input_is_named_and_nothing_is_written(self):
     out = os.path.join(self.get_temp_dir(), "never.litertlm")
@@ -315,7 +319,8 @@ class RuntimeBenchmarkTest(tf.test.TestCase):
     prompt = tf.constant([[5, 9, 17, 30, 41, 8]])
     rows = generation.time_litertlm(model, prompt, 8, repeats=1)
     self.assertEqual([r.name for r in rows],
-                     ["LiteRT-LM, float32", generation.LITERTLM_DYNAMIC])
+                     ["LiteRT-LM, float32", generation.LITERTLM_DYNAMIC,
+                      "LiteRT-LM, int4"])
     for row in rows:
       self.assertGreater(row.decode_tokens_per_second, 0)
       self.assertGreater(row.prefill_tokens_per_second, 0)

@@ -214,8 +214,8 @@ def _word_tokenizer(path, vocab):
   return path
 
 
-def time_litertlm(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
-                  repeats=3):
+def time_litertlm(model, prompt_ids, new,
+                  quantizations=("none", "dynamic_range", "int4"), repeats=3):
   """LiteRT-LM: the decoder as a `.litertlm` file, run in a child process;
   `RuntimeRow`s. The runtime needs a stop token: `t0`, which a prompt of ids
   from 5 up does not hold (random weights may still pick it; the runtime's

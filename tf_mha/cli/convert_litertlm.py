@@ -34,9 +34,10 @@ _OUTPUT_FILE = flags.DEFINE_string("output_file", None,
 _TOKENIZER = flags.DEFINE_string(
     "tokenizer", None, "A SentencePiece .model or a Hugging Face "
     "tokenizer.json (default: the one the export recorded).")
-_QUANTIZE = flags.DEFINE_enum("quantize", "none",
-                              ["none", "float16", "dynamic_range"],
-                              "Post-training quantization of the weights.")
+_QUANTIZE = flags.DEFINE_enum(
+    "quantize", "none", ["none", "float16", "dynamic_range", "int4"],
+    "Post-training quantization of the weights (int4: channelwise int4 "
+    "weights, activations quantized at run time).")
 _START_TOKEN = flags.DEFINE_string(
     "start_token", None, "The token the runtime prepends to a prompt: an id "
     "or a token string (default: recorded, else none).")
