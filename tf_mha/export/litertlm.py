@@ -183,7 +183,34 @@ def int4_weights(model):
   from ai_edge_quantizer import recipe  # pylint: disable=g-import-not-at-top
   result = quantizer.Quantizer(bytes(model), recipe.dynamic_wi4_afp32()).quantize(
       enable_progress_bar=False, enable_progress_report=False)
-  return bytes(result.quantized_model)
+  return _share_identical_buffers(bytes(result.quantized_model))
+
+
+def _share_identical_buffers(model):
+  """`model` (TFLite bytes) with each set of identical constant buffers
+  stored once. ai-edge-quantizer 0.10.0 gives every signature its own copy
+  of a float table it leaves unquantized (a GATHER's embedding table; its
+  int4 recipe covers FULLY_CONNECTED, EMBEDDING_LOOKUP and CONV_2D): the
+  D=512 benchmark decoder's file held four 8.4 MB copies, 41.0 MB in all."""
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+  first = {}  # contents -> the buffer index that keeps them
+  remap = {}
+  for index, buffer in enumerate(parsed.buffers):
+    if buffer.data is None or len(buffer.data) == 0:
+      continue
+    key = bytes(buffer.data)
+    if key in first:
+      remap[index] = first[key]
+      buffer.data = None
+    else:
+      first[key] = index
+  if not remap:
+    return model
+  for subgraph in parsed.subgraphs:
+    for tensor in subgraph.tensors:
+      tensor.buffer = remap.get(tensor.buffer, tensor.buffer)
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
 
 
 def _check(path, loaded, model, quantize, contract, text, start_id, stop_ids,
