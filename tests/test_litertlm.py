@@ -268,7 +268,7 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
                         signatures={"decode": function, "prefill_1": function})
     out = os.path.join(self.get_temp_dir(), "flex.litertlm")
     with self.assertRaisesRegex(converter.SelectOpsRefused, r"AsString"):
-      litertlm.convert(path, out, tokenizer=self.tokenizer)
+      litertlm.convert(path, out, tokenizer=self.tokenizer, stop_tokens=["</s>"])
     self.assertFalse(os.path.exists(out))
 
   def test_the_commands(self):

@@ -110,10 +110,7 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
                      f"Received: quantize={quantize!r}")
   tflite.check_output_file(output_file)
   record = protocol.recorded(saved_model_dir) if os.path.isdir(saved_model_dir) else {}
-  given = lambda value, key, default=None: (
-      value if value is not None else record.get(key) if record.get(key)
-      is not None else default)
-  tokenizer = given(tokenizer, "tokenizer")
+  tokenizer = tokenizer if tokenizer is not None else record.get("tokenizer")
   if not tokenizer:
     raise ValueError("`tokenizer` is required: the SavedModel recorded none. "
                      "Give a SentencePiece .model or a tokenizer.json.")
@@ -124,20 +121,9 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
     raise ValueError(
         f"`tokenizer`={tokenizer!r} has {vocab.vocabulary} tokens, more than "
         f"the model's {contract.vocabulary} logits.")
-  start = given(start_token, "start_token")
-  start_id = None if start is None else vocab.token_id(start, "start_token")
-  stop_ids = [vocab.token_id(t, "stop_tokens")
-              for t in given(stop_tokens, "stop_tokens", [])]
-  if not stop_ids:  # the runtime refuses to open a session without one
-    raise ValueError("`stop_tokens` must name at least one token (LiteRT-LM "
-                     "needs one); the SavedModel recorded none.")
-  max_tokens = contract.slots if max_tokens is None else int(max_tokens)
-  if not 1 <= max_tokens <= contract.slots:
-    raise ValueError(f"`max_tokens` must be in [1, {contract.slots}] (the "
-                     f"cache's slots). Received: max_tokens={max_tokens}")
-  template = [given(v, k, "") for v, k in ((user_prefix, "user_prefix"),
-                                           (user_suffix, "user_suffix"),
-                                           (model_prefix, "model_prefix"))]
+  start_id, stop_ids, max_tokens, template = _settings(
+      record, vocab, contract, start_token=start_token, stop_tokens=stop_tokens,
+      max_tokens=max_tokens, template=(user_prefix, user_suffix, model_prefix))
   model = converter.to_tflite(saved_model_dir, contract.signature_names,
                               "none" if quantize == "int4" else quantize, None,
                               False)
@@ -173,6 +159,30 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
                     generated.prefill_tokens_per_second,
                     generated.decode_tokens_per_second,
                     generated.time_to_first_token)
+
+
+def _settings(record, vocab, contract, *, start_token, stop_tokens,
+              max_tokens, template):
+  """`(start id or None, stop ids, max tokens, [user prefix, user suffix,
+  model prefix])`, each argument left None taking what the export recorded;
+  a ValueError naming the argument that does not fit."""
+  given = lambda value, key, default=None: (
+      value if value is not None else record.get(key) if record.get(key)
+      is not None else default)
+  start = given(start_token, "start_token")
+  start_id = None if start is None else vocab.token_id(start, "start_token")
+  stop_ids = [vocab.token_id(t, "stop_tokens")
+              for t in given(stop_tokens, "stop_tokens", [])]
+  if not stop_ids:  # the runtime refuses to open a session without one
+    raise ValueError("`stop_tokens` must name at least one token (LiteRT-LM "
+                     "needs one); the SavedModel recorded none.")
+  max_tokens = contract.slots if max_tokens is None else int(max_tokens)
+  if not 1 <= max_tokens <= contract.slots:
+    raise ValueError(f"`max_tokens` must be in [1, {contract.slots}] (the "
+                     f"cache's slots). Received: max_tokens={max_tokens}")
+  names = ("user_prefix", "user_suffix", "model_prefix")
+  return start_id, stop_ids, max_tokens, [
+      given(value, name, "") for value, name in zip(template, names)]
 
 
 def int4_weights(model):
