@@ -103,8 +103,7 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
 
   def _reference(self, text, max_new=20, stop_ids=(3,)):
     contract = litertlm.read_contract(self.loaded)
-    call = lambda name, inputs: self.loaded.signatures[name](**{
-        k: tf.constant(v) for k, v in inputs.items()})
+    call = litertlm.saved_model_call(self.loaded)
     ids = [2] + self.engine.tokenize(text)
     return litertlm.reference_tokens(call, self.loaded, contract, ids, max_new,
                                      list(stop_ids))

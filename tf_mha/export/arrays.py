@@ -144,7 +144,7 @@ def draw_accepted(specs, run, *, signature, int_bounds=None, seed=0):
     ValueError: naming `signature`, when no draw runs; give inputs it
       accepts (`sample_data`).
   """
-  int_bounds = dict(int_bounds or {})
+  int_bounds = int_bounds or {}
   error = None
   for cap in _RETRY_INT_RANGES:
     bounds = {name: min(cap, int_bounds.get(name, cap)) for name in specs}

@@ -135,7 +135,7 @@ def convert_saved_model(saved_model_dir, output_file, *, signatures=None,
                         "inputs drawn from its specs")
     if not examples:
       examples = arrays_lib.draw_accepted(
-          specs[name], lambda example, f=function: _run_saved(f, example),
+          specs[name], lambda example, f=function: run_saved(f, example),
           signature=name, int_bounds=tables.get(name))
     differences[name] = _compare(model, name, function,
                                  examples[:_CHECKED_EXAMPLES], quantize)
@@ -224,7 +224,7 @@ def _data(source, specs, flag):
   return out
 
 
-def _run_saved(function, example):
+def run_saved(function, example):
   """A SavedModel signature's outputs on one example of arrays."""
   return function(**{k: tf.constant(v) for k, v in example.items()})
 
@@ -270,16 +270,16 @@ def _compare(model, name, function, examples, quantize):
   tolerance."""
   worst = collections.defaultdict(float)
   for example in examples:
-    want = _run_saved(function, example)
+    want = run_saved(function, example)
     try:
       got = tflite.run(model, name, example)
     except (RuntimeError, ValueError) as e:
       raise LiteRTFailed(
           f"LiteRT could not run signature {name!r} of the converted model "
           f"(quantize={quantize!r}) on inputs {arrays_lib.describe(example)}: "
-          f"{arrays_lib.reason(e)}. Nothing written. If those inputs are outside what the model "
-          "takes, give inputs it accepts with `sample_data` "
-          "(--sample_data).") from e
+          f"{arrays_lib.reason(e)}. Nothing written. If those inputs are "
+          "outside what the model takes, give inputs it accepts with "
+          "`sample_data` (--sample_data).") from e
     for output, value in want.items():
       value = np.asarray(value)
       mine = np.asarray(got[output])

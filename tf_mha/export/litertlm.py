@@ -233,8 +233,7 @@ def _check(path, loaded, model, quantize, contract, text, start_id, stop_ids,
     generated = litertlm_file.run_greedy(engine, text, CHECK_TOKENS)
     ids = ([] if start_id is None else [start_id]) + engine.tokenize(text)
     if quantize == "none":
-      call = lambda name, inputs: loaded.signatures[name](**{
-          k: tf.constant(v) for k, v in inputs.items()})
+      call = saved_model_call(loaded)
     else:
       interpreter = tflite.interpreter(model)
       runners = {n: interpreter.get_signature_runner(n)
@@ -246,6 +245,12 @@ def _check(path, loaded, model, quantize, contract, text, start_id, stop_ids,
     return generated, engine.detokenize(want) if want else ""
   finally:
     engine.close()
+
+
+def saved_model_call(loaded):
+  """`call(signature, {input: array})` -> outputs, over a loaded SavedModel's
+  signatures (what `reference_tokens` takes)."""
+  return lambda name, inputs: converter.run_saved(loaded.signatures[name], inputs)
 
 
 def read_contract(loaded):
