@@ -26,6 +26,7 @@ import tensorflow as tf
 import tf_keras
 
 import tf_mha
+from tf_mha.export import decoder_serving
 
 layers = tf_keras.layers
 
@@ -135,29 +136,6 @@ class _Block(layers.Layer):
     return x if cache is None else (x, cache)
 
 
-def step_functions(model, batch=None):
-  """`(prefill, decode)`: `model.step` as `tf.function`s with named inputs
-  (`token_ids`, `positions`, `cache_index`, `kv_cache_<i>`) and outputs
-  (`logits`, `kv_cache_<i>`), to export as signatures. `decode` takes one
-  token per row. `batch`: a static batch size (LiteRT runs static shapes
-  faster: 1 on a phone), or None for any."""
-  caches = [tf.TensorSpec(model.cache_shape(batch), tf.float32, name=f"kv_cache_{i}")
-            for i in range(model.num_layers)]
-
-  def step(token_ids, positions, cache_index, *caches):
-    logits, caches = model.step(token_ids, positions, cache_index, list(caches))
-    return {"logits": logits,
-            **{f"kv_cache_{i}": cache for i, cache in enumerate(caches)}}
-
-  def specs(length):
-    return [tf.TensorSpec([batch, length], tf.int32, name="token_ids"),
-            tf.TensorSpec([batch, length], tf.int32, name="positions"),
-            tf.TensorSpec([], tf.int32, name="cache_index")] + caches
-
-  return (tf.function(step, input_signature=specs(None)),
-          tf.function(step, input_signature=specs(1)))
-
-
 def save_for_litert(model, directory):
   """Saves `prefill` and `decode` for one sequence (batch 1, static shapes
   but the prompt length) as a SavedModel to convert to TFLite: the same
@@ -165,7 +143,7 @@ def save_for_litert(model, directory):
   decode step 7-11% faster (D=512, 4 blocks, 384 slots)."""
   module = tf.Module()
   module.model = model
-  prefill, decode = step_functions(model, batch=1)
+  prefill, decode = decoder_serving.step_functions(model, batch=1)
   tf.saved_model.save(module, directory,
                       signatures={"prefill": prefill, "decode": decode})
 

@@ -45,6 +45,9 @@ PREFILL_LENGTHS = (16, 64, 256)
 # What `save_decoder` records for `tf_mha_convert_litertlm`'s defaults, in
 # the SavedModel's assets.extra/.
 RECORD_FILE = os.path.join("assets.extra", "tf_mha_litertlm.json")
+# Where a TF Serving export keeps its LiteRT-LM SavedModel (the KerasHub
+# export's), inside the version directory.
+NESTED_DIR = os.path.join("assets.extra", "litertlm")
 TOKENS, POSITIONS, LOGITS = "tokens", "input_pos", "logits"
 DECODE, PREFILL = "decode", "prefill"
 
@@ -136,6 +139,13 @@ def save_decoder(model, directory, *, prefill_lengths=PREFILL_LENGTHS,
   with open(os.path.join(directory, RECORD_FILE), "w") as f:
     json.dump(record, f, indent=1)
   return directory
+
+
+def litertlm_saved_model(saved_model_dir):
+  """The SavedModel with LiteRT-LM's signatures: `saved_model_dir` itself,
+  or the one a TF Serving export nests in `NESTED_DIR`."""
+  nested = os.path.join(saved_model_dir, NESTED_DIR)
+  return nested if os.path.isfile(os.path.join(nested, "saved_model.pb")) else saved_model_dir
 
 
 def recorded(saved_model_dir):

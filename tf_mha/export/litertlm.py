@@ -83,7 +83,7 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
 
   Args:
     saved_model_dir: a SavedModel with LiteRT-LM's signatures
-      (`decoder_signatures`).
+      (`decoder_signatures`), or a TF Serving export nesting one.
     output_file: the `.litertlm` file to write (only after the check passes).
     tokenizer: a SentencePiece `.model` or a Hugging Face `tokenizer.json`.
     quantize: one of `QUANTIZATIONS`; "int4": int4 weights (channelwise) and
@@ -109,6 +109,7 @@ def convert(saved_model_dir, output_file, *, tokenizer=None, quantize="none",
     raise ValueError(f"`quantize` must be one of {list(QUANTIZATIONS)}. "
                      f"Received: quantize={quantize!r}")
   tflite.check_output_file(output_file)
+  saved_model_dir = protocol.litertlm_saved_model(saved_model_dir)
   record = protocol.recorded(saved_model_dir) if os.path.isdir(saved_model_dir) else {}
   tokenizer = tokenizer if tokenizer is not None else record.get("tokenizer")
   if not tokenizer:

@@ -19,20 +19,31 @@ from tf_mha import ops
 from tf_mha.ops import checks
 
 
-def config(max_wavelength, scaling_factor):
-  """The checked `(max_wavelength, scaling_factor)`, or None (no rotary)."""
+def config(max_wavelength, scaling_factor, llama3_scaling=None):
+  """The checked `(max_wavelength, scaling_factor, llama3_scaling)`, or None
+  (no rotary)."""
   if max_wavelength is None:
+    if llama3_scaling is not None:
+      raise ValueError("`rope_llama3_scaling` needs `rope_max_wavelength`.")
     return None
+  if llama3_scaling is not None:
+    llama3_scaling = tuple(llama3_scaling)
+    ops.rotary_embedding(tf.zeros([1, 1, 2]), [0], max_wavelength, 1.0,
+                         llama3_scaling)  # checks it, naming the argument
   return (checks.positive_number("rope_max_wavelength", max_wavelength),
-          checks.positive_number("rope_scaling_factor", scaling_factor))
+          checks.positive_number("rope_scaling_factor", scaling_factor),
+          llama3_scaling)
 
 
 def config_entries(layer):
   """The layer's rotary `get_config` entries (none without rotary)."""
   if layer._rope is None:
     return {}
-  return {"rope_max_wavelength": layer._rope[0],
-          "rope_scaling_factor": layer._rope[1]}
+  entries = {"rope_max_wavelength": layer._rope[0],
+             "rope_scaling_factor": layer._rope[1]}
+  if layer._rope[2] is not None:
+    entries["rope_llama3_scaling"] = list(layer._rope[2])
+  return entries
 
 
 def rotate(layer, x, positions, start=None):

@@ -66,6 +66,9 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
     rope_max_wavelength, rope_scaling_factor: rotary position embeddings on
       the queries and keys, before a cache write (KerasHub's Llama
       attention; `tf_mha.rotary_embedding`); `None`: none.
+    rope_llama3_scaling: None, or Llama 3.1's rotary frequency scaling
+      `(factor, low_freq_factor, high_freq_factor, pretraining_length)`
+      (`tf_mha.rotary_embedding`'s `llama3_scaling`).
     **kwargs: base `Layer` arguments.
 
   Call arguments:
@@ -109,6 +112,7 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
                seed=None,
                rope_max_wavelength=None,
                rope_scaling_factor=1.0,
+               rope_llama3_scaling=None,
                **kwargs):
     num_query_heads = checks.positive_int("num_query_heads", num_query_heads)
     num_key_value_heads = checks.positive_int("num_key_value_heads",
@@ -130,6 +134,8 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
         rope_max_wavelength=rope_max_wavelength,
         rope_scaling_factor=rope_scaling_factor, **kwargs)
     self._num_key_value_heads = num_key_value_heads
+    self._rope = _rotary.config(rope_max_wavelength, rope_scaling_factor,
+                                rope_llama3_scaling)
 
   head_dim = _subclassing.Alias("_key_dim")
   num_query_heads = _subclassing.Alias("_num_heads")

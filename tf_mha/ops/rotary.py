@@ -8,15 +8,19 @@ between `T` and `H`.
 
 The pairs are the two halves of the features (`x[..., i]` with
 `x[..., i + H / 2]`), KerasHub's `RotaryEmbedding` and Hugging Face's
-Llama convention, with frequencies `max_wavelength ** (-2i / H)`.
+Llama convention, with frequencies `max_wavelength ** (-2i / H)`
+(Llama 3.1 rescales the low ones: `llama3_scaling`).
 """
+
+import math
 
 import tensorflow as tf
 
 from tf_mha.ops import checks
 
 
-def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
+def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0,
+                     llama3_scaling=None):
   """`x` `[B, T, ..., H]` with each token rotated by its position.
 
   Args:
@@ -26,13 +30,19 @@ def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
       first token) and packed rows (`segment_positions`) work.
     max_wavelength: the longest wavelength (10000 in RoFormer and Llama).
     scaling_factor: positions are divided by it (linear RoPE scaling).
+    llama3_scaling: None, or Llama 3.1's frequency scaling `(factor,
+      low_freq_factor, high_freq_factor, pretraining_length)`: wavelengths
+      longer than `pretraining_length / low_freq_factor` are stretched by
+      `factor`, those shorter than `pretraining_length / high_freq_factor`
+      kept, and those between interpolated (KerasHub's
+      `LlamaRotaryEmbedding`, Hugging Face's "llama3" rope type).
 
   Returns:
     `x`'s shape and dtype; computed in float32 (float64 for float64 `x`).
 
   Raises:
     ValueError: `H` is odd or unknown, `x` has rank below 3, or
-      `max_wavelength` / `scaling_factor` is not positive.
+      `max_wavelength` / `scaling_factor` / `llama3_scaling` is not valid.
   """
   x = checks.tensor("x", x)
   size = x.shape[-1]
@@ -48,10 +58,40 @@ def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
   positions = tf.reshape(
       tf.broadcast_to(tf.convert_to_tensor(positions), tf.shape(x)[:2]),
       tf.concat([tf.shape(x)[:2], tf.ones([x.shape.rank - 2], tf.int32)], 0))
-  frequencies = tf.constant(max_wavelength, dtype) ** (
-      -tf.range(0, size, 2, dtype=dtype) / size) / scaling_factor  # [H / 2]
+  frequencies = tf.constant(
+      [f / scaling_factor
+       for f in _frequencies(size, max_wavelength, llama3_scaling)],
+      dtype)  # [H / 2]
   angles = tf.cast(positions, dtype) * frequencies  # [B, T, 1, ..., H / 2]
   cos, sin = tf.cos(angles), tf.sin(angles)
   first, second = tf.split(tf.cast(x, dtype), 2, axis=-1)
   rotated = tf.concat([first * cos - second * sin, second * cos + first * sin], -1)
   return tf.cast(rotated, x.dtype)
+
+
+def _frequencies(size, max_wavelength, llama3_scaling):
+  """The `H / 2` rotation frequencies, as Python floats (float64)."""
+  out = [max_wavelength ** (-i / size) for i in range(0, size, 2)]
+  if llama3_scaling is None:
+    return out
+  if len(llama3_scaling) != 4:
+    raise ValueError("`llama3_scaling` must be (factor, low_freq_factor, "
+                     "high_freq_factor, pretraining_length). Received: "
+                     f"llama3_scaling={llama3_scaling!r}")
+  factor, low, high, length = (
+      checks.positive_number(f"llama3_scaling[{i}]", v)
+      for i, v in enumerate(llama3_scaling))
+  if high <= low:
+    raise ValueError("`llama3_scaling` needs high_freq_factor > low_freq_factor."
+                     f" Received: llama3_scaling={tuple(llama3_scaling)}")
+  scaled = []
+  for frequency in out:
+    wavelength = 2 * math.pi / frequency
+    if wavelength < length / high:  # short wavelengths: unchanged
+      scaled.append(frequency)
+    elif wavelength > length / low:  # long ones: stretched
+      scaled.append(frequency / factor)
+    else:  # between: interpolated
+      smooth = (length / wavelength - low) / (high - low)
+      scaled.append((1 - smooth) * frequency / factor + smooth * frequency)
+  return scaled

@@ -1,0 +1,188 @@
+"""The decoder-only Transformer of KerasHub's Llama, Mistral and Qwen2, on
+tf_mha's layers.
+
+Shapes: `B` batch, `T` tokens, `L` new tokens of a step, `S` cache slots
+(`max_length`), `N` query heads, `K` key/value heads, `H` head size, `D`
+model size, `F` feed-forward size, `V` vocabulary.
+
+One block serves the three families (`DecoderConfig` says how they differ):
+RMSNorm in float32, `tf_mha.GroupedQueryAttention` (causal, rotary on
+queries and keys, grouped keys and values never repeated, a sliding window
+inside the op), RMSNorm, SwiGLU; a final RMSNorm and an output tied to the
+token embedding or its own. The model offers the step interface
+(`tf_mha.export.decoder_signatures`), so it exports for TF Serving
+(`tf_mha.export.decoder_serving`) and LiteRT-LM as the demo decoder does.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+import tf_keras
+
+import tf_mha
+
+layers = tf_keras.layers
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """What a Llama, Mistral or Qwen2 decoder is made of."""
+  family: str  # "llama", "mistral" or "qwen2"
+  vocabulary_size: int
+  num_layers: int
+  hidden_dim: int  # D
+  num_query_heads: int  # N
+  num_key_value_heads: int  # K
+  head_dim: int  # H
+  intermediate_dim: int  # F
+  layer_norm_epsilon: float = 1e-6
+  rope_max_wavelength: float = 10000.0
+  rope_scaling_factor: float = 1.0
+  rope_llama3_scaling: Optional[Tuple[float, float, float, float]] = None
+  sliding_window: Optional[int] = None  # keys within `window - 1` positions
+  attention_bias: bool = False  # biases on the query, key and value
+  tie_word_embeddings: bool = False
+
+
+class RMSNorm(layers.Layer):
+  """`x / rms(x) * scale`, computed in float32 (KerasHub's Llama norm)."""
+
+  def __init__(self, epsilon=1e-6, **kwargs):
+    super().__init__(**kwargs)
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    self.scale = self.add_weight("scale", shape=[input_shape[-1]],
+                                 initializer="ones")
+    super().build(input_shape)
+
+  def call(self, x):
+    x32 = tf.cast(x, tf.float32)
+    x32 *= tf.math.rsqrt(tf.reduce_mean(tf.square(x32), -1, keepdims=True) +
+                         self.epsilon)
+    return tf.cast(x32 * self.scale, x.dtype)
+
+
+class CausalLM(tf_keras.Model):
+  """Token ids `[B, T]` -> next-token logits `[B, T, V]`, and the step
+  interface over caches of `max_length` slots.
+
+  >>> config = DecoderConfig("llama", vocabulary_size=11, num_layers=1,
+  ...                        hidden_dim=8, num_query_heads=2,
+  ...                        num_key_value_heads=1, head_dim=4,
+  ...                        intermediate_dim=16)
+  >>> CausalLM(config, max_length=8)(tf.constant([[2, 5, 6]])).shape.as_list()
+  [1, 3, 11]
+  """
+
+  def __init__(self, config, max_length, **kwargs):
+    super().__init__(**kwargs)
+    self.config, self.max_length = config, int(max_length)
+    self.num_layers = config.num_layers
+    self.embed = layers.Embedding(config.vocabulary_size, config.hidden_dim,
+                                  name="token_embedding")
+    self.blocks = [_Block(config, name=f"block_{i}")
+                   for i in range(config.num_layers)]
+    self.final_norm = RMSNorm(config.layer_norm_epsilon, name="final_norm")
+    self.embed.build([None])
+    self.final_norm.build([None, None, config.hidden_dim])
+    if not config.tie_word_embeddings:
+      self.output_kernel = self.add_weight(
+          "output_kernel", shape=[config.hidden_dim, config.vocabulary_size])
+
+  def cache_shape(self, batch=None):
+    """One layer's cache: `[B, 2, S, K, H]`."""
+    return [batch, 2, self.max_length, self.config.num_key_value_heads,
+            self.config.head_dim]
+
+  def call(self, token_ids):
+    x = self.embed(tf.convert_to_tensor(token_ids))
+    for block in self.blocks:  # rotary positions: arange(T)
+      x = block(x)
+    return self._logits(x)
+
+  def step(self, token_ids, positions, cache_index, caches):
+    """Runs `L` new tokens through the caches.
+
+    Args:
+      token_ids: `[B, L]` int32.
+      positions: `[B, L]` int32, each token's position in its row's sequence
+        (`cache_index + arange(L)` when nothing is padded); row `b`'s
+        sequence starts at slot `cache_index - positions[b, 0]` and the
+        slots before it (left padding) are masked out.
+      cache_index: int32 scalar, the slot of the first new token.
+      caches: one per layer, `[B, 2, S, K, H]` or a pair of `[B, S, K, H]`.
+
+    Returns:
+      `(logits [B, L, V], caches)`, the caches with the new keys and values.
+    """
+    cache_index = tf.cast(cache_index, tf.int32)
+    start = cache_index - tf.cast(positions[:, :1], tf.int32)  # [B, 1]
+    in_sequence = tf.range(self.max_length)[None] >= start  # [B, S]
+    x = self.embed(token_ids)
+    updated = []
+    for block, cache in zip(self.blocks, caches):
+      x, cache = block(x, cache=cache, cache_index=cache_index,
+                       value_mask=in_sequence, positions=positions)
+      updated.append(cache)
+    return self._logits(x), updated
+
+  def _logits(self, x):
+    x = self.final_norm(x)
+    if self.config.tie_word_embeddings:
+      return tf.einsum("btd,vd->btv", x, self.embed.embeddings)
+    return tf.einsum("btd,dv->btv", x, self.output_kernel)
+
+  def get_config(self):
+    return {"config": dataclasses.asdict(self.config),
+            "max_length": self.max_length, "name": self.name}
+
+  @classmethod
+  def from_config(cls, config):
+    decoder = dict(config.pop("config"))
+    if decoder.get("rope_llama3_scaling") is not None:
+      decoder["rope_llama3_scaling"] = tuple(decoder["rope_llama3_scaling"])
+    return cls(DecoderConfig(**decoder), **config)
+
+
+class _Block(layers.Layer):
+  """Pre-norm block: causal grouped-query self-attention, then SwiGLU."""
+
+  def __init__(self, config, **kwargs):
+    super().__init__(**kwargs)
+    self.attention_norm = RMSNorm(config.layer_norm_epsilon, name="attention_norm")
+    self.attention = tf_mha.GroupedQueryAttention(
+        head_dim=config.head_dim, num_query_heads=config.num_query_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        use_bias=config.attention_bias, sliding_window=config.sliding_window,
+        flash_attention=False, rope_max_wavelength=config.rope_max_wavelength,
+        rope_scaling_factor=config.rope_scaling_factor,
+        rope_llama3_scaling=config.rope_llama3_scaling, name="attention")
+    self.feedforward_norm = RMSNorm(config.layer_norm_epsilon,
+                                    name="feedforward_norm")
+    dense = lambda size, name: layers.Dense(size, use_bias=False, name=name)
+    self.gate = dense(config.intermediate_dim, "gate")
+    self.up = dense(config.intermediate_dim, "up")
+    self.down = dense(config.hidden_dim, "down")
+    shape = [None, None, config.hidden_dim]
+    self.attention._build_from_signature(shape, shape)
+    for layer, size in ((self.attention_norm, config.hidden_dim),
+                        (self.feedforward_norm, config.hidden_dim),
+                        (self.gate, config.hidden_dim),
+                        (self.up, config.hidden_dim),
+                        (self.down, config.intermediate_dim)):
+      layer.build([None, None, size])
+
+  def call(self, x, cache=None, cache_index=None, value_mask=None,
+           positions=None):
+    h = self.attention_norm(x)
+    if cache is None:
+      h = self.attention(h, h, use_causal_mask=True, positions=positions)
+    else:
+      h, cache = self.attention(h, h, cache=cache, cache_update_index=cache_index,
+                                value_mask=value_mask, positions=positions)
+    x = x + h
+    h = self.feedforward_norm(x)
+    x = x + self.down(tf.nn.silu(self.gate(h)) * self.up(h))
+    return x if cache is None else (x, cache)
