@@ -89,6 +89,7 @@ def load(preset, max_length=None):
   config = read_config(backbone)
   model = transformer.CausalLM(config, max_length, name=config.family)
   copy_weights(backbone, model)
+  model(tf.zeros([1, 1], tf.int32))  # built with an input shape: it saves
   return Preset(model, tokenizer, start_id, int(tokenizer.end_token_id), name)
 
 
@@ -109,6 +110,11 @@ def _causal_lm(preset):
     name = json.load(f).get("class_name")
   if name not in FAMILIES:
     raise PresetError(_unsupported(name))
+  present = set(os.listdir(preset))
+  for needed in (("model.weights.h5", "model.weights.json"), ("tokenizer.json",)):
+    if not present & set(needed):
+      raise PresetError(f"The preset directory {preset!r} is missing a file: "
+                        f"{' or '.join(needed)}.")
   os.environ.setdefault("KERAS_BACKEND", "tensorflow")
   import keras_hub  # pylint: disable=g-import-not-at-top
   try:
@@ -117,8 +123,9 @@ def _causal_lm(preset):
     raise PresetError(f"The preset directory {preset!r} is missing a file: "
                       f"{e}") from e
   except ValueError as e:  # Keras' message for a variable's shape
+    first = str(e).strip().splitlines()[0][:300]
     raise PresetError(f"The preset {preset!r} could not be loaded: its "
-                      f"weights do not match its config.json ({e})") from e
+                      f"weights do not match its config ({first})") from e
 
 
 def _unsupported(name):

@@ -1,0 +1,250 @@
+"""KerasHub's Llama, Mistral and Qwen2 on tf_mha, against KerasHub itself on
+the same weights: presets made with random weights, saved and reloaded."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from tf_mha.export import keras_hub_export
+from tf_mha.export import litertlm
+from tf_mha.models import keras_hub
+from tf_mha.models import random_presets
+
+# name -> (family, backbone arguments): every option each family reads.
+PRESETS = {
+    "llama": ("llama", {}),
+    "llama31_rope": ("llama", dict(
+        rope_frequency_adjustment_factor=8.0, rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0, rope_pretraining_sequence_length=16,
+        rope_max_wavelength=500000)),
+    "llama3_bpe": ("llama3", {}),
+    "mistral_window": ("mistral", dict(sliding_window=5, head_dim=16)),
+    "qwen2": ("qwen2", dict(rope_scaling_factor=2.0)),
+    "qwen2_window_untied": ("qwen2", dict(
+        use_sliding_window_attention=True, sliding_window_size=4,
+        tie_word_embeddings=False)),
+}
+PROMPTS = ["the cat sat on", "a dog", "the quick brown fox jumps over the lazy"]
+MAX_LENGTH = 40
+NEW_TOKENS = 10
+_DIR = None
+
+
+def setUpModule():
+  global _DIR
+  _DIR = tempfile.mkdtemp()
+
+
+def tearDownModule():
+  shutil.rmtree(_DIR, ignore_errors=True)
+
+
+def preset_dir(name):
+  """The preset's directory, saved once per run."""
+  path = os.path.join(_DIR, "presets", name)
+  if not os.path.isdir(path):
+    family, kwargs = PRESETS[name]
+    random_presets.save(family, path, seed=len(name), **kwargs)
+  return path
+
+
+def keras_hub_greedy(causal_lm, prompts, new_tokens):
+  """KerasHub's compiled greedy `generate` -> each row's new token ids
+  (up to and including the end token). Where `generate` fails on TF (Qwen's
+  sliding window: keras-hub's mask takes a tensor as a Python bool), the
+  backbone's logits over the whole sequence pick each token."""
+  causal_lm.compile(sampler="greedy")
+  preprocessor = causal_lm.preprocessor
+  inputs = preprocessor.generate_preprocess(prompts, sequence_length=MAX_LENGTH)
+  lengths = np.sum(np.asarray(inputs["padding_mask"]), 1)
+  end = preprocessor.tokenizer.end_token_id
+  causal_lm.preprocessor = None
+  try:
+    out = np.asarray(causal_lm.generate(
+        inputs, max_length=int(lengths.max()) + new_tokens,
+        stop_token_ids=[end])["token_ids"])
+  except tf.errors.OperatorNotAllowedInGraphError:
+    out = _forward_greedy(causal_lm.backbone, np.asarray(inputs["token_ids"]),
+                          lengths, new_tokens)
+  finally:
+    causal_lm.preprocessor = preprocessor
+  rows = []
+  for row, length in zip(out, lengths):
+    new = list(row[length:length + new_tokens])
+    rows.append(new[:new.index(end) + 1] if end in new else new)
+  return rows
+
+
+def _forward_greedy(backbone, ids, lengths, new_tokens):
+  out = ids.copy()
+  for row, length in enumerate(lengths):
+    for t in range(length, length + new_tokens):
+      x = out[row:row + 1, :t]
+      logits = backbone.token_embedding(backbone(
+          {"token_ids": x, "padding_mask": np.ones_like(x)}), reverse=True)
+      out[row, t] = int(np.argmax(np.asarray(logits)[0, -1]))
+  return out
+
+
+class FamilyTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*[(name, name) for name in PRESETS])
+  def test_logits_and_greedy_tokens_equal_keras_hub(self, name):
+    import keras_hub as hub  # pylint: disable=g-import-not-at-top
+    theirs = hub.models.CausalLM.from_preset(preset_dir(name))
+    ours = keras_hub.load(preset_dir(name), MAX_LENGTH)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(3, ours.model.config.vocabulary_size - 8, [2, 14]).astype(np.int32)
+    expected = np.asarray(theirs.backbone.token_embedding(
+        theirs.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
+        reverse=True))  # [B, T, V]
+    np.testing.assert_allclose(ours.model(ids).numpy(), expected, atol=1e-4)
+    # A prompt of 6 tokens, then one cached step per token: past the
+    # sliding windows (4 and 5).
+    caches = [tf.zeros(ours.model.cache_shape(2))] * ours.model.num_layers
+    positions = tf.range(6)[None] + tf.zeros([2, 1], tf.int32)
+    logits, caches = ours.model.step(ids[:, :6], positions, 0, caches)
+    np.testing.assert_allclose(logits.numpy(), expected[:, :6], atol=1e-4)
+    for t in range(6, 14):
+      logits, caches = ours.model.step(ids[:, t:t + 1], tf.fill([2, 1], t), t, caches)
+      np.testing.assert_allclose(logits.numpy()[:, 0], expected[:, t], atol=1e-4,
+                                 err_msg=f"cached step at position {t}")
+    module = keras_hub_export.serving_module(ours)
+    out = module.generate(tf.constant(PROMPTS), tf.constant(NEW_TOKENS))
+    expected_tokens = keras_hub_greedy(theirs, PROMPTS, NEW_TOKENS)
+    for row, tokens in enumerate(expected_tokens):
+      got = out["token_ids"].numpy()[row]
+      self.assertEqual(list(got[:len(tokens)]), tokens, f"row {row}")
+      self.assertEqual(out["num_tokens"].numpy()[row],
+                       len(tokens) - (tokens[-1] == ours.end_id))
+    self.assertEqual(set(out["status"].numpy()), {b"ok"})
+
+  def test_start_token_is_the_preprocessors(self):
+    self.assertEqual(keras_hub.load(preset_dir("llama")).start_id, 1)
+    self.assertIsNone(keras_hub.load(preset_dir("qwen2")).start_id)
+    qwen = keras_hub.load(preset_dir("qwen2"))
+    self.assertEqual(qwen.end_id, qwen.tokenizer.token_to_id("<|endoftext|>"))
+
+  def test_causal_lm_in_memory(self):
+    causal_lm = random_presets.causal_lm("qwen2", seed=3)
+    ours = keras_hub.load(causal_lm, 16)
+    ids = np.array([[5, 9, 30, 2]], np.int32)
+    expected = causal_lm.backbone.token_embedding(
+        causal_lm.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
+        reverse=True)
+    np.testing.assert_allclose(ours.model(ids).numpy(), np.asarray(expected),
+                               atol=1e-4)
+    self.assertEqual(ours.model.max_length, 16)
+
+  def test_bpe_tokenizer_json_tokenizes_as_keras_hub(self):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    preset = keras_hub.load(preset_dir("qwen2"))
+    path = keras_hub.tokenizer_file(preset.tokenizer, _DIR)
+    hf = tokenizers.Tokenizer.from_file(path)
+    texts = ["the cat sat", "  two  spaces", "tabs\tand\nlines", "Héllo wörld!",
+             "numbers 12345 and 3.14", "it's don't we'll", "<|endoftext|> end",
+             "emoji 🙂 ok", "trailing space "]
+    for text in texts:
+      self.assertEqual(hf.encode(text).ids,
+                       list(np.asarray(preset.tokenizer(text))), text)
+
+
+class ExportTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(("llama", "llama"), ("qwen2", "qwen2"))
+  def test_saved_model_in_a_clean_process_and_litertlm(self, name):
+    import keras_hub as hub  # pylint: disable=g-import-not-at-top
+    output = os.path.join(_DIR, "exports")
+    export = keras_hub_export.export_preset(
+        preset_dir(name), output_dir=output, model_name=name, max_length=MAX_LENGTH,
+        prefill_lengths=(8, 32))
+    theirs = hub.models.CausalLM.from_preset(preset_dir(name))
+    expected = keras_hub_greedy(theirs, PROMPTS, NEW_TOKENS)
+    end = export.preset.end_id
+    detokenize = tf.function(theirs.preprocessor.tokenizer.detokenize)
+    texts = [detokenize(tf.constant([t for t in tokens if t != end], tf.int32)
+                        ).numpy() for tokens in expected]  # bytes: a token may
+    # end mid-character, so the texts are compared as bytes
+    script = ("import sys, tensorflow as tf, tensorflow_text\n"
+              "loaded = tf.saved_model.load(sys.argv[1])\n"
+              "out = loaded.signatures['serving_default'](prompt=tf.constant("
+              "sys.argv[2:]), max_new_tokens=tf.constant(%d))\n"
+              "print('\\n'.join(repr(t) for t in out['text'].numpy()))\n"
+              "print(sorted(m for m in sys.modules if m.startswith('keras')))\n"
+              % NEW_TOKENS)
+    run = subprocess.run([sys.executable, "-c", script, export.path, *PROMPTS],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = run.stdout.strip().split("\n")
+    self.assertEqual(lines[:len(PROMPTS)], [repr(t) for t in texts])
+    self.assertNotIn("keras_hub", lines[-1])
+    # The .litertlm from the version directory alone: `convert` checks the
+    # runtime's text against the SavedModel's own loop; here also against
+    # KerasHub's tokens.
+    path = os.path.join(_DIR, f"{name}.litertlm")
+    conversion = litertlm.convert(export.path, path, prompt=PROMPTS[0])
+    self.assertTrue(os.path.isfile(path))
+    from tf_mha.export import litertlm_file  # pylint: disable=g-import-not-at-top
+    with litertlm_file.engine(path) as engine:
+      got = litertlm_file.run_greedy(engine, PROMPTS[0], NEW_TOKENS).text
+    self.assertEqual(got.strip(), texts[0].decode("utf-8", "replace").strip(),
+                     conversion)
+
+
+class BadInputTest(parameterized.TestCase):
+
+  def _copy(self, name):
+    path = os.path.join(tempfile.mkdtemp(dir=_DIR), name)
+    shutil.copytree(preset_dir(name), path)
+    return path
+
+  def test_unsupported_architecture(self):
+    path = self._copy("llama")
+    config = os.path.join(path, "config.json")
+    with open(config) as f:
+      text = f.read().replace("LlamaBackbone", "GPT2Backbone")
+    with open(config, "w") as f:
+      f.write(text)
+    with self.assertRaisesRegex(keras_hub.PresetError,
+                                "GPT2Backbone.*Supported.*LlamaBackbone.*QwenBackbone"):
+      keras_hub.load(path)
+
+  def test_missing_file(self):
+    path = self._copy("llama")
+    os.remove(os.path.join(path, "model.weights.h5"))
+    with self.assertRaisesRegex(keras_hub.PresetError, "missing a file.*model.weights.h5"):
+      keras_hub.load(path)
+
+  def test_weights_do_not_match_config(self):
+    path = self._copy("qwen2")
+    for name in ("config.json", "task.json"):  # KerasHub reads task.json's
+      with open(os.path.join(path, name)) as f:
+        text = f.read().replace('"intermediate_dim": 64', '"intermediate_dim": 48')
+      with open(os.path.join(path, name), "w") as f:
+        f.write(text)
+    with self.assertRaisesRegex(keras_hub.PresetError, "do not match"):
+      keras_hub.load(path)
+
+  def test_max_length_too_short(self):
+    with self.assertRaisesRegex(keras_hub.PresetError, "max_length.*at least 3"):
+      keras_hub.load(preset_dir("llama"), max_length=2)
+    with self.assertRaisesRegex(keras_hub.PresetError, "max_length.*at least 2"):
+      keras_hub.load(preset_dir("qwen2"), max_length=1)
+
+  def test_not_a_preset(self):
+    with self.assertRaisesRegex(keras_hub.PresetError, "not a directory"):
+      keras_hub.load(os.path.join(_DIR, "nowhere"))
+    with self.assertRaisesRegex(keras_hub.PresetError, "config.json"):
+      keras_hub.load(tempfile.mkdtemp(dir=_DIR))
+
+
+if __name__ == "__main__":
+  tf.test.main()
