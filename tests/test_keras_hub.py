@@ -199,6 +199,51 @@ class ExportTest(parameterized.TestCase):
                      conversion)
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _command(module, *flags):
+  return subprocess.run([sys.executable, "-m", f"tools.{module}", *flags],
+                        capture_output=True, text=True, cwd=_REPO,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+class CommandTest(parameterized.TestCase):
+
+  def test_export_then_convert_with_no_other_flag(self):
+    output = os.path.join(_DIR, "cli")
+    export = _command("export_saved_model", f"--keras_hub_preset={preset_dir('mistral_window')}",
+                      f"--output_dir={output}", "--max_length=24")
+    self.assertEqual(export.returncode, 0, export.stderr[-3000:])
+    version = os.path.join(output, "mistral_window", "1")
+    self.assertIn(version, export.stdout)
+    self.assertTrue(os.path.isfile(os.path.join(version, "assets.extra",
+                                                "tf_serving_warmup_requests")))
+    path = os.path.join(_DIR, "mistral.litertlm")
+    convert = _command("convert_litertlm", f"--saved_model_dir={version}",
+                       f"--output_file={path}")
+    self.assertEqual(convert.returncode, 0, convert.stderr[-3000:])
+    self.assertTrue(os.path.isfile(path))
+
+  def test_refused_preset_writes_nothing(self):
+    path = os.path.join(tempfile.mkdtemp(dir=_DIR), "gemma")
+    shutil.copytree(preset_dir("llama"), path)
+    config = os.path.join(path, "config.json")
+    with open(config) as f:
+      text = f.read().replace("LlamaBackbone", "Gemma3Backbone")
+    with open(config, "w") as f:
+      f.write(text)
+    output = os.path.join(_DIR, "refused")
+    for flags in ([f"--keras_hub_preset={path}"],
+                  [f"--keras_hub_preset={preset_dir('llama')}", "--max_length=2"]):
+      result = _command("export_saved_model", *flags, f"--output_dir={output}")
+      self.assertEqual(result.returncode, 1, result.stderr[-2000:])
+      self.assertRegex(result.stderr, "Refused: .*(Gemma3Backbone|max_length)")
+      self.assertNotIn("Traceback", result.stderr)
+      self.assertFalse(os.path.exists(output) and any(
+          files for _, _, files in os.walk(output)))
+
+
 class BadInputTest(parameterized.TestCase):
 
   def _copy(self, name):

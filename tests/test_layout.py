@@ -35,6 +35,7 @@ _LEVELS = {
     "generation": 2,
     "data": 2,
     "tf_mha": 2,  # `import tf_mha`, `from tf_mha import generation`
+    "models": 3,  # KerasHub's decoders on the layers; export serves them
     "export": 3,
     "training": 3,
     "demo": 4,

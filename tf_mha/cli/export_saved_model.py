@@ -8,7 +8,11 @@ TensorFlow's own logs are hidden unless --verbosity is given.
   python -m tools.export_saved_model                      # the demos
   python -m tools.export_saved_model --keras_model=m.keras --model_name=mine \
       --sample_data=sample.npz     # your own model (tf_keras or Keras 3)
+  python -m tools.export_saved_model --keras_hub_preset=my_llama \
+      --model_name=my_llama        # a KerasHub Llama, Mistral or Qwen2
 """
+
+import os
 
 from absl import app
 from absl import flags
@@ -20,7 +24,8 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "TF Serving base directory; the export goes to <output_dir>/<model_name>/<version>/.")
 _MODEL_NAME = flags.DEFINE_string(
     "model_name", "tf_mha_demo",
-    "Directory name of the classifier (or --keras_model) under --output_dir.")
+    "Directory name of the classifier (or --keras_model) under --output_dir; "
+    "with --keras_hub_preset, default the preset directory's name.")
 _GENERATOR_NAME = flags.DEFINE_string(
     "generator_name", "tf_mha_generator",
     "Directory name of the generator demo under --output_dir.")
@@ -35,6 +40,16 @@ _KERAS_MODEL = flags.DEFINE_string(
     "keras_model", None,
     "Export this saved Keras model (.keras, .h5 or SavedModel directory) "
     "instead of training the demo.")
+_KERAS_HUB_PRESET = flags.DEFINE_string(
+    "keras_hub_preset", None,
+    "Export this KerasHub causal LM preset directory (what save_to_preset "
+    "writes: Llama, Llama 3, Mistral, Qwen2) on tf_mha, with a `generate` "
+    "signature and LiteRT-LM's signatures for tf_mha_convert_litertlm.")
+_MAX_LENGTH = flags.DEFINE_integer(
+    "max_length", None,
+    "With --keras_hub_preset: the cache slots (start token, prompt and new "
+    "tokens); default the preset preprocessor's sequence_length. The "
+    ".litertlm carries it as its maximum.")
 _SAMPLE_DATA = flags.DEFINE_string(
     "sample_data", None,
     "With --keras_model: an .npz of arrays named after the model's inputs "
@@ -70,9 +85,9 @@ def main(argv):
   if unknown or not _DEMOS.value:
     raise app.UsageError("`--demos` takes classifier and generator. Received: "
                          f"--demos={','.join(_DEMOS.value)}")
-  for flag in (_SAMPLE_DATA, _IMPORTS, _PATCH_TF_KERAS):
-    if flag.value and not _KERAS_MODEL.value:
-      raise app.UsageError(f"--{flag.name} goes with --keras_model")
+  _check_model_flags()
+  if _KERAS_HUB_PRESET.value:
+    return _export_preset()
   if _MODEL_NAME.value == _GENERATOR_NAME.value and len(_DEMOS.value) > 1:
     raise app.UsageError("`--model_name` and `--generator_name` must differ. "
                          f"Received: both {_MODEL_NAME.value!r}")
@@ -120,6 +135,35 @@ def main(argv):
   except serving.ExportRefused as e:
     return _console.fail(f"Refused: {e}")
   print("\n\n".join("\n".join(report.lines()) for report in reports))
+  return 0
+
+
+def _check_model_flags():
+  """UsageErrors for flags that go with --keras_model or --keras_hub_preset
+  given without it."""
+  for flag in (_SAMPLE_DATA, _IMPORTS, _PATCH_TF_KERAS):
+    if flag.value and not _KERAS_MODEL.value:
+      raise app.UsageError(f"--{flag.name} goes with --keras_model")
+  if _MAX_LENGTH.value is not None and not _KERAS_HUB_PRESET.value:
+    raise app.UsageError("--max_length goes with --keras_hub_preset")
+  if _KERAS_HUB_PRESET.value and _KERAS_MODEL.value:
+    raise app.UsageError("Give --keras_model or --keras_hub_preset, not both")
+
+
+def _export_preset():
+  from tf_mha.export import keras_hub_export
+  from tf_mha.export import serving
+  from tf_mha.models import keras_hub
+  try:
+    exported = keras_hub_export.export_preset(
+        _KERAS_HUB_PRESET.value, output_dir=_OUTPUT_DIR.value,
+        model_name=(_MODEL_NAME.value if _MODEL_NAME.present else
+                    os.path.basename(os.path.normpath(_KERAS_HUB_PRESET.value))),
+        version=_VERSION.value,
+        overwrite=_OVERWRITE.value, max_length=_MAX_LENGTH.value)
+  except (keras_hub.PresetError, serving.ExportRefused) as e:
+    return _console.fail(f"Refused: {e}")
+  print("\n".join(exported.lines()))
   return 0
 
 
