@@ -42,6 +42,9 @@ setuptools.setup(
         # tf_mha.keras3: the Keras versions it is tested with (checked at
         # import, tf_mha/keras3/__init__.py SUPPORTED_KERAS).
         "keras3": ["keras>=3.10,<4"],
+        # tf_mha.models.keras_hub: KerasHub presets (tf_mha_export
+        # --keras_hub_preset), with the version it is tested against.
+        "keras_hub": ["keras>=3.10,<4", "keras-hub>=0.32,<0.33"],
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",

@@ -31,6 +31,15 @@ PRESETS = {
     "qwen2_window_untied": ("qwen2", dict(
         use_sliding_window_attention=True, sliding_window_size=4,
         tie_word_embeddings=False)),
+    # Gemma 3: 7 layers (local 0-4 and 6, global 5), soft-capping on, every
+    # norm; and one with soft-capping and QK norm off, H != D / N.
+    "gemma3_local_capped": ("gemma3", dict(
+        num_layers=7, use_sliding_window_attention=True, sliding_window_size=4,
+        attention_logit_soft_cap=20.0, final_logit_soft_cap=30.0,
+        use_post_ffw_norm=True, use_post_attention_norm=True,
+        global_rope_scaling_factor=8.0)),
+    "gemma3_plain": ("gemma3", dict(
+        head_dim=16, use_query_key_norm=False, query_head_dim_normalize=False)),
 }
 PROMPTS = ["the cat sat on", "a dog", "the quick brown fox jumps over the lazy"]
 MAX_LENGTH = 40
@@ -59,27 +68,31 @@ def preset_dir(name):
 def keras_hub_greedy(causal_lm, prompts, new_tokens):
   """KerasHub's compiled greedy `generate` -> each row's new token ids
   (up to and including the end token). Where `generate` fails on TF (Qwen's
-  sliding window: keras-hub's mask takes a tensor as a Python bool), the
-  backbone's logits over the whole sequence pick each token."""
+  sliding window: keras-hub's mask takes a tensor as a Python bool; Gemma 3
+  without a preprocessor), the backbone's logits over the whole sequence
+  pick each token."""
   causal_lm.compile(sampler="greedy")
   preprocessor = causal_lm.preprocessor
   inputs = preprocessor.generate_preprocess(prompts, sequence_length=MAX_LENGTH)
   lengths = np.sum(np.asarray(inputs["padding_mask"]), 1)
-  end = preprocessor.tokenizer.end_token_id
+  ends = [preprocessor.tokenizer.end_token_id]
+  if "Gemma" in type(causal_lm).__name__:
+    ends.append(preprocessor.tokenizer.token_to_id("<end_of_turn>"))
   causal_lm.preprocessor = None
   try:
     out = np.asarray(causal_lm.generate(
         inputs, max_length=int(lengths.max()) + new_tokens,
-        stop_token_ids=[end])["token_ids"])
-  except tf.errors.OperatorNotAllowedInGraphError:
+        stop_token_ids=ends)["token_ids"])
+  except (tf.errors.OperatorNotAllowedInGraphError, ValueError):
     out = _forward_greedy(causal_lm.backbone, np.asarray(inputs["token_ids"]),
                           lengths, new_tokens)
   finally:
     causal_lm.preprocessor = preprocessor
   rows = []
   for row, length in zip(out, lengths):
-    new = list(row[length:length + new_tokens])
-    rows.append(new[:new.index(end) + 1] if end in new else new)
+    new = [int(t) for t in row[length:length + new_tokens]]
+    stop = [i for i, t in enumerate(new) if t in ends]
+    rows.append(new[:stop[0] + 1] if stop else new)
   return rows
 
 
@@ -124,7 +137,7 @@ class FamilyTest(parameterized.TestCase):
       got = out["token_ids"].numpy()[row]
       self.assertEqual(list(got[:len(tokens)]), tokens, f"row {row}")
       self.assertEqual(out["num_tokens"].numpy()[row],
-                       len(tokens) - (tokens[-1] == ours.end_id))
+                       len(tokens) - (tokens[-1] in ours.stop_ids))
     self.assertEqual(set(out["status"].numpy()), {b"ok"})
 
   def test_start_token_is_the_preprocessors(self):
@@ -159,7 +172,8 @@ class FamilyTest(parameterized.TestCase):
 
 class ExportTest(parameterized.TestCase):
 
-  @parameterized.named_parameters(("llama", "llama"), ("qwen2", "qwen2"))
+  @parameterized.named_parameters(("llama", "llama"), ("qwen2", "qwen2"),
+                                  ("gemma3", "gemma3_local_capped"))
   def test_saved_model_in_a_clean_process_and_litertlm(self, name):
     import keras_hub as hub  # pylint: disable=g-import-not-at-top
     output = os.path.join(_DIR, "exports")
@@ -168,9 +182,9 @@ class ExportTest(parameterized.TestCase):
         prefill_lengths=(8, 32))
     theirs = hub.models.CausalLM.from_preset(preset_dir(name))
     expected = keras_hub_greedy(theirs, PROMPTS, NEW_TOKENS)
-    end = export.preset.end_id
+    stops = export.preset.stop_ids
     detokenize = tf.function(theirs.preprocessor.tokenizer.detokenize)
-    texts = [detokenize(tf.constant([t for t in tokens if t != end], tf.int32)
+    texts = [detokenize(tf.constant([t for t in tokens if t not in stops], tf.int32)
                         ).numpy() for tokens in expected]  # bytes: a token may
     # end mid-character, so the texts are compared as bytes
     script = ("import sys, tensorflow as tf, tensorflow_text\n"
@@ -226,11 +240,11 @@ class CommandTest(parameterized.TestCase):
     self.assertTrue(os.path.isfile(path))
 
   def test_refused_preset_writes_nothing(self):
-    path = os.path.join(tempfile.mkdtemp(dir=_DIR), "gemma")
+    path = os.path.join(tempfile.mkdtemp(dir=_DIR), "gpt2")
     shutil.copytree(preset_dir("llama"), path)
     config = os.path.join(path, "config.json")
     with open(config) as f:
-      text = f.read().replace("LlamaBackbone", "Gemma3Backbone")
+      text = f.read().replace("LlamaBackbone", "GPT2Backbone")
     with open(config, "w") as f:
       f.write(text)
     output = os.path.join(_DIR, "refused")
@@ -238,7 +252,7 @@ class CommandTest(parameterized.TestCase):
                   [f"--keras_hub_preset={preset_dir('llama')}", "--max_length=2"]):
       result = _command("export_saved_model", *flags, f"--output_dir={output}")
       self.assertEqual(result.returncode, 1, result.stderr[-2000:])
-      self.assertRegex(result.stderr, "Refused: .*(Gemma3Backbone|max_length)")
+      self.assertRegex(result.stderr, "Refused: .*(GPT2Backbone|max_length)")
       self.assertNotIn("Traceback", result.stderr)
       self.assertFalse(os.path.exists(output) and any(
           files for _, _, files in os.walk(output)))

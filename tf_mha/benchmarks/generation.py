@@ -70,7 +70,7 @@ def build_decoder(slots, seed=0):
   return model
 
 
-def _best(fn, repeats):
+def best_seconds(fn, repeats):
   fn()
   times = []
   for _ in range(repeats):
@@ -106,8 +106,8 @@ def time_tensorflow(model, prompt_ids, new, repeats=3):
 
   generate = tf.function(lambda ids, m: generation.greedy_generate(
       step, ids, m, model.empty_caches(1))[0], jit_compile=True)
-  prefill_only = _best(lambda: generate(prompt_ids, 1).numpy(), repeats)
-  whole = _best(lambda: generate(prompt_ids, new).numpy(), repeats)
+  prefill_only = best_seconds(lambda: generate(prompt_ids, 1).numpy(), repeats)
+  whole = best_seconds(lambda: generate(prompt_ids, new).numpy(), repeats)
   one_step = tf.function(step, jit_compile=True)
   caches = step(prompt_ids, model.empty_caches(1), 0)[1]
   steps = []
@@ -121,7 +121,7 @@ def time_tensorflow(model, prompt_ids, new, repeats=3):
 
   def uncached_at(length):
     ids = tf.ones([1, length], tf.int32)
-    return _best(lambda: full(ids)[:, -1].numpy(), repeats)
+    return best_seconds(lambda: full(ids)[:, -1].numpy(), repeats)
 
   return Row(TENSORFLOW, prompt / prefill_only,
              (new - 1) / (whole - prefill_only),
@@ -153,7 +153,7 @@ def time_litert(model, prompt_ids, new, quantizations=("none", "dynamic_range"),
 
       def uncached_at(length):
         token_ids = np.ones([1, length], np.int32)
-        return _best(lambda: full_runner(token_ids=token_ids), repeats)
+        return best_seconds(lambda: full_runner(token_ids=token_ids), repeats)
 
       rows.append(Row(
           f"LiteRT, {'float32' if quantize == 'none' else quantize}",
@@ -232,10 +232,7 @@ def time_litertlm(model, prompt_ids, new,
     for quantize in quantizations:
       path = os.path.join(directory, f"{quantize}.litertlm")
       conversion = litertlm.convert(saved, path, quantize=quantize, prompt=text)
-      child = subprocess.run(
-          [sys.executable, "-c", _RUN_LITERTLM, path, text, str(new), str(repeats)],
-          capture_output=True, text=True, check=True)
-      figures = json.loads(child.stdout.strip().splitlines()[-1])
+      figures = run_litertlm_file(path, text, new, repeats)
       rows.append(RuntimeRow(
           f"LiteRT-LM, {'float32' if quantize == 'none' else quantize}",
           conversion.size, figures["prefill"], figures["decode"],
@@ -243,12 +240,22 @@ def time_litertlm(model, prompt_ids, new,
   return rows
 
 
+def run_litertlm_file(path, text, new, repeats):
+  """Runs the `.litertlm` file `path` in LiteRT-LM in a child process:
+  `{prefill, decode}` tokens/s, `first` (seconds to the first token) and
+  `rss` (the process's peak bytes), each the best of `repeats` runs."""
+  child = subprocess.run(
+      [sys.executable, "-c", _RUN_LITERTLM, path, text, str(new), str(repeats)],
+      capture_output=True, text=True, check=True)
+  return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def memory_bandwidth(megabytes=512, repeats=5):
   """Bytes per second this machine reads and writes: the best of copying a
   `megabytes` array into another (each byte read once and written once)."""
   source = np.ones(megabytes * 2**20 // 8)
   target = np.empty_like(source)
-  seconds = _best(lambda: np.copyto(target, source), repeats)
+  seconds = best_seconds(lambda: np.copyto(target, source), repeats)
   return 2 * source.nbytes / seconds
 
 
@@ -276,8 +283,8 @@ def time_keras_hub(prompt_ids, new, repeats=3, seed=0):
     return model.generate({"token_ids": ids, "padding_mask": mask},
                           stop_token_ids=None)
 
-  prefill_only = _best(lambda: generate(1), repeats)
-  whole = _best(lambda: generate(new), repeats)
+  prefill_only = best_seconds(lambda: generate(1), repeats)
+  whole = best_seconds(lambda: generate(new), repeats)
   return Row(KERAS_HUB, prompt.shape[1] / prefill_only,
              (new - 1) / (whole - prefill_only), None, None, None, new / whole)
 

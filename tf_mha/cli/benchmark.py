@@ -49,6 +49,13 @@ _GENERATION = flags.DEFINE_bool(
     "(recomputing the prefix), in TensorFlow with XLA and in LiteRT (float32 "
     "and dynamic-range int8), and KerasHub's LlamaCausalLM.generate of the "
     "same sizes.")
+_KERAS_HUB = flags.DEFINE_bool(
+    "keras_hub", False, "Also time KerasHub's Llama and Qwen2 (D=512, 4 "
+    "blocks, 8/2 heads of 64, F=1536, V=8192, random weights; a 128-token "
+    "prompt then 256 new tokens, batch 1 and 8): KerasHub's compiled "
+    "generate against the same weights in tf_mha's SavedModel generate "
+    "(tf_mha_export --keras_hub_preset) and in LiteRT-LM (float32, "
+    "dynamic-range).")
 _BERT = flags.DEFINE_bool(
     "bert", False, "Also time a training step of Model Garden's BertEncoderV2 "
     "(4 layers, D=512, 8 heads, T=512, B=4, padding mask, jit) on tf_mha's "
@@ -258,6 +265,13 @@ def _generation_lines():
           generation.runtime_table(rows, runtime_rows, bandwidth)]
 
 
+def _keras_hub_lines():
+  from tf_mha.benchmarks import keras_hub  # pylint: disable=g-import-not-at-top
+  rows = keras_hub.run(repeats=max(3, min(_REPEATS.value, 5)),
+                       log=lambda s: print(s, flush=True))
+  return ["", keras_hub.table(rows)]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -278,12 +292,13 @@ def main(argv):
   decode = _decode_lines() if _DECODE.value else []
   generation = _generation_lines() if _GENERATION.value else []
   packed = _packing_lines() if _PACKING.value else []
+  hub = _keras_hub_lines() if _KERAS_HUB.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, self-attention (causal, or BERT's padding mask); "
             "median of interleaved calls (at "
             f"least {_REPEATS.value}, about 1 s per implementation for short "
             "points). Ratios are peer time / tf_mha time.",
-            "", table, *bert, *decode, *generation, *packed, *memory]
+            "", table, *bert, *decode, *generation, *hub, *packed, *memory]
   md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
   with open(md_path, "w") as f:
     f.write("\n".join(report) + "\n")

@@ -74,7 +74,8 @@ class DecoderModule(tf.Module):
       row's tokens first (a start token included), anything after them.
     detokenize: `(token_ids [B, M], num_tokens [B])` -> text `[B]` of each
       row's first `num_tokens` tokens.
-    end_id: the token that ends a row.
+    end_id: the token that ends a row, or a list of them (the first also
+      stops the loop early once every row has made it).
     min_prompt_tokens: a prompt with fewer tokens is an "empty_prompt".
   """
 
@@ -82,7 +83,9 @@ class DecoderModule(tf.Module):
     super().__init__()
     self.model = model
     self._encode, self._detokenize = encode, detokenize
-    self.end_id, self.min_prompt_tokens = int(end_id), int(min_prompt_tokens)
+    self.end_ids = [int(i) for i in (end_id if isinstance(end_id, (list, tuple))
+                                     else [end_id])]
+    self.min_prompt_tokens = int(min_prompt_tokens)
     self.prefill, self.decode = step_functions(model)
     self.generate = tf.function(self._generate,
                                 input_signature=_REQUEST_SPECS + _SAMPLING_SPECS)
@@ -125,7 +128,8 @@ class DecoderModule(tf.Module):
         sampling.top_k, sampling.top_p, sampling.seed)[:, :max_new_tokens]
     fits = tf.range(tf.shape(tokens)[1])[None] < room  # [1, M]
     tokens = tf.where(fits, tokens, 0)
-    is_end = tf.cast(tf.equal(tokens, self.end_id), tf.int32)
+    is_end = tf.cast(tf.reduce_any(
+        tf.equal(tokens[..., None], self.end_ids), -1), tf.int32)
     ended = tf.cumsum(is_end, 1)
     # The end token itself is kept in `token_ids`; nothing after it.
     token_ids = tf.where((ended - is_end > 0) | ~ok[:, None], 0, tokens)
@@ -159,7 +163,7 @@ class DecoderModule(tf.Module):
     tokens, _ = generation.generate(
         step, left, capacity, caches,
         sampling=generation.Sampling(temperature, top_k, top_p, seed),
-        end_id=self.end_id, limit=max_new_tokens)
+        end_id=self.end_ids[0], limit=max_new_tokens)
     return tokens
 
 

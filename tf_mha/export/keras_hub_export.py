@@ -33,7 +33,7 @@ def serving_module(preset):
   """The `decoder_serving.DecoderModule` of a `keras_hub.Preset`."""
   module = decoder_serving.DecoderModule(
       preset.model, encode=keras_hub.encode_fn(preset),
-      detokenize=keras_hub.detokenize_fn(preset), end_id=preset.end_id)
+      detokenize=keras_hub.detokenize_fn(preset), end_id=preset.stop_ids)
   module.tokenizer = preset.tokenizer  # tracked: its tables are saved
   return module
 
@@ -88,7 +88,9 @@ def export_preset(preset, *, output_dir="saved_models", model_name, version=None
           loaded.model, os.path.join(staging, decoder_signatures.NESTED_DIR),
           prefill_lengths=prefill_lengths,
           tokenizer=keras_hub.tokenizer_file(loaded.tokenizer, scratch),
-          start_token=loaded.start_id, stop_tokens=[loaded.end_id])
+          start_token=loaded.start_id, stop_tokens=loaded.stop_ids,
+          user_prefix=loaded.template[0], user_suffix=loaded.template[1],
+          model_prefix=loaded.template[2])
 
   path = serving.export(
       module, output_dir, model_name, version, signatures=module.signatures(),

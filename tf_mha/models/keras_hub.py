@@ -21,11 +21,17 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_mha.models import gemma3
 from tf_mha.models import transformer
 
 # KerasHub backbone class -> family. Qwen2's backbone is `QwenBackbone`.
 FAMILIES = {"LlamaBackbone": "llama", "Llama3Backbone": "llama",
-            "MistralBackbone": "mistral", "QwenBackbone": "qwen2"}
+            "MistralBackbone": "mistral", "QwenBackbone": "qwen2",
+            "Gemma3Backbone": "gemma3"}
+# Gemma's turn template, LiteRT-LM's prompt template for its `.litertlm`:
+# (user_prefix, user_suffix, model_prefix).
+GEMMA_TEMPLATE = ("<start_of_turn>user\n", "<end_of_turn>\n",
+                  "<start_of_turn>model\n")
 # The cache slots when neither the caller nor the preprocessor says.
 DEFAULT_MAX_LENGTH = 1024
 
@@ -40,12 +46,17 @@ class Preset:
   model: transformer.CausalLM
   tokenizer: object  # the preset's KerasHub tokenizer
   start_id: Optional[int]  # what the preprocessor prepends, or None
-  end_id: int  # the tokenizer's end token: generation stops there
+  stop_ids: list  # the tokenizer's end token (Gemma: also <end_of_turn>)
   name: str  # KerasHub's backbone class
+  template: tuple = ("", "", "")  # LiteRT-LM's prompt template
 
   @property
   def family(self):
     return self.model.config.family
+
+  @property
+  def end_id(self):
+    return self.stop_ids[0]
 
 
 def load(preset, max_length=None):
@@ -71,6 +82,10 @@ def load(preset, max_length=None):
   name = type(backbone).__name__
   if name not in FAMILIES:
     raise PresetError(_unsupported(name))
+  if getattr(backbone, "vision_encoder", None) is not None:
+    raise PresetError(f"`preset` is a {name} with a vision encoder; tf_mha "
+                      "reads text-only Gemma 3 (the text decoder of 270M and "
+                      "1B, or a preset saved without images).")
   if preprocessor is None or getattr(preprocessor, "tokenizer", None) is None:
     raise PresetError("`preset` must come with its preprocessor and tokenizer "
                       f"(generation needs them). Received: a {name} without")
@@ -87,10 +102,15 @@ def load(preset, max_length=None):
         f"{'the start token, ' if start_id is not None else ''}one prompt "
         f"token and one new token. Received: max_length={max_length!r}")
   config = read_config(backbone)
-  model = transformer.CausalLM(config, max_length, name=config.family)
+  family = gemma3.Gemma3CausalLM if config.family == "gemma3" else transformer.CausalLM
+  model = family(config, max_length, name=config.family)
   copy_weights(backbone, model)
   model(tf.zeros([1, 1], tf.int32))  # built with an input shape: it saves
-  return Preset(model, tokenizer, start_id, int(tokenizer.end_token_id), name)
+  stops = [int(tokenizer.end_token_id)]
+  if config.family == "gemma3":  # KerasHub's Gemma 3 also stops at a turn's end
+    stops += [int(tokenizer.token_to_id("<end_of_turn>"))]
+    return Preset(model, tokenizer, start_id, stops, name, GEMMA_TEMPLATE)
+  return Preset(model, tokenizer, start_id, stops, name)
 
 
 def _causal_lm(preset):
@@ -116,7 +136,11 @@ def _causal_lm(preset):
       raise PresetError(f"The preset directory {preset!r} is missing a file: "
                         f"{' or '.join(needed)}.")
   os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-  import keras_hub  # pylint: disable=g-import-not-at-top
+  try:
+    import keras_hub  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise PresetError("Reading a KerasHub preset needs KerasHub: pip install "
+                      "'tf_mha[keras_hub]'") from e
   try:
     return keras_hub.models.CausalLM.from_preset(preset)
   except FileNotFoundError as e:
@@ -126,6 +150,9 @@ def _causal_lm(preset):
     first = str(e).strip().splitlines()[0][:300]
     raise PresetError(f"The preset {preset!r} could not be loaded: its "
                       f"weights do not match its config ({first})") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise PresetError(f"KerasHub could not load the preset {preset!r}: "
+                      f"{type(e).__name__}: {str(e)[:300]}") from e
 
 
 def _unsupported(name):
@@ -134,10 +161,19 @@ def _unsupported(name):
 
 
 def read_config(backbone):
-  """The backbone's `transformer.DecoderConfig`."""
+  """The backbone's `transformer.DecoderConfig` (`gemma3.Gemma3Config`)."""
   name = type(backbone).__name__
   family = FAMILIES[name]
   get = lambda key, default=None: getattr(backbone, key, default)
+  if family == "gemma3":
+    # KerasHub's Gemma 3 block builds its attention with
+    # `query_head_dim_normalize=True` whatever the config says: so here.
+    return gemma3.Gemma3Config(
+        **{f.name: get(f.name) for f in dataclasses.fields(gemma3.Gemma3Config)
+           if f.name not in ("family", "tie_word_embeddings", "sliding_window",
+                             "query_head_dim_normalize")},
+        sliding_window=(backbone.sliding_window_size
+                        if get("use_sliding_window_attention") else None))
   head_dim = get("head_dim") or backbone.hidden_dim // backbone.num_query_heads
   common = dict(
       family=family, vocabulary_size=backbone.vocabulary_size,
@@ -175,6 +211,45 @@ def copy_weights(backbone, model):
   embedding = backbone.token_embedding
   pairs = [(model.embed.embeddings, embedding.embeddings),
            (model.final_norm.scale, backbone.layer_norm.scale)]
+  if model.config.family == "gemma3":
+    pairs += _gemma3_pairs(model, backbone)
+  else:
+    pairs += _llama_pairs(model, backbone)
+  for mine, theirs in pairs:
+    value = tf.convert_to_tensor(theirs)
+    if mine.shape != value.shape:
+      raise PresetError(
+          f"The backbone's weights do not match its config: {mine.name} "
+          f"should be {mine.shape.as_list()} and is {value.shape.as_list()}.")
+    mine.assign(tf.cast(value, mine.dtype))
+
+
+def _gemma3_pairs(model, backbone):
+  """`(ours, KerasHub's)` weights of Gemma 3's blocks."""
+  pairs = []
+  for block, layer in zip(model.blocks, backbone.transformer_layers):
+    theirs, ours = layer.attention, block.attention
+    pairs += [(ours.query, theirs.query_dense.kernel),
+              (ours.key, theirs.key_dense.kernel),
+              (ours.value, theirs.value_dense.kernel),
+              (ours.out, theirs.output_dense.kernel),
+              (block.gate.kernel, layer.gating_ffw.kernel),
+              (block.up.kernel, layer.gating_ffw_2.kernel),
+              (block.down.kernel, layer.ffw_linear.kernel)]
+    if ours.norms:
+      pairs += [(ours.norms[0].scale, theirs.query_norm.scale),
+                (ours.norms[1].scale, theirs.key_norm.scale)]
+    for name in ("pre_attention_norm", "post_attention_norm", "pre_ffw_norm",
+                 "post_ffw_norm"):
+      if getattr(block, name) is not None:
+        pairs.append((getattr(block, name).scale, getattr(layer, name).scale))
+  return pairs
+
+
+def _llama_pairs(model, backbone):
+  """`(ours, KerasHub's)` weights of Llama's, Mistral's and Qwen2's."""
+  pairs = []
+  embedding = backbone.token_embedding
   if not model.config.tie_word_embeddings:
     pairs.append((model.output_kernel, embedding.reverse_embeddings))
   for block, layer in zip(model.blocks, backbone.transformer_layers):
@@ -192,13 +267,7 @@ def copy_weights(backbone, model):
               (block.gate.kernel, layer._feedforward_gate_dense.kernel),  # pylint: disable=protected-access
               (block.up.kernel, layer._feedforward_intermediate_dense.kernel),  # pylint: disable=protected-access
               (block.down.kernel, layer._feedforward_output_dense.kernel)]  # pylint: disable=protected-access
-  for mine, theirs in pairs:
-    value = tf.convert_to_tensor(theirs)
-    if mine.shape != value.shape:
-      raise PresetError(
-          f"The backbone's weights do not match its config: {mine.name} "
-          f"should be {mine.shape.as_list()} and is {value.shape.as_list()}.")
-    mine.assign(tf.cast(value, mine.dtype))
+  return pairs
 
 
 def encode_fn(preset):

@@ -76,20 +76,31 @@ class CausalLM(tf_keras.Model):
   [1, 3, 11]
   """
 
+  config_class = DecoderConfig  # what `from_config` rebuilds
+
   def __init__(self, config, max_length, **kwargs):
     super().__init__(**kwargs)
     self.config, self.max_length = config, int(max_length)
     self.num_layers = config.num_layers
     self.embed = layers.Embedding(config.vocabulary_size, config.hidden_dim,
                                   name="token_embedding")
-    self.blocks = [_Block(config, name=f"block_{i}")
-                   for i in range(config.num_layers)]
-    self.final_norm = RMSNorm(config.layer_norm_epsilon, name="final_norm")
+    self.blocks = [self._block(config, i) for i in range(config.num_layers)]
+    self.final_norm = self._norm(config.layer_norm_epsilon, name="final_norm")
     self.embed.build([None])
     self.final_norm.build([None, None, config.hidden_dim])
     if not config.tie_word_embeddings:
       self.output_kernel = self.add_weight(
           "output_kernel", shape=[config.hidden_dim, config.vocabulary_size])
+
+  # What a family changes (`gemma3.Gemma3CausalLM`): its block, its norm,
+  # how ids become vectors and vectors logits.
+  _norm = RMSNorm
+
+  def _block(self, config, index):
+    return _Block(config, name=f"block_{index}")
+
+  def _embed(self, token_ids):
+    return self.embed(token_ids)
 
   def cache_shape(self, batch=None):
     """One layer's cache: `[B, 2, S, K, H]`."""
@@ -97,7 +108,7 @@ class CausalLM(tf_keras.Model):
             self.config.head_dim]
 
   def call(self, token_ids):
-    x = self.embed(tf.convert_to_tensor(token_ids))
+    x = self._embed(tf.convert_to_tensor(token_ids))
     for block in self.blocks:  # rotary positions: arange(T)
       x = block(x)
     return self._logits(x)
@@ -120,7 +131,7 @@ class CausalLM(tf_keras.Model):
     cache_index = tf.cast(cache_index, tf.int32)
     start = cache_index - tf.cast(positions[:, :1], tf.int32)  # [B, 1]
     in_sequence = tf.range(self.max_length)[None] >= start  # [B, S]
-    x = self.embed(token_ids)
+    x = self._embed(token_ids)
     updated = []
     for block, cache in zip(self.blocks, caches):
       x, cache = block(x, cache=cache, cache_index=cache_index,
@@ -143,7 +154,7 @@ class CausalLM(tf_keras.Model):
     decoder = dict(config.pop("config"))
     if decoder.get("rope_llama3_scaling") is not None:
       decoder["rope_llama3_scaling"] = tuple(decoder["rope_llama3_scaling"])
-    return cls(DecoderConfig(**decoder), **config)
+    return cls(cls.config_class(**decoder), **config)
 
 
 class _Block(layers.Layer):

@@ -40,7 +40,8 @@ def dot_product_attention(query,
                           query_start=0,
                           kv_cache=None,
                           segment_ids=None,
-                          key_segment_ids=None):
+                          key_segment_ids=None,
+                          logit_soft_cap=None):
   """Multi-head scaled dot-product attention, with grouped keys and values.
 
   A query row whose every key is masked attends uniformly to all keys (its
@@ -104,6 +105,9 @@ def dot_product_attention(query,
       `sum(L_i^2)`, not `T^2`); it is chosen for packed rows of 256 or more.
     key_segment_ids: int `[B, S]`, the keys' ids for cross-attention;
       defaults to `segment_ids` (self-attention, `S == T`).
+    logit_soft_cap: `None`, or a positive number `c`: the scaled scores
+      become `c * tanh(scores / c)` before the mask and softmax (Gemma 2's,
+      and Gemma 3's where its config sets it). Needs the plain path.
 
   Returns:
     `[B, T, N, V]` in the dtype of `query`, and the probabilities if
@@ -112,8 +116,8 @@ def dot_product_attention(query,
   Raises:
     ValueError: on inconsistent shapes (of the inputs or a static `mask`),
       a missing input, a bad `dropout_rate`, `scale`, `sliding_window`,
-      `flash_attention` or `block_sizes`, or `flash_attention=True` with
-      `return_scores=True`.
+      `flash_attention`, `block_sizes` or `logit_soft_cap`, or
+      `flash_attention=True` with `return_scores=True` or `logit_soft_cap`.
     TypeError: on inputs that are not floating-point tensors.
   """
   query, key, value, kv_cache = _inputs(query, key, value, kv_cache)
@@ -126,6 +130,12 @@ def dot_product_attention(query,
     sliding_window = checks.positive_int("sliding_window", sliding_window)
   checks.check_op_mask(mask, [query.shape[0], query.shape[2], query.shape[1],
                               key.shape[1]])
+  if logit_soft_cap is not None:
+    logit_soft_cap = checks.positive_number("logit_soft_cap", logit_soft_cap)
+    if flash_attention:
+      raise ValueError("`logit_soft_cap` needs the plain path. Received: "
+                       "flash_attention=True")
+    flash_attention = False
   if flash_attention and return_scores:
     raise ValueError(
         "Returning attention scores is not supported when flash attention "
@@ -144,7 +154,8 @@ def dot_product_attention(query,
   if group > 1:  # [B, T, N, H] -> [B, T * G, K, H], rows (t, g)
     query = groups.rows_of_groups(query, group)
   path = _choose_path(query, key, mask, flash_attention, is_causal,
-                      sliding_window, return_scores, query_start, group, ids)
+                      sliding_window, return_scores or logit_soft_cap,
+                      query_start, group, ids)
   if ids is not None and path is not _blockwise_path:
     mask = masks_lib.combine_masks(mask, segments.mask(*ids[:2]))
   if group > 1 and mask is not None:
@@ -153,7 +164,7 @@ def dot_product_attention(query,
                     sliding_window=sliding_window, dropout_rate=dropout_rate,
                     dropout_seed=dropout_seed, block_sizes=block_sizes,
                     group=group, query_start=query_start, kv_cache=kv_cache,
-                    segment_ids=ids)
+                    segment_ids=ids, soft_cap=logit_soft_cap)
   out = groups.groups_of_rows(out, group)
   if not return_scores:
     return out
@@ -227,7 +238,8 @@ def _choose_path(query, key, mask, flash_attention, is_causal, window,
 
 def _blockwise_path(query, key, value, *, mask, is_causal, sliding_window,
                     dropout_rate, dropout_seed, block_sizes, group,
-                    query_start, kv_cache, segment_ids):
+                    query_start, kv_cache, segment_ids, soft_cap=None):
+  del soft_cap  # never chosen with one
   options = dict(is_causal=is_causal, sliding_window=sliding_window,
                  dropout_rate=dropout_rate, dropout_seed=dropout_seed,
                  query_group=group, query_start=query_start)
@@ -268,12 +280,13 @@ def _chunked_path(query, key, value, *, chunks, mask, sliding_window,
 
 
 def _plain_path(query, key, value, *, mask, is_causal, sliding_window,
-                dropout_rate, dropout_seed, group, query_start, **unused):
+                dropout_rate, dropout_seed, group, query_start, soft_cap=None,
+                **unused):
   mask = masks_lib.combine_masks(mask, masks_lib.position_mask(
       tf.shape(query)[1], tf.shape(key)[1], causal=is_causal,
       window=sliding_window, query_group=group, query_start=query_start))
   return plain.plain_attention(query, key, value, mask, dropout_rate,
-                               dropout_seed)
+                               dropout_seed, soft_cap)
 
 
 def _is_zero(value):

@@ -8,11 +8,15 @@ import tensorflow as tf
 from tf_mha.ops import masks as masks_lib
 
 
-def plain_attention(query, key, value, mask, dropout_rate, dropout_seed):
-  """Materialises the scores; the query is already scaled."""
+def plain_attention(query, key, value, mask, dropout_rate, dropout_seed,
+                    soft_cap=None):
+  """Materialises the scores; the query is already scaled. `soft_cap`:
+  None, or `c` for scores `c * tanh(scores / c)`."""
   dtype = masks_lib.logits_dtype(query.dtype)
   scores = tf.einsum("BTNH,BSNH->BNTS", tf.cast(query, dtype),
                      tf.cast(key, dtype))  # [B, N, T, S]
+  if soft_cap is not None:
+    scores = tf.tanh(scores / soft_cap) * soft_cap
   probs = masks_lib.masked_softmax(scores, mask)
   dropped = probs
   if dropout_rate > 0.0:
