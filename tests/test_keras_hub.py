@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -297,6 +298,18 @@ class BadInputTest(parameterized.TestCase):
       keras_hub.load(preset_dir("llama"), max_length=2)
     with self.assertRaisesRegex(keras_hub.PresetError, "max_length.*at least 2"):
       keras_hub.load(preset_dir("qwen2"), max_length=1)
+
+  def test_gemma3_with_a_vision_encoder(self):
+    import keras_hub as hub  # pylint: disable=g-import-not-at-top
+    vision = hub.models.Gemma3VisionEncoder(
+        image_size=16, patch_size=4, num_heads=2, hidden_dim=8, num_layers=1,
+        intermediate_dim=16, output_dim=32, pool_size=2)
+    backbone = hub.models.Gemma3Backbone(
+        vocabulary_size=64, image_size=16, num_layers=1, num_query_heads=2,
+        num_key_value_heads=1, hidden_dim=32, intermediate_dim=16, head_dim=8,
+        vision_encoder=vision)
+    with self.assertRaisesRegex(keras_hub.PresetError, "vision encoder.*text-only"):
+      keras_hub.load(types.SimpleNamespace(backbone=backbone, preprocessor=None))
 
   def test_not_a_preset(self):
     with self.assertRaisesRegex(keras_hub.PresetError, "not a directory"):

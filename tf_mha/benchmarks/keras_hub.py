@@ -42,7 +42,7 @@ class Row:
   time_to_first_token: float  # seconds
 
 
-def _prompt(loaded, tokens):
+def prompt_text(loaded, tokens):
   """A prompt text of exactly `tokens` tokens (start token included), by
   the SavedModel's own `tokenize`."""
   count = lambda text: int(loaded.signatures["tokenize"](
@@ -69,7 +69,7 @@ def _time_keras_hub(causal_lm, family, ids, new, repeats):
              batch * (new - 1) / (whole - first), first)
 
 
-def _time_saved_model(loaded, family, text, batch, new, repeats):
+def time_saved_model(loaded, family, text, batch, new, repeats):
   """tf_mha's SavedModel `generate`: `Row` (the batch's rows may end at the
   stop token; decode counts the steps the loop ran)."""
   generate = loaded.signatures["serving_default"]
@@ -95,7 +95,7 @@ def time_family(family, directory, prompt=128, new=256, batches=(1, 8),
       preset, output_dir=directory, model_name=f"{family}_export",
       max_length=prompt + new)
   loaded = tf.saved_model.load(export.path)
-  text = _prompt(loaded, prompt)
+  text = prompt_text(loaded, prompt)
   ids = np.asarray(causal_lm.preprocessor.generate_preprocess(
       [text], sequence_length=prompt)["token_ids"])
   causal_lm.preprocessor = None
@@ -105,7 +105,7 @@ def time_family(family, directory, prompt=128, new=256, batches=(1, 8),
     log(f"Timing {family} at batch {batch}: KerasHub, then tf_mha...")
     rows.append(_time_keras_hub(causal_lm, family, np.repeat(ids, batch, 0),
                                 new, repeats))
-    rows.append(_time_saved_model(loaded, family, text, batch, new, repeats))
+    rows.append(time_saved_model(loaded, family, text, batch, new, repeats))
   for quantize in ("none", "dynamic_range"):
     log(f"Converting {family} to LiteRT-LM ({quantize}) and timing it...")
     path = os.path.join(directory, f"{family}_{quantize}.litertlm")

@@ -56,6 +56,13 @@ _KERAS_HUB = flags.DEFINE_bool(
     "generate against the same weights in tf_mha's SavedModel generate "
     "(tf_mha_export --keras_hub_preset) and in LiteRT-LM (float32, "
     "dynamic-range).")
+_GEMMA3_270M = flags.DEFINE_bool(
+    "gemma3_270m", False, "Also run Gemma 3 at its real size: a Gemma3Backbone "
+    "of 270M's configuration (random weights), exported on tf_mha, converted "
+    "to LiteRT-LM (float32, dynamic-range; time, peak memory, size) and run "
+    "(prefill and decode tokens/s, first token), beside KerasHub's compiled "
+    "generate and tf_mha's SavedModel generate; the dynamic-range decode "
+    "against reading its weights once at the measured memory bandwidth.")
 _BERT = flags.DEFINE_bool(
     "bert", False, "Also time a training step of Model Garden's BertEncoderV2 "
     "(4 layers, D=512, 8 heads, T=512, B=4, padding mask, jit) on tf_mha's "
@@ -272,6 +279,13 @@ def _keras_hub_lines():
   return ["", keras_hub.table(rows)]
 
 
+def _gemma3_lines():
+  from tf_mha.benchmarks import gemma3  # pylint: disable=g-import-not-at-top
+  rows, conversions, bandwidth, export_seconds = gemma3.run(
+      log=lambda s: print(s, flush=True))
+  return ["", gemma3.table(rows, conversions, bandwidth, export_seconds)]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -293,6 +307,7 @@ def main(argv):
   generation = _generation_lines() if _GENERATION.value else []
   packed = _packing_lines() if _PACKING.value else []
   hub = _keras_hub_lines() if _KERAS_HUB.value else []
+  hub += _gemma3_lines() if _GEMMA3_270M.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
             "N=8, H=64, self-attention (causal, or BERT's padding mask); "
             "median of interleaved calls (at "
