@@ -229,10 +229,12 @@ def _gemma3_pairs(model, backbone):
   pairs = []
   for block, layer in zip(model.blocks, backbone.transformer_layers):
     theirs, ours = layer.attention, block.attention
-    pairs += [(ours.query, theirs.query_dense.kernel),
-              (ours.key, theirs.key_dense.kernel),
-              (ours.value, theirs.value_dense.kernel),
-              (ours.out, theirs.output_dense.kernel),
+    # Ours are matrices: [N, D, H] -> [D, N * H], [N, H, D] -> [N * H, D].
+    matrix = lambda kernel: _flat(tf.transpose(kernel, [1, 0, 2]), 1)
+    pairs += [(ours.query, matrix(theirs.query_dense.kernel)),
+              (ours.key, matrix(theirs.key_dense.kernel)),
+              (ours.value, matrix(theirs.value_dense.kernel)),
+              (ours.out, _flat(theirs.output_dense.kernel, 0)),
               (block.gate.kernel, layer.gating_ffw.kernel),
               (block.up.kernel, layer.gating_ffw_2.kernel),
               (block.down.kernel, layer.ffw_linear.kernel)]
@@ -244,6 +246,13 @@ def _gemma3_pairs(model, backbone):
       if getattr(block, name) is not None:
         pairs.append((getattr(block, name).scale, getattr(layer, name).scale))
   return pairs
+
+
+def _flat(kernel, first):
+  """A 3-D kernel as a matrix: axes `[0, first]` (1 or 0) merged."""
+  shape = kernel.shape
+  return tf.reshape(kernel, [shape[0] * shape[1], shape[2]] if first == 0 else
+                    [shape[0], shape[1] * shape[2]])
 
 
 def _llama_pairs(model, backbone):
