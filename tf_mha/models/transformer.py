@@ -8,7 +8,8 @@ model size, `F` feed-forward size, `V` vocabulary.
 One block serves the three families (`DecoderConfig` says how they differ):
 RMSNorm in float32, `tf_mha.GroupedQueryAttention` (causal, rotary on
 queries and keys, grouped keys and values never repeated, a sliding window
-inside the op), RMSNorm, SwiGLU; a final RMSNorm and an output tied to the
+inside the op, whose blockwise path then visits only the keys in the
+window), RMSNorm, SwiGLU; a final RMSNorm and an output tied to the
 token embedding or its own. The model offers the step interface
 (`tf_mha.export.decoder_signatures`), so it exports for TF Serving
 (`tf_mha.export.decoder_serving`) and LiteRT-LM as the demo decoder does.
@@ -167,7 +168,11 @@ class _Block(layers.Layer):
         head_dim=config.head_dim, num_query_heads=config.num_query_heads,
         num_key_value_heads=config.num_key_value_heads,
         use_bias=config.attention_bias, sliding_window=config.sliding_window,
-        flash_attention=False, rope_max_wavelength=config.rope_max_wavelength,
+        # With a window, the blockwise path skips the keys outside it
+        # (O(window) a token); without one, the plain path (no control flow,
+        # which XLA and TFLite run fastest at these cache sizes).
+        flash_attention=None if config.sliding_window else False,
+        rope_max_wavelength=config.rope_max_wavelength,
         rope_scaling_factor=config.rope_scaling_factor,
         rope_llama3_scaling=config.rope_llama3_scaling, name="attention")
     self.feedforward_norm = RMSNorm(config.layer_norm_epsilon,
