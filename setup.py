@@ -9,6 +9,14 @@ _HERE = pathlib.Path(__file__).parent
 _VERSION = re.search(r'^__version__ = "([^"]+)"',
                      (_HERE / "tf_mha" / "__init__.py").read_text(), re.M).group(1)
 
+# The documentation site (mkdocs.yml): `mkdocs serve` to read it locally; the
+# tests build it with `mkdocs build --strict`.
+_DOCS = [
+    "mkdocs>=1.6,<2",
+    "mkdocs-material>=9.5,<10",
+    "mkdocstrings[python]>=0.26",
+]
+
 setuptools.setup(
     name="tf_mha",
     version=_VERSION,
@@ -38,6 +46,7 @@ setuptools.setup(
         "numpy>=1.26",
     ],
     extras_require={
+        "docs": _DOCS,
         "bench": ["matplotlib>=3.8", "keras>=3.10,<4", "keras-hub>=0.32,<0.33"],
         # tf_mha.keras3: the Keras versions it is tested with (checked at
         # import, tf_mha/keras3/__init__.py SUPPORTED_KERAS).
@@ -58,6 +67,8 @@ setuptools.setup(
             "keras>=3.10,<4",
             # KerasHub's layers are the reference of the rotary tests.
             "keras-hub>=0.32,<0.33",
+            # tests/test_docs.py builds the site.
+            *_DOCS,
         ],
     },
     entry_points={

@@ -22,6 +22,7 @@ from tf_mha.export import arrays
 from tf_mha.export import converter
 from tf_mha.export import litert_generation
 from tf_mha.export import tflite
+from tests import doc_pages
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _QUANTIZATIONS = ("none", "float16", "dynamic_range", "int8")
@@ -495,9 +496,7 @@ print(out["text"].numpy()[0].decode(), "|", default["text"].numpy()[0].decode())
       self.assertNotIn("Traceback", result.stderr, args)
 
   def test_readme_phone_side_loop(self):
-    with open(os.path.join(_REPO, "README.md")) as f:
-      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    (loop,) = [b for b in blocks if 'get_signature_runner("decode")' in b]
+    loop = doc_pages.block('get_signature_runner("decode")')
     stem = os.path.join(self.out_dir, "tf_mha_generator_1_")
     loop = loop.replace("saved_models/tf_mha_generator_1_", stem)
     namespace = {}

@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 import tf_mha.keras3 as k3
+from tests import doc_pages
 from tests import reference
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,14 +191,11 @@ class KerasOwnTestsTest(tf.test.TestCase):
 class ReadmeTest(tf.test.TestCase):
 
   def test_readme_keras3_example_runs(self):
-    import re  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(_REPO, "README.md")) as f:
-      blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    (example,) = [b for b in blocks if "tf_mha.keras3.MultiHeadAttention" in b]
+    example = doc_pages.block("tf_mha.keras3.MultiHeadAttention(num_heads=4")
     target = os.path.join(self.get_temp_dir(), "k3_demo")
     example = example.replace('"saved_models/k3_demo"', repr(target))
     namespace = {}
-    exec(compile(example, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(example, "docs/guides/keras3.md", "exec"), namespace)  # pylint: disable=exec-used
     self.assertTrue(os.path.isfile(os.path.join(target, "saved_model.pb")))
     x = _normal(2, 7, 64)
     loaded = tf.saved_model.load(target)  # kept: its functions use its variables

@@ -10,6 +10,8 @@ import tempfile
 
 import tensorflow as tf
 
+from tests import doc_pages
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PACKAGE = os.path.join(_REPO, "r", "tfmha")
 
@@ -47,9 +49,7 @@ class RPackageTest(tf.test.TestCase):
     self.assertRegex(run.stdout, r"R tests: \d+ expectations, 0 failed, 0 errors")
 
   def test_readme_example_runs_from_r(self):
-    with open(os.path.join(_REPO, "README.md")) as f:
-      readme = f.read()
-    example = readme.split("```r\n", 1)[1].split("```", 1)[0]
+    example = doc_pages.block("library(tfmha)")
     run = subprocess.run(["Rscript", "-e", example], capture_output=True,
                          text=True, env=self.env, timeout=600)
     self.assertEqual(run.returncode, 0, run.stdout[-3000:] + run.stderr[-3000:])

@@ -43,16 +43,41 @@ def requirement_name(requirement):
   return normalize(re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)[1])
 
 
+def _literal(node, constants):
+  """`ast.literal_eval` of `node`, where a name is one of `constants` (a
+  module-level list of requirements) and `*name` is spliced into a list."""
+  if isinstance(node, ast.Name) and node.id in constants:
+    return constants[node.id]
+  if isinstance(node, ast.List):
+    out = []
+    for item in node.elts:
+      if isinstance(item, ast.Starred):
+        out.extend(_literal(item.value, constants))
+      else:
+        out.append(_literal(item, constants))
+    return out
+  if isinstance(node, ast.Dict):
+    return {_literal(k, constants): _literal(v, constants)
+            for k, v in zip(node.keys, node.values)}
+  return ast.literal_eval(node)
+
+
 def declared(setup_path):
   """`(install_requires, {extra: [names]})` read from setup.py's literal
-  `setuptools.setup(...)` arguments, without running it."""
+  `setuptools.setup(...)` arguments (and the module-level lists of
+  requirements they name), without running it."""
   with open(setup_path) as f:
     tree = ast.parse(f.read(), setup_path)
+  constants = {}
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.List)):
+      constants[node.targets[0].id] = _literal(node.value, constants)
   for node in ast.walk(tree):
     if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setup":
       args = {k.arg: k.value for k in node.keywords}
-      required = ast.literal_eval(args.get("install_requires", ast.List([])))
-      extras = ast.literal_eval(args.get("extras_require", ast.Dict([], [])))
+      required = _literal(args.get("install_requires", ast.List([])), constants)
+      extras = _literal(args.get("extras_require", ast.Dict([], [])), constants)
       return ([requirement_name(r) for r in required],
               {extra: [requirement_name(r) for r in names]
                for extra, names in extras.items()})

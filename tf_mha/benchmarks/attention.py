@@ -293,31 +293,3 @@ def markdown_table(rows, peak):
                   if mine and "tf_mha" in times else "n/a |"))
     lines.append(line + (f" {share(MATMULS_ONLY)} |" if ceiling else ""))
   return "\n".join(lines)
-
-
-def plot(rows, path):
-  """Milliseconds per call against T for each implementation and pass."""
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, backward in zip(axes, (False, True)):
-    for impl in IMPLEMENTATIONS:
-      for jit, style in ((True, "-o"), (False, "--x")):
-        pts = [(p.seq_len, t[impl] * 1e3) for p, t in rows
-               if p.backward == backward and p.jit == jit and impl in t]
-        if pts:
-          xs, ys = zip(*sorted(pts))
-          ax.plot(xs, ys, style, label=f"{impl}{' (jit)' if jit else ''}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("ms per call (median)")
-    ax.set_title("forward + backward" if backward else "forward")
-    ax.grid(True, which="both", alpha=0.3)
-  plotted = [ax for ax in axes if ax.get_lines()]
-  if plotted:  # nothing to plot when only `MATMULS_ONLY` ran
-    plotted[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)

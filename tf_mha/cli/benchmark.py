@@ -8,7 +8,8 @@ TensorFlow's own logs are hidden unless --verbosity is given.
   python -m tools.benchmark --seq_lens=512 --impls=tf_mha,tf_keras,keras3,matmuls_only  # + ceiling
   python -m tools.benchmark --memory_seq_lens=8192,16384   # peak RSS, one process each
 
-Writes results/benchmark.md and results/benchmark.png.
+Writes results/benchmark.md and results/benchmark.png (--plots=DIR: the
+plots of every part that ran).
 """
 
 import json
@@ -20,6 +21,7 @@ import tempfile
 from absl import app
 from absl import flags
 
+from tf_mha.benchmarks import plots
 from tf_mha.cli import _console
 
 _SEQ_LENS = flags.DEFINE_list("seq_lens", ["128", "512", "2048"],
@@ -89,19 +91,24 @@ _MEMORY_WINDOW = flags.DEFINE_integer(
     "memory_sliding_window", None, "A `sliding_window` for the peak-RSS "
     "points (tf_mha and Keras 3 have one; tf_keras does not).")
 _RESULTS_DIR = flags.DEFINE_string("results_dir", "results", "Where to write outputs.")
+_PLOTS = flags.DEFINE_string(
+    "plots", None, "Also write PNG plots of this run here: time and peak "
+    "memory against sequence length (tf_mha, tf_keras, Keras 3), packed "
+    "against padded real tokens/s (--packing), decode tokens/s per runtime "
+    "(--generation).")
 _SINGLE = flags.DEFINE_string(
     "single_point", None,
     "Internal: 'impl,T,backward,window' run in this process.")
 
 
-def _check_results_dir(path):
-  """Makes `path` and writes a probe there, or a UsageError naming it
+def _check_results_dir(path, flag="results_dir"):
+  """Makes `path` and writes a probe there, or a UsageError naming --`flag`
   (before minutes of timing; permission bits say nothing for root)."""
   try:
     os.makedirs(path, exist_ok=True)
     os.remove(tempfile.mkstemp(prefix=".probe-", dir=path)[1])
   except OSError as e:
-    raise app.UsageError(f"--results_dir={path!r} cannot be written: "
+    raise app.UsageError(f"--{flag}={path!r} cannot be written: "
                          f"{e.strerror}") from e
 
 
@@ -219,13 +226,16 @@ def _checked_flags(lib):
     raise app.UsageError("--memory_sliding_window: tf_keras has no "
                          "sliding_window; leave it out of --memory_impls")
   _check_results_dir(_RESULTS_DIR.value)
+  if _PLOTS.value:
+    _check_results_dir(_PLOTS.value, "plots")
   return seq_lens, memory_seq_lens, jits
 
 
-def _memory_lines(memory_seq_lens):
-  """Peak-memory points, each in a fresh process, as Markdown rows."""
+def _memory_points(memory_seq_lens):
+  """Peak-memory points, each in a fresh process: `[(T, pass,
+  implementation, {"seconds", "peak_rss"} or None)]`."""
   window = _MEMORY_WINDOW.value
-  lines = []
+  points = []
   for t in memory_seq_lens:
     for passes in _MEMORY_PASSES.value:
       for impl in _MEMORY_IMPLS.value:
@@ -233,14 +243,26 @@ def _memory_lines(memory_seq_lens):
         print(f"Peak memory: {impl} T={t} causal{band} {passes} (own process)...",
               flush=True)
         result = _memory_point(impl, t, passes == "fwd+bwd", window)
-        text = ("did not complete" if result is None else
-                f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
-        print(f"  {text}", flush=True)
-        lines.append(f"| {t}{band} | {passes} | {impl} | {text} |")
-  if not lines:
+        print(f"  {_memory_text(result)}", flush=True)
+        points.append((t, passes, impl, result))
+  return points
+
+
+def _memory_text(result):
+  return ("did not complete" if result is None else
+          f"{result['seconds']:.2f} s, {result['peak_rss'] / 2**30:.2f} GiB peak RSS")
+
+
+def _memory_lines(points):
+  """The peak-memory points as Markdown rows."""
+  if not points:
     return []
+  window = _MEMORY_WINDOW.value
+  band = "" if window is None else f" sliding_window={window}"
   return ["", "| T | pass | implementation | B=1, causal, jit: time, peak RSS |",
-          "|---|---|---|---|", *lines]
+          "|---|---|---|---|",
+          *(f"| {t}{band} | {passes} | {impl} | {_memory_text(result)} |"
+            for t, passes, impl, result in points)]
 
 
 def _timing_rows(lib, seq_lens, jits):
@@ -261,15 +283,17 @@ def _packing_lines():
   print("Packed sequences (encoder training step, then the op):", flush=True)
   training, padding = packing.time_training(
       repeats=max(3, min(_REPEATS.value, 5)), log=lambda s: print(s, flush=True))
-  return ["", packing.table(training, padding, packing.time_op())]
+  return ["", packing.table(training, padding, packing.time_op())], training
 
 
 def _generation_lines():
   from tf_mha.benchmarks import generation  # pylint: disable=g-import-not-at-top
   rows, runtime_rows, bandwidth = generation.run(
       repeats=max(3, min(_REPEATS.value, 5)), log=lambda s: print(s, flush=True))
+  runtimes = {r.name: r.cached_tokens_per_second for r in rows}
+  runtimes.update((r.name, r.decode_tokens_per_second) for r in runtime_rows)
   return ["", generation.table(rows),
-          generation.runtime_table(rows, runtime_rows, bandwidth)]
+          generation.runtime_table(rows, runtime_rows, bandwidth)], runtimes
 
 
 def _keras_hub_lines():
@@ -299,13 +323,13 @@ def main(argv):
   print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)
   # Peak-memory points first, each in a fresh process forked while this one
   # is still small (a child needs its own memory next to its parent's).
-  memory = _memory_lines(memory_seq_lens)
+  memory = _memory_points(memory_seq_lens)
   rows = _timing_rows(lib, seq_lens, jits)
   table = lib.markdown_table(rows, peak) if rows else ""
   bert = _bert_lines(lib) if _BERT.value else []
   decode = _decode_lines() if _DECODE.value else []
-  generation = _generation_lines() if _GENERATION.value else []
-  packed = _packing_lines() if _PACKING.value else []
+  generation, runtimes = _generation_lines() if _GENERATION.value else ([], None)
+  packed, training = _packing_lines() if _PACKING.value else ([], None)
   hub = _keras_hub_lines() if _KERAS_HUB.value else []
   hub += _gemma3_lines() if _GEMMA3_270M.value else []
   report = [f"Matmul peak: {peak / 1e9:.0f} GFLOP/s. B={_BATCH.value}, D=512, "
@@ -313,13 +337,21 @@ def main(argv):
             "median of interleaved calls (at "
             f"least {_REPEATS.value}, about 1 s per implementation for short "
             "points). Ratios are peer time / tf_mha time.",
-            "", table, *bert, *decode, *generation, *hub, *packed, *memory]
+            "", table, *bert, *decode, *generation, *hub, *packed,
+            *_memory_lines(memory)]
   md_path = os.path.join(_RESULTS_DIR.value, "benchmark.md")
   with open(md_path, "w") as f:
     f.write("\n".join(report) + "\n")
   print("\n".join(report))
   if rows:
-    lib.plot(rows, os.path.join(_RESULTS_DIR.value, "benchmark.png"))
+    plots.timing(rows, lib.IMPLEMENTATIONS,
+                 os.path.join(_RESULTS_DIR.value, "benchmark.png"))
+  if _PLOTS.value:
+    for path in plots.write(
+        _PLOTS.value, timing_rows=rows, implementations=lib.IMPLEMENTATIONS,
+        memory_points=[(t, p, i, r and r["peak_rss"]) for t, p, i, r in memory],
+        packing_training=training, generation_runtimes=runtimes):
+      print(f"Wrote {path}")
   print(f"Wrote {md_path}")
   return 0
 

@@ -6,3 +6,5 @@ May import TensorFlow and `tf_mha.ops`; no Keras, nothing above.
 
 from tf_mha.data.packing import pack
 from tf_mha.data.packing import padding_fraction
+
+__all__ = ["pack", "padding_fraction"]

@@ -34,9 +34,10 @@ layers = tf_keras.layers
 class Decoder(tf_keras.Model):
   """Token ids `[B, T]` -> next-token logits `[B, T, V]`.
 
-  >>> model = Decoder(vocab_size=11, max_length=8)
-  >>> model(tf.constant([[2, 5, 6]])).shape.as_list()
-  [1, 3, 11]
+  Example:
+    >>> model = Decoder(vocab_size=11, max_length=8)
+    >>> model(tf.constant([[2, 5, 6]])).shape.as_list()
+    [1, 3, 11]
   """
 
   def __init__(self, vocab_size, *, max_length=48, dim=64, num_query_heads=4,

@@ -10,3 +10,5 @@ from tf_mha.generation.greedy import generate
 from tf_mha.generation.greedy import greedy_generate
 from tf_mha.generation.samplers import Sampling
 from tf_mha.generation.samplers import sample
+
+__all__ = ["KVCache", "Sampling", "cache_shape", "generate", "greedy_generate", "sample"]

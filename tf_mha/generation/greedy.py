@@ -32,10 +32,11 @@ def cache_shape(batch, max_length, num_key_value_heads, head_dim):
 class KVCache(tf.Module):
   """One cache variable per attention layer, for in-place decoding.
 
-  >>> cache = KVCache(num_layers=2, batch=1, max_length=8,
-  ...                 num_key_value_heads=2, head_dim=4)
-  >>> [v.shape.as_list() for v in cache.layers]
-  [[1, 2, 8, 2, 4], [1, 2, 8, 2, 4]]
+  Example:
+    >>> cache = KVCache(num_layers=2, batch=1, max_length=8,
+    ...                 num_key_value_heads=2, head_dim=4)
+    >>> [v.shape.as_list() for v in cache.layers]  # [B, 2, S, K, H] each
+    [[1, 2, 8, 2, 4], [1, 2, 8, 2, 4]]
   """
 
   def __init__(self, num_layers, batch, max_length, num_key_value_heads,

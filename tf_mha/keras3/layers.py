@@ -74,10 +74,11 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
   """`keras.layers.MultiHeadAttention` with its attention on tf_mha's op on
   the TensorFlow backend (module docstring).
 
-  >>> layer = MultiHeadAttention(num_heads=2, key_dim=4, flash_attention=True)
-  >>> x = tf.ones([3, 5, 8])
-  >>> layer(x, x, use_causal_mask=True).shape
-  TensorShape([3, 5, 8])
+  Example:
+    >>> layer = MultiHeadAttention(num_heads=2, key_dim=4, flash_attention=True)
+    >>> x = tf.ones([3, 5, 8])
+    >>> layer(x, x, use_causal_mask=True).shape
+    TensorShape([3, 5, 8])
   """
 
   def call(self, query, value, key=None, query_mask=None, value_mask=None,
@@ -129,11 +130,12 @@ class GroupedQueryAttention(keras.layers.GroupQueryAttention):
   """`keras.layers.GroupQueryAttention` on tf_mha's op on the TensorFlow
   backend: the keys and values are not repeated (module docstring).
 
-  >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
-  ...                               num_key_value_heads=2)
-  >>> x = tf.ones([3, 5, 8])
-  >>> layer(x, x, use_causal_mask=True).shape
-  TensorShape([3, 5, 8])
+  Example:
+    >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
+    ...                               num_key_value_heads=2)
+    >>> x = tf.ones([3, 5, 8])
+    >>> layer(x, x, use_causal_mask=True).shape
+    TensorShape([3, 5, 8])
   """
 
   def call(self, query, value, key=None, query_mask=None, value_mask=None,

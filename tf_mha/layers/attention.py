@@ -23,10 +23,11 @@ class Attention(tf_keras.layers.Layer):
   `concat_score_weight * sum(tanh(scale * (query + key)))` ("concat"); the
   output is `softmax(scores) @ value`, zeroed where the query is masked.
 
-  >>> layer = Attention()
-  >>> q, v = tf.ones([2, 3, 4]), tf.ones([2, 5, 4])
-  >>> layer([q, v]).shape
-  TensorShape([2, 3, 4])
+  Example:
+    >>> layer = Attention()
+    >>> q, v = tf.ones([2, 3, 4]), tf.ones([2, 5, 4])
+    >>> layer([q, v]).shape
+    TensorShape([2, 3, 4])
 
   Args:
     use_scale: learn a scalar `scale` that multiplies the scores.

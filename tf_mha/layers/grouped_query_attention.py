@@ -42,11 +42,12 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
   `(D, N, H)` (between key and value), output `(N, H, D)`, so
   `set_weights(keras_layer.get_weights())` gives Keras 3's outputs.
 
-  >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
-  ...                               num_key_value_heads=2)
-  >>> x = tf.ones([3, 5, 8])
-  >>> layer(x, x, use_causal_mask=True).shape
-  TensorShape([3, 5, 8])
+  Example:
+    >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
+    ...                               num_key_value_heads=2)
+    >>> x = tf.ones([3, 5, 8])
+    >>> layer(x, x, use_causal_mask=True).shape
+    TensorShape([3, 5, 8])
 
   Args:
     head_dim: size `H` of each head.
@@ -58,9 +59,9 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
       positions (with `use_causal_mask`, Mistral's causal window).
     flash_attention: as `tf_mha.MultiHeadAttention`'s (works on TensorFlow,
       where Keras 3 refuses it).
-    kernel_initializer, bias_initializer, kernel_regularizer,
-    bias_regularizer, activity_regularizer, kernel_constraint,
-    bias_constraint: for the projections.
+    kernel_initializer: with `bias_initializer`, `kernel_regularizer`,
+      `bias_regularizer`, `activity_regularizer`, `kernel_constraint` and
+      `bias_constraint`, for the projections.
     use_gate: a sigmoid gate on the attention output, as Keras 3's.
     seed: int seed for the attention dropout.
     rope_max_wavelength, rope_scaling_factor: rotary position embeddings on

@@ -4,12 +4,13 @@ For libraries that subclass or build tf.keras' layer (TensorFlow Model
 Garden's attention layers and encoders, say): patch before importing them,
 and their classes are built on `tf_mha.MultiHeadAttention`.
 
->>> patch = patch_tf_keras()
->>> tf_keras.layers.MultiHeadAttention is tf_mha.MultiHeadAttention
-True
->>> patch.restore()
->>> tf_keras.layers.MultiHeadAttention is tf_mha.MultiHeadAttention
-False
+Example:
+  >>> patch = patch_tf_keras()
+  >>> tf_keras.layers.MultiHeadAttention is tf_mha.MultiHeadAttention
+  True
+  >>> patch.restore()
+  >>> tf_keras.layers.MultiHeadAttention is tf_mha.MultiHeadAttention
+  False
 
 A class statement binds its base when it runs, so a module that subclassed
 or imported the old class before the patch keeps it: `patch_tf_keras`

@@ -42,11 +42,12 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
   dot-product attention per head, and projects the concatenated heads back
   to the query's last dimension (or `output_shape`).
 
-  >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
-  >>> x = tf.ones([3, 5, 8])
-  >>> out, scores = layer(x, x, return_attention_scores=True)
-  >>> out.shape, scores.shape
-  (TensorShape([3, 5, 8]), TensorShape([3, 2, 5, 5]))
+  Example:
+    >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> x = tf.ones([3, 5, 8])
+    >>> out, scores = layer(x, x, return_attention_scores=True)
+    >>> out.shape, scores.shape
+    (TensorShape([3, 5, 8]), TensorShape([3, 2, 5, 5]))
 
   Args:
     num_heads: number of attention heads `N`.
@@ -61,9 +62,9 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
     flash_attention: `True` always uses the blockwise exact path (an error
       where it cannot apply, e.g. with `return_attention_scores`), `False`
       never does, `None` uses it when it applies and is faster.
-    kernel_initializer, bias_initializer, kernel_regularizer,
-    bias_regularizer, activity_regularizer, kernel_constraint,
-    bias_constraint: passed to the projections, as in tf.keras.
+    kernel_initializer: with `bias_initializer`, `kernel_regularizer`,
+      `bias_regularizer`, `activity_regularizer`, `kernel_constraint` and
+      `bias_constraint`, passed to the projections, as in tf.keras.
     seed: int seed for the attention dropout.
     use_gate: Keras 3's gated attention: a sigmoid projection of the query
       (`gate`, `[B, T, N, V]`, built between `key` and `value` as in Keras 3)

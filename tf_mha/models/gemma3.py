@@ -79,11 +79,12 @@ class GemmaRMSNorm(transformer.RMSNorm):
 class Gemma3CausalLM(transformer.CausalLM):
   """Token ids `[B, T]` -> logits `[B, T, V]`, and the step interface.
 
-  >>> config = Gemma3Config(vocabulary_size=11, num_layers=2, hidden_dim=8,
-  ...                       num_query_heads=2, num_key_value_heads=1,
-  ...                       head_dim=4, intermediate_dim=16, sliding_window=2)
-  >>> Gemma3CausalLM(config, max_length=8)(tf.constant([[2, 5, 6]])).shape.as_list()
-  [1, 3, 11]
+  Example:
+    >>> config = Gemma3Config(vocabulary_size=11, num_layers=2, hidden_dim=8,
+    ...                       num_query_heads=2, num_key_value_heads=1,
+    ...                       head_dim=4, intermediate_dim=16, sliding_window=2)
+    >>> Gemma3CausalLM(config, max_length=8)(tf.constant([[2, 5, 6]])).shape.as_list()
+    [1, 3, 11]
   """
 
   config_class = Gemma3Config

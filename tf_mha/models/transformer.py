@@ -69,12 +69,13 @@ class CausalLM(tf_keras.Model):
   """Token ids `[B, T]` -> next-token logits `[B, T, V]`, and the step
   interface over caches of `max_length` slots.
 
-  >>> config = DecoderConfig("llama", vocabulary_size=11, num_layers=1,
-  ...                        hidden_dim=8, num_query_heads=2,
-  ...                        num_key_value_heads=1, head_dim=4,
-  ...                        intermediate_dim=16)
-  >>> CausalLM(config, max_length=8)(tf.constant([[2, 5, 6]])).shape.as_list()
-  [1, 3, 11]
+  Example:
+    >>> config = DecoderConfig("llama", vocabulary_size=11, num_layers=1,
+    ...                        hidden_dim=8, num_query_heads=2,
+    ...                        num_key_value_heads=1, head_dim=4,
+    ...                        intermediate_dim=16)
+    >>> CausalLM(config, max_length=8)(tf.constant([[2, 5, 6]])).shape.as_list()
+    [1, 3, 11]
   """
 
   config_class = DecoderConfig  # what `from_config` rebuilds

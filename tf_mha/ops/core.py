@@ -48,10 +48,11 @@ def dot_product_attention(query,
   output is the mean of `value` over `S`, as tf.keras gives); outputs and
   gradients stay finite.
 
-  >>> q = tf.ones([2, 3, 4, 8])
-  >>> kv = tf.ones([2, 5, 4, 8])
-  >>> dot_product_attention(q, kv, kv, is_causal=True).shape
-  TensorShape([2, 3, 4, 8])
+  Example:
+    >>> q = tf.ones([2, 3, 4, 8])
+    >>> kv = tf.ones([2, 5, 4, 8])
+    >>> dot_product_attention(q, kv, kv, is_causal=True).shape
+    TensorShape([2, 3, 4, 8])
 
   Grouped-query attention: `key` and `value` may have `K` heads, where `K`
   divides `N` (`K = 1` is multi-query attention); query head `n` uses key
@@ -59,10 +60,11 @@ def dot_product_attention(query,
   query heads of a group are laid out as consecutive query rows against
   their key head.
 
-  >>> q = tf.ones([2, 3, 4, 8])
-  >>> kv = tf.ones([2, 5, 1, 8])
-  >>> dot_product_attention(q, kv, kv, is_causal=True).shape
-  TensorShape([2, 3, 4, 8])
+  Example:
+    >>> q = tf.ones([2, 3, 4, 8])
+    >>> kv = tf.ones([2, 5, 1, 8])
+    >>> dot_product_attention(q, kv, kv, is_causal=True).shape
+    TensorShape([2, 3, 4, 8])
 
   Args:
     query: `[B, T, N, H]`.

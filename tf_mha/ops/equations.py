@@ -18,8 +18,9 @@ _LETTERS = string.ascii_lowercase
 def projection_equation(free_dims, bound_dims, output_dims):
   """Equation for an `EinsumDense` projection, as tf.keras builds it.
 
-  >>> projection_equation(2, 1, 2)
-  ('abc,cde->abde', 'de', 4)
+  Example:
+    >>> projection_equation(2, 1, 2)
+    ('abc,cde->abde', 'de', 4)
 
   Args:
     free_dims: leading input axes carried through.
@@ -40,8 +41,9 @@ def attention_equations(rank, attention_axes):
 
   These are what `_compute_attention` overrides written for tf.keras use.
 
-  >>> attention_equations(4, (1,))
-  ('aecd,abcd->acbe', 'acbe,aecd->abcd', 4)
+  Example:
+    >>> attention_equations(4, (1,))
+    ('aecd,abcd->acbe', 'acbe,aecd->abcd', 4)
 
   Args:
     rank: rank of the projected tensors, `[..., N, H]`.

@@ -16,8 +16,9 @@ def large_negative(dtype):
   Half of the most negative value leaves room to subtract two of them
   without overflowing to -inf (which would turn `-inf - -inf` into NaN).
 
-  >>> large_negative(tf.float16)
-  -32752.0
+  Example:
+    >>> large_negative(tf.float16)
+    -32752.0
 
   Args:
     dtype: a floating `tf.DType` (or anything `tf.as_dtype` accepts).
@@ -81,8 +82,9 @@ def causal_mask(query_length, key_length, query_offset=0, key_offset=0,
   offsets place the mask in a larger one: rows `query_offset + t`, columns
   `key_offset + s` (a block of the blockwise path, a chunk of queries).
 
-  >>> causal_mask(2, 3).numpy().tolist()
-  [[True, False, False], [True, True, False]]
+  Example:
+    >>> causal_mask(2, 3).numpy().tolist()
+    [[True, False, False], [True, True, False]]
 
   Args:
     query_length: `T`, a Python int or scalar int tensor.
@@ -104,8 +106,9 @@ def prefix_mask(key_length, valid_length, key_offset=0):
   """`[1, S]` mask of the keys before `valid_length`: key `key_offset + s`
   is kept when it is `< valid_length` (the real keys of a padded block).
 
-  >>> prefix_mask(4, 6, key_offset=4).numpy().tolist()
-  [[True, True, False, False]]
+  Example:
+    >>> prefix_mask(4, 6, key_offset=4).numpy().tolist()
+    [[True, True, False, False]]
   """
   _, cols = _positions(1, key_length, key_offset=key_offset)
   return cols < valid_length
@@ -115,8 +118,9 @@ def band_mask(query_length, key_length, width, query_offset=0, key_offset=0,
               query_group=1, query_start=0):
   """`[T, S]` mask of the keys within `width - 1` positions: `|t - s| < width`.
 
-  >>> band_mask(3, 3, 2).numpy().astype(int).tolist()
-  [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+  Example:
+    >>> band_mask(3, 3, 2).numpy().astype(int).tolist()
+    [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
 
   Args:
     query_length: `T`, a Python int or scalar int tensor.
@@ -140,16 +144,18 @@ def position_mask(query_length, key_length, *, causal=False, window=None,
   `causal`, `band_mask` of `window` if it is not `None`, both ANDed, or
   `None` for neither. Offsets as in `causal_mask`.
 
-  >>> position_mask(3, 3, causal=True, window=2).numpy().astype(int).tolist()
-  [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+  Example:
+    >>> position_mask(3, 3, causal=True, window=2).numpy().astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
 
   Query row `r` (from `query_offset`) is at position
   `query_start + r // query_group`: rows of grouped heads that share a key
   head, and the queries of a cached decode step that start at
   `query_start` (a Python int or scalar int tensor).
 
-  >>> position_mask(4, 2, causal=True, query_group=2).numpy().astype(int).tolist()
-  [[1, 0], [1, 0], [1, 1], [1, 1]]
+  Example:
+    >>> position_mask(4, 2, causal=True, query_group=2).numpy().astype(int).tolist()
+    [[1, 0], [1, 0], [1, 1], [1, 1]]
   """
   offsets = dict(query_offset=query_offset, key_offset=key_offset,
                  query_group=query_group, query_start=query_start)
@@ -162,8 +168,9 @@ def position_mask(query_length, key_length, *, causal=False, window=None,
 def combine_masks(*masks):
   """Logical AND of the masks that are not `None` (cast to bool).
 
-  >>> combine_masks(None, tf.constant([True, False]), tf.constant([1, 1]))
-  <tf.Tensor: shape=(2,), dtype=bool, numpy=array([ True, False])>
+  Example:
+    >>> combine_masks(None, tf.constant([True, False]), tf.constant([1, 1]))
+    <tf.Tensor: shape=(2,), dtype=bool, numpy=array([ True, False])>
 
   Args:
     *masks: tensors that broadcast against each other, or `None`.
