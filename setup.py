@@ -65,10 +65,10 @@ setuptools.setup(
             "gin-config>=0.5",
             "scipy>=1.10",
             "keras>=3.10,<4",
-            # KerasHub's layers are the reference of the rotary tests.
-            "keras-hub>=0.32,<0.33",
             # tests/test_docs.py builds the site.
             *_DOCS,
+            # KerasHub's layers are the reference of the rotary tests.
+            "keras-hub>=0.32,<0.33",
         ],
     },
     entry_points={

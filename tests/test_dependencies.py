@@ -86,6 +86,15 @@ class DependenciesTest(tf.test.TestCase):
         "setup.py's install_requires, the test extra or INSTALLED_APART",
     ])
 
+  def test_extras_may_name_a_module_level_list(self):
+    setup = os.path.join(_tree({"setup.py": (
+        "import setuptools\n_DOCS = ['mkdocs>=1.6', 'mkdocs-material']\n"
+        "setuptools.setup(name='x', install_requires=['numpy'], extras_require="
+        "{'docs': _DOCS, 'test': ['pytest', *_DOCS]})\n")}), "setup.py")
+    self.assertEqual(dependencies.declared(setup), (
+        ["numpy"], {"docs": ["mkdocs", "mkdocs-material"],
+                    "test": ["pytest", "mkdocs", "mkdocs-material"]}))
+
   def test_command_exit_codes(self):
     _needs_checkout(self)
     run = lambda *flags: subprocess.run(

@@ -104,7 +104,14 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
         ((np.ones([1, 3, 2, 7]), np.arange(3)), "even head size"),
         ((np.ones([3, 8]), np.arange(3)), "`x` must be"),
         ((np.ones([1, 3, 2, 8]), np.arange(3), 0), "`max_wavelength`"),
-        ((np.ones([1, 3, 2, 8]), np.arange(3), 10000.0, -1.0), "`scaling_factor`")):
+        ((np.ones([1, 3, 2, 8]), np.arange(3), 10000.0, -1.0), "`scaling_factor`"),
+        ((np.ones([1, 3, 2, 8]), np.arange(3), 10000.0, 1.0, (8.0, 1.0, 4.0)),
+         r"`llama3_scaling` must be \(factor, .* Received: llama3_scaling=\(8.0"),
+        ((np.ones([1, 3, 2, 8]), np.arange(3), 10000.0, 1.0, (8.0, -1.0, 4.0, 8192)),
+         r"`llama3_scaling\[1\]` must be a positive number. Received: "
+         r"llama3_scaling\[1\]=-1.0"),
+        ((np.ones([1, 3, 2, 8]), np.arange(3), 10000.0, 1.0, (8.0, 4.0, 4.0, 8192)),
+         r"`llama3_scaling` needs high_freq_factor > low_freq_factor")):
       with self.assertRaisesRegex(ValueError, pattern):
         tf_mha.rotary_embedding(*args)
 
@@ -230,6 +237,16 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "`rope_max_wavelength` must be"):
       tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
                                    num_key_value_heads=_K, rope_max_wavelength=-1)
+    for scaling, pattern in (("8,1,4,8192", r"`rope_llama3_scaling` must be \(factor"),
+                             ((8.0, 1.0, 1.0, 8192), r"`rope_llama3_scaling` needs high"),
+                             ((8.0, 1.0, 4.0, 0), r"`rope_llama3_scaling\[3\]` must be")):
+      with self.assertRaisesRegex(ValueError, pattern):
+        tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
+                                     num_key_value_heads=_K, rope_max_wavelength=1e4,
+                                     rope_llama3_scaling=scaling)
+    with self.assertRaisesRegex(ValueError, "`rope_llama3_scaling` needs `rope_max_wavelength`"):
+      tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N, num_key_value_heads=_K,
+                                   rope_llama3_scaling=(8.0, 1.0, 4.0, 8192))
 
 
 if __name__ == "__main__":

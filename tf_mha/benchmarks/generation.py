@@ -179,9 +179,11 @@ class RuntimeRow:
 # Runs a .litertlm file in LiteRT-LM (argv: path, prompt text, new tokens,
 # repeats) and prints its best benchmark figures and peak memory as JSON.
 # LiteRT-LM only (as `litertlm_file.run_greedy` calls it): no TensorFlow in
-# the process, so its peak memory is the runtime's, the model's and caches'.
+# the process, so its peak memory is the runtime's, the model's and caches'
+# (VmHWM, which starts afresh at exec; `ru_maxrss` would carry the forking
+# parent's peak).
 _RUN_LITERTLM = """
-import json, resource, sys
+import json, re, sys
 import litert_lm
 path, text, new, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(), enable_benchmark=True)
@@ -198,7 +200,7 @@ print(json.dumps(dict(
     prefill=max(r.last_prefill_tokens_per_second for r in runs),
     decode=max(r.last_decode_tokens_per_second for r in runs),
     first=min(r.time_to_first_token_in_second for r in runs),
-    rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+    rss=int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read())[1]) * 1024)))
 """
 
 

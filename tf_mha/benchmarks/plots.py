@@ -37,6 +37,15 @@ def _length_axes(ax, ylabel, title):
   ax.grid(True, which="both", alpha=0.3)
 
 
+# How the implementations appear in the plots: label, line style.
+_STYLE = {"tf_mha": ("tf_mha", "-o"), "tf_keras": ("tf_keras", "-s"),
+          "keras3": ("Keras 3", "-^"), "tf_mha_keras3": ("tf_mha.keras3", "--x")}
+
+
+def _style(impl):
+  return _STYLE.get(impl, (impl, "-o"))
+
+
 def timing(rows, implementations, path):
   """`rows`: `[(point, {implementation: seconds})]` of the timing table; one
   panel per pass (forward, forward + backward), a line per implementation and
@@ -44,11 +53,13 @@ def timing(rows, implementations, path):
   fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
   for ax, backward in zip(axes, (False, True)):
     for impl in implementations:
-      for jit, style in ((True, "-o"), (False, "--x")):
+      label, style = _style(impl)
+      for jit in (True, False):
         points = sorted((p.seq_len, t[impl] * 1e3) for p, t in rows
                         if p.backward == backward and p.jit == jit and impl in t)
         if points:
-          ax.plot(*zip(*points), style, label=f"{impl}{' (jit)' if jit else ''}")
+          ax.plot(*zip(*points), style if jit else style.replace("-", ":", 1),
+                  label=f"{label}{' (jit)' if jit else ''}")
     _length_axes(ax, "ms per call (median)",
                  "forward + backward" if backward else "forward")
   plotted = [ax for ax in axes if ax.get_lines()]
@@ -69,10 +80,12 @@ def memory(points, path):
       mine = [(t, rss) for t, p, i, rss in points if p == passed and i == impl]
       done = sorted((t, rss / 2**30) for t, rss in mine if rss is not None)
       failed = len(mine) - len(done)
+      label, style = _style(impl)
       if done:
-        ax.plot(*zip(*done), "-o", label=impl + (f" ({failed} did not complete)"
-                                                 if failed else ""))
-    _length_axes(ax, "peak RSS, GiB (B=1, causal, jit)", passed)
+        ax.plot(*zip(*done), style, label=label + (f" ({failed} did not complete)"
+                                                   if failed else ""))
+    _length_axes(ax, "peak RSS, GiB (B=1, causal, jit)",
+                 {"fwd": "forward", "fwd+bwd": "forward + backward"}.get(passed, passed))
     ax.legend(fontsize=7)
   return _save(fig, path)
 

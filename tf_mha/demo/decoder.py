@@ -27,6 +27,7 @@ import tf_keras
 
 import tf_mha
 from tf_mha.export import decoder_serving
+from tf_mha.models import transformer
 
 layers = tf_keras.layers
 
@@ -85,15 +86,9 @@ class Decoder(tf_keras.Model):
     Returns:
       `(logits [B, L, V], caches)`, the caches with the new keys and values.
     """
-    cache_index = tf.cast(cache_index, tf.int32)
-    start = cache_index - tf.cast(positions[:, :1], tf.int32)  # [B, 1]
-    in_sequence = tf.range(self.max_length)[None] >= start  # [B, S]
-    x = self.embed(token_ids)
-    updated = []
-    for block, cache in zip(self.blocks, caches):
-      x, cache = block(x, cache=cache, cache_index=cache_index,
-                       value_mask=in_sequence, positions=positions)
-      updated.append(cache)
+    x, updated = transformer.through_caches(
+        self.blocks, self.embed(token_ids), positions, cache_index, caches,
+        self.max_length)
     return self._logits(x), updated
 
   def _logits(self, x):

@@ -222,12 +222,9 @@ class CachedCall:
     k_new = _projections.apply(self._key_dense, key, 1, dtype)  # [B, L, K, H]
     k_new = _rotary.rotate(self, k_new, positions, index)
     v_new = _projections.apply(self._value_dense, value, 1, dtype)
-    if isinstance(cache, tuple):  # each in its own buffer
-      return tuple(_update(part, new, [0, index, 0, 0])
-                   for part, new in zip(cache, (k_new, v_new)))
-    written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
     if variable is None:
-      return _update(cache, written, [0, 0, index, 0, 0])
+      return write(cache, k_new, v_new, index)
+    written = tf.cast(tf.stack([k_new, v_new], axis=1), cache.dtype)
     with tf.control_dependencies([_assign(variable, written, index)]):  # see the module doc
       return variable.read_value()
 
@@ -266,6 +263,16 @@ def _assign(variable, update, index):
   tensor in and out took 0.28, 1.3 and 13.7 ms). A slice assign
   (`variable[:, :, i:i + L].assign`) needs a compile-time `i` under XLA."""
   return variable.assign(_update(variable, update, [0, 0, index, 0, 0]))
+
+
+def write(cache, keys, values, index):
+  """A tensor cache with `keys` and `values` `[B, L, K, H]` written at slots
+  `[index, index + L)`: a `[B, 2, S, K, H]` tensor, or a pair of
+  `[B, S, K, H]` (each in its own buffer, as LiteRT-LM binds them)."""
+  if isinstance(cache, (tuple, list)):
+    return tuple(_update(part, new, [0, index, 0, 0])
+                 for part, new in zip(cache, (keys, values)))
+  return _update(cache, tf.stack([keys, values], axis=1), [0, 0, index, 0, 0])
 
 
 def _update(cache, update, at):

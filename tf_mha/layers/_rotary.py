@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tf_mha import ops
 from tf_mha.ops import checks
+from tf_mha.ops import rotary
 
 
 def config(max_wavelength, scaling_factor, llama3_scaling=None):
@@ -27,9 +28,8 @@ def config(max_wavelength, scaling_factor, llama3_scaling=None):
       raise ValueError("`rope_llama3_scaling` needs `rope_max_wavelength`.")
     return None
   if llama3_scaling is not None:
-    llama3_scaling = tuple(llama3_scaling)
-    ops.rotary_embedding(tf.zeros([1, 1, 2]), [0], max_wavelength, 1.0,
-                         llama3_scaling)  # checks it, naming the argument
+    llama3_scaling = rotary.check_llama3_scaling(llama3_scaling,
+                                                 "rope_llama3_scaling")
   return (checks.positive_number("rope_max_wavelength", max_wavelength),
           checks.positive_number("rope_scaling_factor", scaling_factor),
           llama3_scaling)

@@ -24,10 +24,10 @@ import math
 from typing import Optional
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla
 import tf_keras
 
 import tf_mha
+from tf_mha.layers import _cache
 from tf_mha.models import transformer
 
 layers = tf_keras.layers
@@ -35,15 +35,8 @@ LOCAL_PERIOD = 6  # layers i with i % 6 < 5 are local, as KerasHub's
 
 
 @dataclasses.dataclass(frozen=True)
-class Gemma3Config:
+class Gemma3Config(transformer.DecoderSize):
   """What a Gemma 3 text decoder is made of (`Gemma3Backbone`'s config)."""
-  vocabulary_size: int
-  num_layers: int
-  hidden_dim: int  # D
-  num_query_heads: int  # N
-  num_key_value_heads: int  # K
-  head_dim: int  # H
-  intermediate_dim: int  # F
   query_head_dim_normalize: bool = True
   use_query_key_norm: bool = True
   use_post_ffw_norm: bool = False
@@ -152,13 +145,7 @@ class Attention(layers.Layer):
     index = 0 if cache is None else tf.cast(cache_index, tf.int32)
     q, k = self._rotate(q, positions, index), self._rotate(k, positions, index)
     if cache is not None:
-      at = [0, index, 0, 0]
-      if isinstance(cache, (tuple, list)):  # LiteRT-LM's pair
-        cache = tuple(xla.dynamic_update_slice(part, new, tf.stack(at))
-                      for part, new in zip(cache, (k, v)))
-      else:  # [B, 2, S, K, H]
-        cache = xla.dynamic_update_slice(
-            cache, tf.stack([k, v], 1), tf.stack([0, 0] + at[1:]))
+      cache = _cache.write(cache, k, v, index)
       k, v = cache if isinstance(cache, tuple) else (cache[:, 0], cache[:, 1])
     mask = None if value_mask is None else value_mask[:, None, None, :]
     out = tf_mha.dot_product_attention(

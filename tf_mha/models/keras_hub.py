@@ -165,22 +165,21 @@ def read_config(backbone):
   name = type(backbone).__name__
   family = FAMILIES[name]
   get = lambda key, default=None: getattr(backbone, key, default)
+  sizes = {f.name: get(f.name) for f in dataclasses.fields(transformer.DecoderSize)}
+  sizes["head_dim"] = sizes["head_dim"] or backbone.hidden_dim // backbone.num_query_heads
   if family == "gemma3":
     # KerasHub's Gemma 3 block builds its attention with
     # `query_head_dim_normalize=True` whatever the config says: so here.
     return gemma3.Gemma3Config(
+        **sizes,
         **{f.name: get(f.name) for f in dataclasses.fields(gemma3.Gemma3Config)
-           if f.name not in ("family", "tie_word_embeddings", "sliding_window",
-                             "query_head_dim_normalize")},
+           if f.name not in sizes and f.name not in (
+               "family", "tie_word_embeddings", "sliding_window",
+               "query_head_dim_normalize")},
         sliding_window=(backbone.sliding_window_size
                         if get("use_sliding_window_attention") else None))
-  head_dim = get("head_dim") or backbone.hidden_dim // backbone.num_query_heads
   common = dict(
-      family=family, vocabulary_size=backbone.vocabulary_size,
-      num_layers=backbone.num_layers, hidden_dim=backbone.hidden_dim,
-      num_query_heads=backbone.num_query_heads,
-      num_key_value_heads=backbone.num_key_value_heads, head_dim=head_dim,
-      intermediate_dim=backbone.intermediate_dim,
+      sizes, family=family,
       layer_norm_epsilon=backbone.layer_norm_epsilon,
       rope_max_wavelength=backbone.rope_max_wavelength,
       tie_word_embeddings=bool(backbone.token_embedding.tie_weights))

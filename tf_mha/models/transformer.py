@@ -26,17 +26,43 @@ import tf_mha
 layers = tf_keras.layers
 
 
+def through_caches(blocks, x, positions, cache_index, caches, max_length):
+  """A decoder step's blocks: `x` `[B, L, D]` through each block with its
+  cache; returns `(x, caches)` with the new keys and values written.
+
+  Each block is called as `block(x, cache=, cache_index=, value_mask=,
+  positions=) -> (x, cache)`. Row `b`'s sequence starts at slot
+  `cache_index - positions[b, 0]`; the slots before it (left padding) are
+  masked out.
+  """
+  cache_index = tf.cast(cache_index, tf.int32)
+  start = cache_index - tf.cast(positions[:, :1], tf.int32)  # [B, 1]
+  in_sequence = tf.range(max_length)[None] >= start  # [B, S]
+  updated = []
+  for block, cache in zip(blocks, caches):
+    x, cache = block(x, cache=cache, cache_index=cache_index,
+                     value_mask=in_sequence, positions=positions)
+    updated.append(cache)
+  return x, updated
+
+
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-  """What a Llama, Mistral or Qwen2 decoder is made of."""
-  family: str  # "llama", "mistral" or "qwen2"
-  vocabulary_size: int
+class DecoderSize:
+  """The sizes of every decoder family, named as KerasHub's backbones name
+  them."""
+  vocabulary_size: int  # V
   num_layers: int
   hidden_dim: int  # D
   num_query_heads: int  # N
   num_key_value_heads: int  # K
   head_dim: int  # H
   intermediate_dim: int  # F
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(DecoderSize):
+  """What a Llama, Mistral or Qwen2 decoder is made of."""
+  family: str  # "llama", "mistral" or "qwen2"
   layer_norm_epsilon: float = 1e-6
   rope_max_wavelength: float = 10000.0
   rope_scaling_factor: float = 1.0
@@ -70,8 +96,8 @@ class CausalLM(tf_keras.Model):
   interface over caches of `max_length` slots.
 
   Example:
-    >>> config = DecoderConfig("llama", vocabulary_size=11, num_layers=1,
-    ...                        hidden_dim=8, num_query_heads=2,
+    >>> config = DecoderConfig(family="llama", vocabulary_size=11,
+    ...                        num_layers=1, hidden_dim=8, num_query_heads=2,
     ...                        num_key_value_heads=1, head_dim=4,
     ...                        intermediate_dim=16)
     >>> CausalLM(config, max_length=8)(tf.constant([[2, 5, 6]])).shape.as_list()
@@ -130,15 +156,8 @@ class CausalLM(tf_keras.Model):
     Returns:
       `(logits [B, L, V], caches)`, the caches with the new keys and values.
     """
-    cache_index = tf.cast(cache_index, tf.int32)
-    start = cache_index - tf.cast(positions[:, :1], tf.int32)  # [B, 1]
-    in_sequence = tf.range(self.max_length)[None] >= start  # [B, S]
-    x = self._embed(token_ids)
-    updated = []
-    for block, cache in zip(self.blocks, caches):
-      x, cache = block(x, cache=cache, cache_index=cache_index,
-                       value_mask=in_sequence, positions=positions)
-      updated.append(cache)
+    x, updated = through_caches(self.blocks, self._embed(token_ids), positions,
+                                cache_index, caches, self.max_length)
     return self._logits(x), updated
 
   def _logits(self, x):

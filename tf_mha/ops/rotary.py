@@ -69,21 +69,28 @@ def rotary_embedding(x, positions, max_wavelength=10000.0, scaling_factor=1.0,
   return tf.cast(rotated, x.dtype)
 
 
+def check_llama3_scaling(value, name="llama3_scaling"):
+  """`value` as a tuple of four positive floats `(factor, low_freq_factor,
+  high_freq_factor, pretraining_length)` with `high_freq_factor >
+  low_freq_factor`, or a ValueError naming `name`."""
+  if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 4:
+    raise ValueError(f"`{name}` must be (factor, low_freq_factor, "
+                     "high_freq_factor, pretraining_length). Received: "
+                     f"{name}={value!r}")
+  checked = tuple(checks.positive_number(f"{name}[{i}]", v)
+                  for i, v in enumerate(value))
+  if checked[2] <= checked[1]:
+    raise ValueError(f"`{name}` needs high_freq_factor > low_freq_factor. "
+                     f"Received: {name}={tuple(value)}")
+  return checked
+
+
 def _frequencies(size, max_wavelength, llama3_scaling):
   """The `H / 2` rotation frequencies, as Python floats (float64)."""
   out = [max_wavelength ** (-i / size) for i in range(0, size, 2)]
   if llama3_scaling is None:
     return out
-  if len(llama3_scaling) != 4:
-    raise ValueError("`llama3_scaling` must be (factor, low_freq_factor, "
-                     "high_freq_factor, pretraining_length). Received: "
-                     f"llama3_scaling={llama3_scaling!r}")
-  factor, low, high, length = (
-      checks.positive_number(f"llama3_scaling[{i}]", v)
-      for i, v in enumerate(llama3_scaling))
-  if high <= low:
-    raise ValueError("`llama3_scaling` needs high_freq_factor > low_freq_factor."
-                     f" Received: llama3_scaling={tuple(llama3_scaling)}")
+  factor, low, high, length = check_llama3_scaling(llama3_scaling)
   scaled = []
   for frequency in out:
     wavelength = 2 * math.pi / frequency
