@@ -182,7 +182,7 @@ class RuntimeRow:
 # the process, so its peak memory is the runtime's, the model's and caches'
 # (VmHWM, which starts afresh at exec; `ru_maxrss` would carry the forking
 # parent's peak).
-_RUN_LITERTLM = """
+_RUN_LITERTLM = r"""
 import json, re, sys
 import litert_lm
 path, text, new, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
