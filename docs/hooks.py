@@ -15,6 +15,7 @@
 """
 
 import ast
+import html
 import os
 import re
 
@@ -69,7 +70,7 @@ def _table(name):
   with open(os.path.join(_CLI, name + ".py")) as f:
     usage = ast.get_docstring(ast.parse(f.read()))
   rows = [f"| `--{flag}` | {kind} | {'**required**' if required else f'`{default}`'} | "
-          f"{help_text.replace('|', '&#124;')} |"
+          f"{html.escape(help_text).replace('|', '&#124;')} |"
           for flag, kind, default, help_text, required in command_flags(name)]
   return "\n".join(["```text", usage, "```", "", "## Flags", "",
                     "| flag | type | default | what it does |", "|---|---|---|---|",
