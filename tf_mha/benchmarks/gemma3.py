@@ -44,22 +44,39 @@ class Conversion:
   file_bytes: int
 
 
+# Runs the module argv[1] as `python -m` would, with argv[2:], and at exit
+# writes its peak memory in bytes to argv[0]: VmHWM, which starts afresh at
+# exec (`ru_maxrss`, from `wait4`, carries the forking process's peak).
+_RUN_WITH_PEAK = r"""
+import atexit, runpy, sys
+peak_file, sys.argv = sys.argv[1], sys.argv[2:]
+def write_peak():
+  with open("/proc/self/status") as f:
+    kib = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+  with open(peak_file, "w") as f:
+    f.write(str(kib * 1024))
+atexit.register(write_peak)
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 def convert_in_child(saved_model_dir, output_file, quantize):
   """`tf_mha_convert_litertlm` in a child process: `Conversion` (wall time,
   the child's peak memory, the file's size)."""
+  peak_file = output_file + ".peak"
   start = time.perf_counter()
-  child = subprocess.Popen(
-      [sys.executable, "-m", "tf_mha.cli.convert_litertlm",
+  child = subprocess.run(
+      [sys.executable, "-c", _RUN_WITH_PEAK, peak_file, "tf_mha.cli.convert_litertlm",
        f"--saved_model_dir={saved_model_dir}", f"--output_file={output_file}",
-       f"--quantize={quantize}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  _, status, usage = os.wait4(child.pid, 0)
+       f"--quantize={quantize}"], capture_output=True, text=True, check=False)
   seconds = time.perf_counter() - start
-  out, err = child.stdout.read(), child.stderr.read()
-  if os.waitstatus_to_exitcode(status):
-    raise RuntimeError(f"Converting ({quantize}) failed:\n{out.decode()[-2000:]}"
-                       f"\n{err.decode()[-3000:]}")
-  return Conversion(quantize, seconds, usage.ru_maxrss * 1024,
-                    os.path.getsize(output_file))
+  if child.returncode:
+    raise RuntimeError(f"Converting ({quantize}) failed:\n{child.stdout[-2000:]}"
+                       f"\n{child.stderr[-3000:]}")
+  with open(peak_file) as f:
+    peak = int(f.read())
+  os.remove(peak_file)
+  return Conversion(quantize, seconds, peak, os.path.getsize(output_file))
 
 
 def _time_keras_hub(causal_lm, text, prompt, new, repeats):
