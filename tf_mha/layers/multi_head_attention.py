@@ -45,9 +45,8 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
   Example:
     >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
     >>> x = tf.ones([3, 5, 8])
-    >>> out, scores = layer(x, x, return_attention_scores=True)
-    >>> out.shape, scores.shape
-    (TensorShape([3, 5, 8]), TensorShape([3, 2, 5, 5]))
+    >>> [t.shape.as_list() for t in layer(x, x, return_attention_scores=True)]
+    [[3, 5, 8], [3, 2, 5, 5]]
 
   Args:
     num_heads: number of attention heads `N`.
