@@ -242,6 +242,13 @@ class SiteTest(tf.test.TestCase):
     self.assertGreater(len(names), 60)
     self.assertEqual([n for n in names if n not in anchors], [])
 
+  def test_docstring_examples_render_as_code(self):
+    # A `>>>` example outside an `Examples:` section renders as nested quotes.
+    for page in ("tf_mha", "keras3", "generation", "models"):
+      html = self._page(f"reference/{page}")
+      self.assertIn('<span class="gp">&gt;&gt;&gt; </span>', html, page)
+      self.assertFalse("<blockquote>\n<blockquote>" in html, f"{page}: nested quotes")
+
   def test_each_command_page_lists_its_flags(self):
     commands = {"tf_mha_export": "export_saved_model",
                 "tf_mha_convert_tflite": "convert_tflite",

@@ -35,7 +35,7 @@ layers = tf_keras.layers
 class Decoder(tf_keras.Model):
   """Token ids `[B, T]` -> next-token logits `[B, T, V]`.
 
-  Example:
+  Examples:
     >>> model = Decoder(vocab_size=11, max_length=8)
     >>> model(tf.constant([[2, 5, 6]])).shape.as_list()
     [1, 3, 11]

@@ -32,7 +32,7 @@ def cache_shape(batch, max_length, num_key_value_heads, head_dim):
 class KVCache(tf.Module):
   """One cache variable per attention layer, for in-place decoding.
 
-  Example:
+  Examples:
     >>> cache = KVCache(num_layers=2, batch=1, max_length=8,
     ...                 num_key_value_heads=2, head_dim=4)
     >>> [v.shape.as_list() for v in cache.layers]  # [B, 2, S, K, H] each

@@ -74,7 +74,7 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
   """`keras.layers.MultiHeadAttention` with its attention on tf_mha's op on
   the TensorFlow backend (module docstring).
 
-  Example:
+  Examples:
     >>> layer = MultiHeadAttention(num_heads=2, key_dim=4, flash_attention=True)
     >>> x = tf.ones([3, 5, 8])
     >>> layer(x, x, use_causal_mask=True).shape
@@ -130,7 +130,7 @@ class GroupedQueryAttention(keras.layers.GroupQueryAttention):
   """`keras.layers.GroupQueryAttention` on tf_mha's op on the TensorFlow
   backend: the keys and values are not repeated (module docstring).
 
-  Example:
+  Examples:
     >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
     ...                               num_key_value_heads=2)
     >>> x = tf.ones([3, 5, 8])

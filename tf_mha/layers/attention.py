@@ -23,7 +23,7 @@ class Attention(tf_keras.layers.Layer):
   `concat_score_weight * sum(tanh(scale * (query + key)))` ("concat"); the
   output is `softmax(scores) @ value`, zeroed where the query is masked.
 
-  Example:
+  Examples:
     >>> layer = Attention()
     >>> q, v = tf.ones([2, 3, 4]), tf.ones([2, 5, 4])
     >>> layer([q, v]).shape

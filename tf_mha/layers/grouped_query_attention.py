@@ -42,7 +42,7 @@ class GroupedQueryAttention(multi_head_attention.MultiHeadAttention):
   `(D, N, H)` (between key and value), output `(N, H, D)`, so
   `set_weights(keras_layer.get_weights())` gives Keras 3's outputs.
 
-  Example:
+  Examples:
     >>> layer = GroupedQueryAttention(head_dim=4, num_query_heads=4,
     ...                               num_key_value_heads=2)
     >>> x = tf.ones([3, 5, 8])

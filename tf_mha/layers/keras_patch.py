@@ -4,7 +4,7 @@ For libraries that subclass or build tf.keras' layer (TensorFlow Model
 Garden's attention layers and encoders, say): patch before importing them,
 and their classes are built on `tf_mha.MultiHeadAttention`.
 
-Example:
+Examples:
   >>> patch = patch_tf_keras()
   >>> tf_keras.layers.MultiHeadAttention is tf_mha.MultiHeadAttention
   True
@@ -97,7 +97,7 @@ def patch_tf_keras():
 
   Returns:
     A `Patch`: call `restore()`, or use it as a context manager. Patching
-    again while patched changes nothing.
+      again while patched changes nothing.
 
   Raises:
     RuntimeError: a module outside tf_keras already subclassed or imported

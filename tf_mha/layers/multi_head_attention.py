@@ -42,7 +42,7 @@ class MultiHeadAttention(_cache.CachedCall, _keras_hooks.KerasHooks,
   dot-product attention per head, and projects the concatenated heads back
   to the query's last dimension (or `output_shape`).
 
-  Example:
+  Examples:
     >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
     >>> x = tf.ones([3, 5, 8])
     >>> [t.shape.as_list() for t in layer(x, x, return_attention_scores=True)]

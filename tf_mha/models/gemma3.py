@@ -72,7 +72,7 @@ class GemmaRMSNorm(transformer.RMSNorm):
 class Gemma3CausalLM(transformer.CausalLM):
   """Token ids `[B, T]` -> logits `[B, T, V]`, and the step interface.
 
-  Example:
+  Examples:
     >>> config = Gemma3Config(vocabulary_size=11, num_layers=2, hidden_dim=8,
     ...                       num_query_heads=2, num_key_value_heads=1,
     ...                       head_dim=4, intermediate_dim=16, sliding_window=2)

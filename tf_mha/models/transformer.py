@@ -95,7 +95,7 @@ class CausalLM(tf_keras.Model):
   """Token ids `[B, T]` -> next-token logits `[B, T, V]`, and the step
   interface over caches of `max_length` slots.
 
-  Example:
+  Examples:
     >>> config = DecoderConfig(family="llama", vocabulary_size=11,
     ...                        num_layers=1, hidden_dim=8, num_query_heads=2,
     ...                        num_key_value_heads=1, head_dim=4,

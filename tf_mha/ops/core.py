@@ -48,7 +48,7 @@ def dot_product_attention(query,
   output is the mean of `value` over `S`, as tf.keras gives); outputs and
   gradients stay finite.
 
-  Example:
+  Examples:
     >>> q = tf.ones([2, 3, 4, 8])
     >>> kv = tf.ones([2, 5, 4, 8])
     >>> dot_product_attention(q, kv, kv, is_causal=True).shape
@@ -60,7 +60,7 @@ def dot_product_attention(query,
   query heads of a group are laid out as consecutive query rows against
   their key head.
 
-  Example:
+  Examples:
     >>> q = tf.ones([2, 3, 4, 8])
     >>> kv = tf.ones([2, 5, 1, 8])
     >>> dot_product_attention(q, kv, kv, is_causal=True).shape

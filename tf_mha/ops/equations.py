@@ -18,7 +18,7 @@ _LETTERS = string.ascii_lowercase
 def projection_equation(free_dims, bound_dims, output_dims):
   """Equation for an `EinsumDense` projection, as tf.keras builds it.
 
-  Example:
+  Examples:
     >>> projection_equation(2, 1, 2)
     ('abc,cde->abde', 'de', 4)
 
@@ -41,7 +41,7 @@ def attention_equations(rank, attention_axes):
 
   These are what `_compute_attention` overrides written for tf.keras use.
 
-  Example:
+  Examples:
     >>> attention_equations(4, (1,))
     ('aecd,abcd->acbe', 'acbe,aecd->abcd', 4)
 

@@ -16,7 +16,7 @@ def large_negative(dtype):
   Half of the most negative value leaves room to subtract two of them
   without overflowing to -inf (which would turn `-inf - -inf` into NaN).
 
-  Example:
+  Examples:
     >>> large_negative(tf.float16)
     -32752.0
 
@@ -82,7 +82,7 @@ def causal_mask(query_length, key_length, query_offset=0, key_offset=0,
   offsets place the mask in a larger one: rows `query_offset + t`, columns
   `key_offset + s` (a block of the blockwise path, a chunk of queries).
 
-  Example:
+  Examples:
     >>> causal_mask(2, 3).numpy().tolist()
     [[True, False, False], [True, True, False]]
 
@@ -106,7 +106,7 @@ def prefix_mask(key_length, valid_length, key_offset=0):
   """`[1, S]` mask of the keys before `valid_length`: key `key_offset + s`
   is kept when it is `< valid_length` (the real keys of a padded block).
 
-  Example:
+  Examples:
     >>> prefix_mask(4, 6, key_offset=4).numpy().tolist()
     [[True, True, False, False]]
   """
@@ -118,7 +118,7 @@ def band_mask(query_length, key_length, width, query_offset=0, key_offset=0,
               query_group=1, query_start=0):
   """`[T, S]` mask of the keys within `width - 1` positions: `|t - s| < width`.
 
-  Example:
+  Examples:
     >>> band_mask(3, 3, 2).numpy().astype(int).tolist()
     [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
 
@@ -144,7 +144,7 @@ def position_mask(query_length, key_length, *, causal=False, window=None,
   `causal`, `band_mask` of `window` if it is not `None`, both ANDed, or
   `None` for neither. Offsets as in `causal_mask`.
 
-  Example:
+  Examples:
     >>> position_mask(3, 3, causal=True, window=2).numpy().astype(int).tolist()
     [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
 
@@ -153,7 +153,7 @@ def position_mask(query_length, key_length, *, causal=False, window=None,
   head, and the queries of a cached decode step that start at
   `query_start` (a Python int or scalar int tensor).
 
-  Example:
+  Examples:
     >>> position_mask(4, 2, causal=True, query_group=2).numpy().astype(int).tolist()
     [[1, 0], [1, 0], [1, 1], [1, 1]]
   """
@@ -168,7 +168,7 @@ def position_mask(query_length, key_length, *, causal=False, window=None,
 def combine_masks(*masks):
   """Logical AND of the masks that are not `None` (cast to bool).
 
-  Example:
+  Examples:
     >>> combine_masks(None, tf.constant([True, False]), tf.constant([1, 1]))
     <tf.Tensor: shape=(2,), dtype=bool, numpy=array([ True, False])>
 

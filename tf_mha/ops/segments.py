@@ -40,7 +40,7 @@ def positions(segment_ids):
   """Each token's position inside its own segment, `[B, T]` int32: 0 at the
   start of every segment (and on padding, id 0), counting up within it.
 
-  Example:
+  Examples:
     >>> positions(tf.constant([[1, 1, 1, 2, 2, 0]])).numpy()
     array([[0, 1, 2, 0, 1, 0]], dtype=int32)
   """
