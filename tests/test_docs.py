@@ -162,6 +162,9 @@ class CodeBlocksTest(parameterized.TestCase):
         self.assertLen(block.run_by, 1, f"{block}: mark it run or not run")
 
   def test_each_marker_names_one_block_and_a_test_that_runs_it(self):
+    if "TEST_SRCDIR" in os.environ:
+      self.skipTest("Under Bazel the runfiles hold only declared files, not "
+                    "the other test files; .ci/run checks them in its pytest stage.")
     for marker, runner in doc_pages.RUN_BY.items():
       self.assertTrue(doc_pages.block(marker))  # exactly one block holds it
       path, _, test = runner.partition("::")
