@@ -7,6 +7,8 @@ from absl.testing import parameterized
 
 import tf_mha
 
+from tests import bounds
+
 _RNG = np.random.default_rng(7)
 
 
@@ -62,10 +64,10 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
     concat_weight = weights[-1] if mode == "concat" else 1.0
     ref_out, ref_scores = _reference(q, v, k, q_mask, v_mask, causal, mode,
                                      scale, concat_weight)
-    self.assertAllClose(out, ref_out, rtol=1e-5, atol=1e-5)
-    self.assertAllClose(scores, ref_scores, rtol=1e-5, atol=1e-5)
-    self.assertAllClose(out, their_out, rtol=1e-5, atol=1e-5)
-    self.assertAllClose(scores, their_scores, rtol=1e-5, atol=1e-5)
+    bounds.assert_close(out, ref_out, bounds.LAYER_ULPS)
+    bounds.assert_close(scores, ref_scores, bounds.LAYER_ULPS)
+    bounds.assert_close(out, their_out, bounds.LAYER_ULPS)
+    bounds.assert_close(scores, their_scores, bounds.LAYER_ULPS)
     self.assertEqual([w.name.split("/", 1)[1] for w in ours.weights],
                      [w.name.split("/", 1)[1] for w in theirs.weights])
 
@@ -83,7 +85,7 @@ class AttentionTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotAllClose(layer([q, q], training=True), layer([q, q], training=False))
     # Returned scores are the weights applied: after dropout, as in tf.keras.
     out, scores = layer([q, q], training=True, return_attention_scores=True)
-    self.assertAllClose(out, tf.matmul(scores, q), rtol=1e-5, atol=1e-5)
+    bounds.assert_close(out, tf.matmul(scores, q), bounds.LAYER_ULPS)
     self.assertNotAllClose(tf.reduce_sum(scores, -1), tf.ones([2, 6]))
     _, scores = layer([q, q], training=False, return_attention_scores=True)
     self.assertAllClose(tf.reduce_sum(scores, -1), tf.ones([2, 6]))

@@ -29,7 +29,9 @@ from tf_mha.layers import multi_head_attention
 from tf_mha.ops import core
 from tf_mha.ops import equations
 from tf_mha.ops import masks
-from tf_mha.demo import decoder
+from tf_mha.models import demo
+from tf_mha.models import gemma3
+from tf_mha.models import transformer
 from tests import doc_pages
 
 _REPO = doc_pages.REPO
@@ -49,7 +51,8 @@ class DocsTest(tf.test.TestCase, parameterized.TestCase):
       ("multi_head_attention", multi_head_attention), ("attention", attention),
       ("grouped_query_attention", grouped_query_attention),
       ("keras_patch", keras_patch), ("generation", greedy),
-      ("keras3", keras3), ("decoder", decoder))
+      ("keras3", keras3), ("transformer", transformer), ("gemma3", gemma3),
+      ("demo", demo))
   def test_docstring_examples(self, module):
     result = doctest.testmod(module, extraglobs={"tf": tf, "tf_mha": tf_mha, "tf_keras": tf_keras},
                              optionflags=doctest.ELLIPSIS)

@@ -15,6 +15,7 @@ from tf_mha.ops import chunked
 from tf_mha.demo import pipeline
 from tf_mha.export import serving
 from tf_mha.export import tflite
+from tests import bounds
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +129,7 @@ class AttentionTFLiteTest(tf.test.TestCase):
     model = tf_keras.Model(inputs, outputs)
     run = self._builtins_runner(model, "BATCH_MATMUL")
     x = np.random.default_rng(0).normal(size=(2, length, 16)).astype(np.float32)
-    self.assertAllClose(run(x), model(x), rtol=1e-5, atol=1e-5)
+    bounds.assert_close(run(x), model(x), bounds.LAYER_ULPS)
 
   def test_flash_model_with_a_static_batch_converts_to_builtins(self):
     # The blockwise path's while loops, at any length.
@@ -140,7 +141,7 @@ class AttentionTFLiteTest(tf.test.TestCase):
     rng = np.random.default_rng(1)
     for length in (5, 2100):  # one block, and three 1024-row blocks
       x = rng.normal(size=(1, length, 16)).astype(np.float32)
-      self.assertAllClose(run(x), model(x), rtol=1e-5, atol=1e-5)
+      bounds.assert_close(run(x), model(x), bounds.LAYER_ULPS)
 
 
 _KILLED_EXPORT = """
@@ -282,7 +283,7 @@ class DemoPipelineTest(tf.test.TestCase):
                        {"token_ids": ids})["probabilities"]
     served = tf.saved_model.load(self.report.saved_model_dir).signatures[
         "serving_default"](text=tf.constant(texts))
-    self.assertAllClose(probs, served["probabilities"], atol=1e-4)
+    bounds.assert_close(probs, served["probabilities"], bounds.MODEL_ULPS)
     self.assertIn("TFLite tokenizer", "\n".join(self.report.lines()))
 
   def test_tflite_uses_builtins_only(self):
@@ -298,7 +299,7 @@ class DemoPipelineTest(tf.test.TestCase):
       ids = np.random.default_rng(length).integers(1, 20, size=(3, length)).astype(np.int32)
       probs = tflite.run(model, "classify_ids", {"token_ids": ids})["probabilities"]
       self.assertEqual(probs.shape, (3, 2))
-      self.assertAllClose(probs.sum(-1), np.ones(3), atol=1e-5)
+      bounds.assert_close(probs.sum(-1), np.ones(3), bounds.LAYER_ULPS)
 
   def test_serves_from_a_clean_process_without_tf_mha(self):
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="3")

@@ -22,6 +22,7 @@ from tf_mha.export import arrays
 from tf_mha.export import converter
 from tf_mha.export import litert_generation
 from tf_mha.export import tflite
+from tests import bounds
 from tests import doc_pages
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,10 +46,10 @@ class DecoderTest(tf.test.TestCase):
     want = model(ids)
     caches = model.empty_caches(2)
     logits, caches = model.step(ids[:, :5], np.tile(np.arange(5), (2, 1)), 0, caches)
-    self.assertAllClose(logits, want[:, :5], atol=1e-5)
+    bounds.assert_close(logits, want[:, :5], bounds.MODEL_ULPS)
     for i in range(5, 9):
       logits, caches = model.step(ids[:, i:i + 1], np.full([2, 1], i), i, caches)
-      self.assertAllClose(logits[:, 0], want[:, i], atol=1e-5)
+      bounds.assert_close(logits[:, 0], want[:, i], bounds.MODEL_ULPS)
 
   def test_left_padded_rows_equal_unpadded_ones(self):
     model = _small_decoder()
@@ -57,16 +58,16 @@ class DecoderTest(tf.test.TestCase):
     ids = np.stack([np.concatenate([[0, 0, 0], short]), long]).astype(np.int32)
     positions = np.stack([np.arange(-3, 3), np.arange(6)]).astype(np.int32)
     logits, caches = model.step(ids, positions, 0, model.empty_caches(2))
-    self.assertAllClose(logits[0, 3:], model(short[None])[0], atol=1e-5)
-    self.assertAllClose(logits[1], model(long[None])[0], atol=1e-5)
+    bounds.assert_close(logits[0, 3:], model(short[None])[0], bounds.MODEL_ULPS)
+    bounds.assert_close(logits[1], model(long[None])[0], bounds.MODEL_ULPS)
     step, _ = model.step(np.array([[4], [5]], np.int32),
                          np.array([[3], [6]], np.int32), 6, caches)
-    self.assertAllClose(step[0, 0], model(np.append(short, 4)[None])[0, -1], atol=1e-5)
-    self.assertAllClose(step[1, 0], model(np.append(long, 5)[None])[0, -1], atol=1e-5)
+    bounds.assert_close(step[0, 0], model(np.append(short, 4)[None])[0, -1], bounds.MODEL_ULPS)
+    bounds.assert_close(step[1, 0], model(np.append(long, 5)[None])[0, -1], bounds.MODEL_ULPS)
 
   def test_config_round_trip(self):
     model = _small_decoder()
-    copy = decoder_lib.Decoder.from_config(model.get_config())
+    copy = type(model).from_config(model.get_config())
     self.assertEqual(copy.cache_shape(3), [3, 2, 16, 2, 4])
 
 
@@ -314,13 +315,13 @@ class GeneratorExportTest(tf.test.TestCase):
     tokens = np.concatenate([ids[0]] + [i["token_ids"][0] for _, i, _ in served[1:]])
     full = self.report.model(tokens[None]).numpy()[0]
     for last, (key, _, want) in enumerate(served, start=4):
-      self.assertAllClose(want["logits"][0, -1], full[last], atol=1e-4, msg=key)
+      bounds.assert_close(want["logits"][0, -1], full[last], bounds.MODEL_ULPS, msg=key)
     for key, step_inputs, want in served:  # the Keras model, same weights
       logits, keras_caches = self.report.model.step(
           step_inputs["token_ids"], step_inputs["positions"],
           step_inputs["cache_index"], [step_inputs[k] for k in sorted(caches)])
-      self.assertAllClose(logits, want["logits"], atol=1e-5)
-      self.assertAllClose(keras_caches[1], want["kv_cache_1"], atol=1e-5)
+      bounds.assert_close(logits, want["logits"], bounds.MODEL_ULPS)
+      bounds.assert_close(keras_caches[1], want["kv_cache_1"], bounds.MODEL_ULPS)
     for quantize in _QUANTIZATIONS:
       interpreter = tflite.interpreter(self.report.tflite[quantize][0])
       for last, (key, step_inputs, want) in enumerate(served, start=4):
@@ -328,9 +329,8 @@ class GeneratorExportTest(tf.test.TestCase):
         self.assertEqual(set(got), set(want))
         if quantize == "none":
           for name in want:
-            self.assertAllClose(got[name], want[name], atol=1e-4, msg=f"{key} {name}")
-          self.assertAllClose(got["logits"][0, -1], full[last], atol=2e-4,
-                              msg=f"TFLite {key} against the full recompute")
+            bounds.assert_close(got[name], want[name], bounds.MODEL_ULPS, msg=f"{key} {name}")
+          bounds.assert_close(got["logits"][0, -1], full[last], bounds.MODEL_ULPS, msg=f"TFLite {key} against the full recompute")
         self.assertAllEqual(np.argmax(got["logits"][:, -1], -1),
                             np.argmax(want["logits"][:, -1], -1), msg=quantize)
 
@@ -364,7 +364,7 @@ class GeneratorExportTest(tf.test.TestCase):
         got = tflite.run(out, name, example)
         want = signature(**{k: tf.constant(v) for k, v in example.items()})
         for output, value in want.items():
-          self.assertAllClose(got[output], value, atol=1e-4, rtol=0, msg=output)
+          bounds.assert_close(got[output], value, bounds.MODEL_ULPS, msg=output)
 
   def test_tflite_prefill_takes_any_prompt_length(self):
     runner = litert_generation.Generator(self.report.tflite["none"][0])
@@ -377,7 +377,7 @@ class GeneratorExportTest(tf.test.TestCase):
                 **{f"kv_cache_{i}": np.zeros(shape, np.float32) for i in range(2)}}
       got = runner._prefill(**inputs)
       want = prefill(**{k: tf.constant(v) for k, v in inputs.items()})
-      self.assertAllClose(got["logits"], want["logits"], atol=1e-4)
+      bounds.assert_close(got["logits"], want["logits"], bounds.MODEL_ULPS)
 
   def test_litert_generator_refuses_what_does_not_fit(self):
     runner = litert_generation.Generator(self.report.tflite["none"][0])

@@ -12,6 +12,8 @@ from absl.testing import parameterized
 import tf_mha
 from tf_mha import training
 
+from tests import bounds
+
 training.logical_cpus(2)  # before any op (tests/conftest.py does it under pytest)
 
 _B, _T, _S, _D, _N, _H = 2, 7, 9, 16, 4, 8
@@ -57,14 +59,14 @@ class KerasParityTest(tf.test.TestCase, parameterized.TestCase):
                      [tuple(w.shape) for w in theirs.weights])
     ours.set_weights(theirs.get_weights())
     got, scores = ours(q, v, return_attention_scores=True, **call)
-    self.assertAllClose(got, np.asarray(want), atol=1e-5)
-    self.assertAllClose(np.where(seen, scores, 0), np.asarray(want_scores), atol=1e-5)
+    bounds.assert_close(got, np.asarray(want), bounds.LAYER_ULPS)
+    bounds.assert_close(np.where(seen, scores, 0), np.asarray(want_scores), bounds.LAYER_ULPS)
     compiled = tf.function(lambda a, b: ours(a, b, **call), jit_compile=True)
-    self.assertAllClose(compiled(q, v), np.asarray(want), atol=1e-5)
+    bounds.assert_close(compiled(q, v), np.asarray(want), bounds.LAYER_ULPS)
     flash = tf_mha.GroupedQueryAttention(flash_attention=True, **options)
     flash(q, v)
     flash.set_weights(theirs.get_weights())
-    self.assertAllClose(flash(q, v, **call), np.asarray(want), atol=1e-5)
+    bounds.assert_close(flash(q, v, **call), np.asarray(want), bounds.LAYER_ULPS)
 
   def test_gradients_match_numeric_float64(self):
     layer = tf_mha.GroupedQueryAttention(head_dim=4, num_query_heads=4,
@@ -74,7 +76,7 @@ class KerasParityTest(tf.test.TestCase, parameterized.TestCase):
     layer(x, x)
     theoretical, numerical = tf.test.compute_gradient(
         lambda a: layer(a, a, use_causal_mask=True), [x])
-    self.assertAllClose(theoretical[0], numerical[0], atol=1e-6, rtol=1e-6)
+    self.assertAllClose(theoretical[0], numerical[0], atol=1e-6, rtol=1e-6)  # float64
     with tf.GradientTape() as tape:
       loss = tf.reduce_sum(layer(x, x, use_causal_mask=True) ** 2)
     for g in tape.gradient(loss, layer.trainable_variables):
@@ -107,7 +109,7 @@ class KerasParityTest(tf.test.TestCase, parameterized.TestCase):
     for name in ("m.keras", "m.h5", "m_tf"):
       path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()), name)
       model.save(path)
-      self.assertAllClose(tf_keras.models.load_model(path)(x), want, atol=1e-6)
+      bounds.assert_close(tf_keras.models.load_model(path)(x), want, bounds.LAYER_ULPS)
 
 
 class DeploymentTest(tf.test.TestCase):
@@ -134,8 +136,7 @@ class DeploymentTest(tf.test.TestCase):
     name = list(runner.get_input_details())[0]
     for length in (3, 11):
       x = _normal(2, length, _D, seed=length)
-      self.assertAllClose(list(runner(**{name: x}).values())[0], model(x),
-                          atol=1e-5)
+      bounds.assert_close(list(runner(**{name: x}).values())[0], model(x), bounds.LAYER_ULPS)
 
   def test_cached_decode_step_converts_to_builtins(self):
     layer = tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,
@@ -163,7 +164,7 @@ class DeploymentTest(tf.test.TestCase):
                           cache_update_index=i)
       got = runner(x=x[:, i:i + 1], cache=lite_cache, index=np.array(i, np.int32))
       lite_cache = got["cache"]
-      self.assertAllClose(got["out"], want, atol=1e-5)
+      bounds.assert_close(got["out"], want, bounds.LAYER_ULPS)
 
   def test_mirrored_replicas_match_one_device(self):
     strategy = tf.distribute.MirroredStrategy(training.logical_cpus(2))
@@ -186,7 +187,7 @@ class DeploymentTest(tf.test.TestCase):
     # with the next MirroredStrategy in this process (test_training's), and
     # TensorFlow aborts that one's all-reduce.
     got = tf.concat(strategy.experimental_local_results(per_replica), 0)
-    self.assertAllClose(got, want, atol=1e-5)
+    bounds.assert_close(got, want, bounds.LAYER_ULPS)
 
 
 class CacheTest(tf.test.TestCase, parameterized.TestCase):
@@ -228,10 +229,10 @@ class CacheTest(tf.test.TestCase, parameterized.TestCase):
     if mode != "eager":
       step = tf.function(step, jit_compile=mode == "xla")
     got, cache = self._decode(layer, x, step, value_mask=value_mask)
-    self.assertAllClose(got, full, atol=1e-5, rtol=1e-5)
+    bounds.assert_close(got, full, bounds.LAYER_ULPS)
     # The cache holds the projected keys and values of every token.
     keys = layer.key_dense(x)
-    self.assertAllClose(cache[:, 0, :9], keys, atol=1e-6)
+    bounds.assert_close(cache[:, 0, :9], keys, bounds.LAYER_ULPS)
     self.assertAllClose(cache[:, 0, 9:], tf.zeros_like(cache[:, 0, 9:]))
 
   @parameterized.named_parameters(("float16", "mixed_float16", 1e-2),
@@ -259,7 +260,7 @@ class CacheTest(tf.test.TestCase, parameterized.TestCase):
                               return_attention_scores=True)
     self.assertAllEqual(same, cache)
     self.assertEqual(scores.shape, (_B, _N, 1, 6))
-    self.assertAllClose(out, layer(x[:, -1:], x), atol=1e-5)
+    bounds.assert_close(out, layer(x[:, -1:], x), bounds.LAYER_ULPS)
 
   def test_decode_step_compiles_with_static_shapes_and_no_host_transfers(self):
     layer = self._layer("gqa2")

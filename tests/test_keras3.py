@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 import tf_mha.keras3 as k3
+from tests import bounds
 from tests import doc_pages
 from tests import reference
 
@@ -51,17 +52,17 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(relative(ours), relative(theirs))
     ours.set_weights(theirs.get_weights())
     got, scores = ours(*args, return_attention_scores=True, **call)
-    self.assertAllClose(got, want, atol=1e-5)
-    self.assertAllClose(scores, want_scores, atol=1e-5)
-    self.assertAllClose(ours(*args, **call), theirs(*args, **call), atol=1e-5)
+    bounds.assert_close(got, want, bounds.LAYER_ULPS)
+    bounds.assert_close(scores, want_scores, bounds.LAYER_ULPS)
+    bounds.assert_close(ours(*args, **call), theirs(*args, **call), bounds.LAYER_ULPS)
     compiled = tf.function(lambda *a: ours(*a, **call), jit_compile=True)
-    self.assertAllClose(compiled(*args), theirs(*args, **call), atol=1e-5)
+    bounds.assert_close(compiled(*args), theirs(*args, **call), bounds.LAYER_ULPS)
     with tf.GradientTape(persistent=True) as tape:
       loss_theirs = tf.reduce_sum(theirs(*args, **call) ** 2)
       loss_ours = tf.reduce_sum(ours(*args, **call) ** 2)
-    for a, b in zip(tape.gradient(loss_theirs, theirs.trainable_variables),
-                    tape.gradient(loss_ours, ours.trainable_variables)):
-      self.assertAllClose(a, b, atol=1e-4, rtol=1e-4)
+    want = tape.gradient(loss_theirs, theirs.trainable_variables)
+    for a, b in zip(want, tape.gradient(loss_ours, ours.trainable_variables)):
+      bounds.assert_close(b, a, bounds.LAYER_ULPS, scale_of=bounds.joint_scale(want))
 
   @parameterized.named_parameters(*((n, n) for n in _MHA_CASES))
   def test_multi_head_attention(self, case):
@@ -92,7 +93,7 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
     out = layer(x, x, use_causal_mask=True)
     want, _ = reference.multi_head_attention(layer.get_weights(), x, x,
                                              num_heads=2, causal=True)
-    self.assertAllClose(out, want, atol=2e-5, rtol=2e-5)
+    bounds.assert_close(out, want, bounds.LAYER_ULPS)
     with self.assertRaisesRegex(ValueError, "flash attention"):
       layer(x[:, :4], x[:, :4], return_attention_scores=True)
 
@@ -118,25 +119,25 @@ class SavingTest(tf.test.TestCase):
     path = os.path.join(self.get_temp_dir(), "m.weights.h5")
     theirs.save_weights(path)
     ours.load_weights(path)
-    self.assertAllClose(ours(x), theirs(x), atol=1e-5)
+    bounds.assert_close(ours(x), theirs(x), bounds.LAYER_ULPS)
     ours.save_weights(path)
     theirs.load_weights(path)
-    self.assertAllClose(ours(x), theirs(x), atol=1e-5)
+    bounds.assert_close(ours(x), theirs(x), bounds.LAYER_ULPS)
     # `.keras` files: Keras' model's into ours, and ours reloaded as ours.
     keras.utils.set_random_seed(1)
     fresh = self._model(k3.MultiHeadAttention)
     keras_file = os.path.join(self.get_temp_dir(), "theirs.keras")
     theirs.save(keras_file)
     fresh.load_weights(keras_file)
-    self.assertAllClose(fresh(x), theirs(x), atol=1e-5)
+    bounds.assert_close(fresh(x), theirs(x), bounds.LAYER_ULPS)
     ours_file = os.path.join(self.get_temp_dir(), "ours.keras")
     ours.save(ours_file)
     again = keras.models.load_model(ours_file)
     self.assertIsInstance(again.layers[1], k3.MultiHeadAttention)
-    self.assertAllClose(again(x), ours(x), atol=1e-5)
+    bounds.assert_close(again(x), ours(x), bounds.LAYER_ULPS)
     back = self._model(keras.layers.MultiHeadAttention)
     back.load_weights(ours_file)
-    self.assertAllClose(back(x), ours(x), atol=1e-5)
+    bounds.assert_close(back(x), ours(x), bounds.LAYER_ULPS)
 
   def test_export_serves_in_a_clean_process_and_converts_to_builtins(self):
     model = self._model(k3.MultiHeadAttention)
@@ -154,7 +155,7 @@ class SavingTest(tf.test.TestCase):
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     served = np.array(eval(result.stdout.strip().splitlines()[-1]))  # pylint: disable=eval-used
-    self.assertAllClose(served, model(x), atol=1e-5)
+    bounds.assert_close(served, model(x), bounds.MODEL_ULPS)
     converter = tf.lite.TFLiteConverter.from_saved_model(path)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     flatbuffer = converter.convert()
@@ -162,7 +163,7 @@ class SavingTest(tf.test.TestCase):
     runner = litert.Interpreter(model_content=flatbuffer).get_signature_runner()
     name = list(runner.get_input_details())[0]
     lite = list(runner(**{name: x}).values())[0]
-    self.assertAllClose(lite, model(x), atol=1e-4)
+    bounds.assert_close(lite, model(x), bounds.MODEL_ULPS)
 
 
 class KerasOwnTestsTest(tf.test.TestCase):
@@ -200,7 +201,7 @@ class ReadmeTest(tf.test.TestCase):
     x = _normal(2, 7, 64)
     loaded = tf.saved_model.load(target)  # kept: its functions use its variables
     served = loaded.serve(x)
-    self.assertAllClose(served, namespace["model"](x), atol=1e-5)
+    bounds.assert_close(served, namespace["model"](x), bounds.MODEL_ULPS)
 
 
 class ImportTest(tf.test.TestCase):

@@ -1,6 +1,7 @@
 """KerasHub's Llama, Mistral and Qwen2 on tf_mha, against KerasHub itself on
 the same weights: presets made with random weights, saved and reloaded."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -13,11 +14,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from tf_mha.export import keras_hub_export
 from tf_mha.export import litertlm
 from tf_mha.models import keras_hub
 from tf_mha.models import random_presets
+from tests import bounds
 
 # name -> (family, backbone arguments): every option each family reads.
 PRESETS = {
@@ -42,7 +45,7 @@ PRESETS = {
     "gemma3_plain": ("gemma3", dict(
         head_dim=16, use_query_key_norm=False, query_head_dim_normalize=False)),
 }
-PROMPTS = ["the cat sat on", "a dog", "the quick brown fox jumps over the lazy"]
+PROMPTS = ["the cat sat on", "a dog", "the quick brown fox jumps over the lazy dog"]
 MAX_LENGTH = 40
 NEW_TOKENS = 10
 _DIR = None
@@ -108,38 +111,107 @@ def _forward_greedy(backbone, ids, lengths, new_tokens):
   return out
 
 
+def load_float64(path):
+  """tf_mha's model of the preset with every layer in float64: the float64
+  run of the same weights that the float32 results are measured against."""
+  policy = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy("float64")
+  try:
+    return keras_hub.load(path, MAX_LENGTH)
+  finally:
+    tf_keras.mixed_precision.set_global_policy(policy)
+
+
+def keras_hub_logits(causal_lm, ids):
+  backbone = causal_lm.backbone
+  return np.asarray(backbone.token_embedding(
+      backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
+      reverse=True))  # [B, T, V]
+
+
+def cached_logits(model, ids, prompt_length, shift=0):
+  """`model.step` over `ids` `[B, T]`: a prompt of `prompt_length` tokens,
+  then one cached step per token (at its position + `shift`) -> logits
+  `[B, T, V]`."""
+  batch = ids.shape[0]
+  caches = [tf.zeros(model.cache_shape(batch), model.dtype)] * model.num_layers
+  positions = tf.range(prompt_length)[None] + tf.zeros([batch, 1], tf.int32)
+  logits, caches = model.step(ids[:, :prompt_length], positions, 0, caches)
+  out = [logits.numpy()]
+  for t in range(prompt_length, ids.shape[1]):
+    logits, caches = model.step(ids[:, t:t + 1], tf.fill([batch, 1], t + shift), t,
+                                 caches)
+    out.append(logits.numpy())
+  return np.concatenate(out, 1)
+
+
 class FamilyTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*[(name, name) for name in PRESETS])
   def test_logits_and_greedy_tokens_equal_keras_hub(self, name):
     import keras_hub as hub  # pylint: disable=g-import-not-at-top
     theirs = hub.models.CausalLM.from_preset(preset_dir(name))
-    ours = keras_hub.load(preset_dir(name), MAX_LENGTH)
+    ours, ours64 = keras_hub.load(preset_dir(name), MAX_LENGTH), load_float64(preset_dir(name))
     rng = np.random.default_rng(7)
     ids = rng.integers(3, ours.model.config.vocabulary_size - 8, [2, 14]).astype(np.int32)
-    expected = np.asarray(theirs.backbone.token_embedding(
-        theirs.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
-        reverse=True))  # [B, T, V]
-    np.testing.assert_allclose(ours.model(ids).numpy(), expected, atol=1e-4)
-    # A prompt of 6 tokens, then one cached step per token: past the
-    # sliding windows (4 and 5).
-    caches = [tf.zeros(ours.model.cache_shape(2))] * ours.model.num_layers
-    positions = tf.range(6)[None] + tf.zeros([2, 1], tf.int32)
-    logits, caches = ours.model.step(ids[:, :6], positions, 0, caches)
-    np.testing.assert_allclose(logits.numpy(), expected[:, :6], atol=1e-4)
-    for t in range(6, 14):
-      logits, caches = ours.model.step(ids[:, t:t + 1], tf.fill([2, 1], t), t, caches)
-      np.testing.assert_allclose(logits.numpy()[:, 0], expected[:, t], atol=1e-4,
-                                 err_msg=f"cached step at position {t}")
+    truth = ours64.model(ids).numpy()  # [B, T, V] float64
+    expected = keras_hub_logits(theirs, ids)
+    # KerasHub's float32 logits within float32 rounding of tf_mha's float64
+    # run (the same math), and tf_mha's float32 ones, whole and through the
+    # cache (a prompt of 6, then steps past the sliding windows of 4 and 5),
+    # no further from it than 4x KerasHub's own error on this CPU.
+    bound = bounds.assert_as_accurate_as_peer(ours.model(ids).numpy(), expected, truth)
+    bounds.assert_as_accurate_as_peer(cached_logits(ours.model, ids, 6), expected,
+                                      truth, "cached steps")
+    self.assertEqual(ours64.model.dtype, "float64")
+    np.testing.assert_allclose(cached_logits(ours64.model, ids, 6), truth, rtol=0,
+                               atol=bounds.scale(truth) * 1e-12)  # float64 rounding
     module = keras_hub_export.serving_module(ours)
     out = module.generate(tf.constant(PROMPTS), tf.constant(NEW_TOKENS))
     expected_tokens = keras_hub_greedy(theirs, PROMPTS, NEW_TOKENS)
+    self.assert_margins_exceed(theirs, ours64, expected_tokens, 2 * bound)
     for row, tokens in enumerate(expected_tokens):
       got = out["token_ids"].numpy()[row]
       self.assertEqual(list(got[:len(tokens)]), tokens, f"row {row}")
       self.assertEqual(out["num_tokens"].numpy()[row],
                        len(tokens) - (tokens[-1] in ours.stop_ids))
     self.assertEqual(set(out["status"].numpy()), {b"ok"})
+
+  def assert_margins_exceed(self, theirs, ours64, expected_tokens, margin):
+    """Each greedy token is the float64 run's argmax by more than `margin`
+    (twice the float32 bound): then float32 rounding on any CPU picks it too,
+    and the exact token comparison is sound."""
+    inputs = theirs.preprocessor.generate_preprocess(PROMPTS, sequence_length=MAX_LENGTH)
+    for row, tokens in enumerate(expected_tokens):
+      prompt = np.asarray(inputs["token_ids"])[row][np.asarray(inputs["padding_mask"])[row]]
+      ids = np.concatenate([prompt, tokens])[None].astype(np.int32)
+      logits = ours64.model(ids).numpy()[0, len(prompt) - 1:-1]
+      margins = bounds.greedy_margins(logits, np.asarray(tokens))
+      self.assertGreater(margins.min(), margin, f"row {row}: a greedy step "
+                         "too close to a tie to compare tokens exactly; choose "
+                         f"other prompts (margins {np.round(margins, 5)})")
+
+  @parameterized.named_parameters(
+      ("norm_without_one_plus", "norm"), ("no_final_soft_cap", "soft_cap"),
+      ("positions_shifted", "positions"))
+  def test_gemma3_bounds_catch_a_real_error(self, mutation):
+    """The bounds above fail on the smallest real errors in Gemma 3: a norm
+    scaled by `scale` instead of `1 + scale`, the final soft cap missing, a
+    cached step's rotary position off by one."""
+    import keras_hub as hub  # pylint: disable=g-import-not-at-top
+    path = preset_dir("gemma3_local_capped")
+    theirs = hub.models.CausalLM.from_preset(path)
+    ids = np.random.default_rng(7).integers(3, 200, [2, 14]).astype(np.int32)
+    expected, truth = keras_hub_logits(theirs, ids), load_float64(path).model(ids).numpy()
+    ours = keras_hub.load(path, MAX_LENGTH).model
+    if mutation == "norm":
+      for block in ours.blocks:
+        block.pre_ffw_norm.scale.assign_sub(tf.ones_like(block.pre_ffw_norm.scale))
+    elif mutation == "soft_cap":
+      ours.config = dataclasses.replace(ours.config, final_logit_soft_cap=None)
+    mutated = cached_logits(ours, ids, 6, shift=int(mutation == "positions"))
+    with self.assertRaises(AssertionError):
+      bounds.assert_as_accurate_as_peer(mutated, expected, truth)
 
   def test_start_token_is_the_preprocessors(self):
     self.assertEqual(keras_hub.load(preset_dir("llama")).start_id, 1)
@@ -154,8 +226,7 @@ class FamilyTest(parameterized.TestCase):
     expected = causal_lm.backbone.token_embedding(
         causal_lm.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
         reverse=True)
-    np.testing.assert_allclose(ours.model(ids).numpy(), np.asarray(expected),
-                               atol=1e-4)
+    bounds.assert_close(ours.model(ids).numpy(), expected, bounds.MODEL_ULPS)
     self.assertEqual(ours.model.max_length, 16)
 
   def test_bpe_tokenizer_json_tokenizes_as_keras_hub(self):

@@ -21,6 +21,8 @@ from tf_mha.cli import export_saved_model
 from tf_mha.export import litert_generation
 from tf_mha.export import serving
 
+from tests import bounds
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PACKAGE = os.path.join(_REPO, "tf_mha")
 _SAVED = os.path.join(_REPO, "tests", "testdata", "saved_before_layout")
@@ -179,8 +181,7 @@ class LayoutTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIsInstance(model.get_layer("mha"), tf_mha.MultiHeadAttention)
     self.assertIsInstance(model.get_layer("gqa"), tf_mha.GroupedQueryAttention)
     self.assertIsInstance(model.get_layer("dot"), tf_mha.Attention)
-    self.assertAllClose(model(expected["x"]), expected["tf_keras"],
-                        atol=1e-6, rtol=0)
+    bounds.assert_close(model(expected["x"]), expected["tf_keras"], bounds.MODEL_ULPS)
 
   def test_keras3_file_saved_before_the_move_loads(self):
     expected = np.load(os.path.join(_SAVED, "expected.npz"))
@@ -188,8 +189,7 @@ class LayoutTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIsInstance(model.get_layer("mha"), tf_mha.keras3.MultiHeadAttention)
     self.assertIsInstance(model.get_layer("gqa"),
                           tf_mha.keras3.GroupedQueryAttention)
-    self.assertAllClose(model(expected["x"]), expected["keras3"],
-                        atol=1e-6, rtol=0)
+    bounds.assert_close(model(expected["x"]), expected["keras3"], bounds.MODEL_ULPS)
 
 
 if __name__ == "__main__":

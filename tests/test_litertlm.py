@@ -21,6 +21,8 @@ from tf_mha.export import decoder_signatures
 from tf_mha.export import litertlm
 from tf_mha.export import litertlm_file
 
+from tests import bounds
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORDS = [f"w{i}" for i in range(40)]
 _VOCAB = ["<pad>", "<unk>", "<s>", "</s>"] + _WORDS  # 44 tokens
@@ -133,7 +135,7 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
           **caches)
       caches = {n: out[n] for n in caches}
     full = self.model(tf.constant([ids]))[:, -1]
-    self.assertAllClose(out["logits"][:, 0], full, atol=1e-4, rtol=0)
+    bounds.assert_close(out["logits"][:, 0], full, bounds.MODEL_ULPS)
     self.assertEqual(contract.slots, _SLOTS)
 
   @parameterized.named_parameters(

@@ -21,6 +21,7 @@ from absl.testing import parameterized
 
 import tf_mha
 from tf_mha.layers import keras_patch
+from tests import bounds
 from tests import model_garden_parity
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,10 +181,9 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
     eager = sorted(k for k in keras if k.startswith(f"{case}/eager"))
     self.assertNotEmpty(eager)
     for key in eager:
-      self.assertAllClose(keras[key], ours[key], atol=1e-5, rtol=1e-5, msg=key)
+      bounds.assert_close(keras[key], ours[key], bounds.LAYER_ULPS, msg=key)
       if model_garden_parity.CASES[case][1]:
-        self.assertAllClose(keras[key], ours[key.replace("eager", "jit")],
-                            atol=1e-5, rtol=1e-5, msg=key + " under XLA")
+        bounds.assert_close(keras[key], ours[key.replace("eager", "jit")], bounds.LAYER_ULPS, msg=key + " under XLA")
 
 
 if __name__ == "__main__":

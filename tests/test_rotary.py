@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 import tf_mha
+from tests import bounds
 from tests import reference
 from tf_mha.export import tflite
 
@@ -71,7 +72,7 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
     got = tf_mha.rotary_embedding(x, positions, wavelength, scaling)
     self.assertEqual(got.dtype, tf.float32)
     want = _rotate(x, np.broadcast_to(positions, [2, 5]), wavelength, scaling)
-    self.assertAllClose(got, want, atol=2e-6, rtol=0)
+    bounds.assert_close(got, want, bounds.LAYER_ULPS)
     x64 = tf_mha.rotary_embedding(x.astype(np.float64), positions, wavelength, scaling)
     self.assertAllClose(x64, want, atol=1e-12, rtol=0)
     half = tf_mha.rotary_embedding(tf.constant(x, tf.float16), positions, wavelength,
@@ -84,11 +85,10 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
     x = np.random.default_rng(2).standard_normal([2, 6, 3, 8]).astype(np.float32)
     positions = np.array([[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9]])
     want = keras_hub.layers.RotaryEmbedding()(x, positions=positions)
-    self.assertAllClose(tf_mha.rotary_embedding(x, positions), want, atol=1e-6)
+    bounds.assert_close(tf_mha.rotary_embedding(x, positions), want, bounds.LAYER_ULPS)
     want = keras_hub.layers.RotaryEmbedding(max_wavelength=500, scaling_factor=4.0)(
         x, start_index=3)
-    self.assertAllClose(tf_mha.rotary_embedding(x, np.arange(6) + 3, 500, 4.0), want,
-                        atol=1e-6)
+    bounds.assert_close(tf_mha.rotary_embedding(x, np.arange(6) + 3, 500, 4.0), want, bounds.LAYER_ULPS)
 
   def test_scores_depend_on_the_distance_only(self):
     rng = np.random.default_rng(3)
@@ -96,7 +96,7 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
     scores = lambda shift: tf.einsum(
         "btnh,bsnh->bnts", tf_mha.rotary_embedding(q, np.arange(6) + shift),
         tf_mha.rotary_embedding(k, np.arange(6) + shift))
-    self.assertAllClose(scores(0), scores(37), atol=1e-4)
+    bounds.assert_close(scores(0), scores(37), bounds.LAYER_ULPS)
     self.assertNotAllClose(scores(0), tf.einsum("btnh,bsnh->bnts", q, k), atol=1e-2)
 
   def test_bad_arguments_are_named(self):
@@ -120,8 +120,7 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
         tf.TensorSpec([1, None, 2, 8]), tf.TensorSpec([1, None], tf.int32)])
     x = np.random.default_rng(4).standard_normal([1, 5, 2, 8]).astype(np.float32)
     positions = np.arange(5, dtype=np.int32)[None] + 3
-    self.assertAllClose(tf.function(fn, jit_compile=True)(x, positions),
-                        _rotate(x, positions), atol=2e-6)
+    bounds.assert_close(tf.function(fn, jit_compile=True)(x, positions), _rotate(x, positions), bounds.LAYER_ULPS)
     module = tf.Module()
     module.fn = fn
     path = os.path.join(self.get_temp_dir(), "rotary")
@@ -131,7 +130,7 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
     model = converter.convert()
     self.assertIn("SIN", tflite.operators(model))
     got = tflite.run(model, "rotate", {"x": x, "p": positions})
-    self.assertAllClose(list(got.values())[0], _rotate(x, positions), atol=2e-6)
+    bounds.assert_close(list(got.values())[0], _rotate(x, positions), bounds.LAYER_ULPS)
 
 
 class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
@@ -143,11 +142,10 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
     x = _inputs()
     weights = layer.get_weights()  # MultiHeadAttention: GQA with K = N
     got = layer(x, x, use_causal_mask=True)
-    self.assertAllClose(got, _gqa_reference(weights, x, np.arange(9)[None].repeat(2, 0)),
-                        atol=1e-5, rtol=0)
+    bounds.assert_close(got, _gqa_reference(weights, x, np.arange(9)[None].repeat(2, 0)), bounds.LAYER_ULPS)
     positions = np.array([np.arange(9) + 3, np.arange(9) + 10])
     got = layer(x, x, use_causal_mask=True, positions=positions)
-    self.assertAllClose(got, _gqa_reference(weights, x, positions), atol=1e-5, rtol=0)
+    bounds.assert_close(got, _gqa_reference(weights, x, positions), bounds.LAYER_ULPS)
 
   def test_matches_keras_hub_llama_attention(self):
     from keras_hub.src.models.llama import llama_attention  # pylint: disable=g-import-not-at-top
@@ -162,7 +160,7 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
         rope_max_wavelength=10000)
     layer(x, x)
     layer.set_weights([np.asarray(w) for w in llama.get_weights()])
-    self.assertAllClose(layer(x, x, use_causal_mask=True), want, atol=1e-5)
+    bounds.assert_close(layer(x, x, use_causal_mask=True), want, bounds.LAYER_ULPS)
     # Llama's cached call: prefill 6 tokens, then one at slot 6.
     cache = np.zeros([2, 2, 12, _K, _H], np.float32)
     over_cache = np.tril(np.ones([6, 12], bool))[None].repeat(2, 0)
@@ -170,8 +168,8 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
                              cache_update_index=0)
     got, got_cache = layer(x[:, :6], x[:, :6], cache=tf.constant(cache),
                            cache_update_index=0)
-    self.assertAllClose(got, want, atol=1e-5)
-    self.assertAllClose(got_cache, want_cache, atol=1e-5)  # rotated keys, values
+    bounds.assert_close(got, want, bounds.LAYER_ULPS)
+    bounds.assert_close(got_cache, want_cache, bounds.LAYER_ULPS)  # rotated keys, values
 
   @parameterized.named_parameters(
       ("gqa_eager", tf_mha.GroupedQueryAttention, False, False),
@@ -196,7 +194,7 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
     for index in range(6, 10):
       out, cache = step(x[:, index:index + 1], cache, tf.constant(index))
       outs.append(out)
-    self.assertAllClose(tf.concat(outs, 1), full, atol=2e-5, rtol=0)
+    bounds.assert_close(tf.concat(outs, 1), full, bounds.LAYER_ULPS)
 
   def test_left_padded_rows_equal_their_unpadded_selves(self):
     layer = _layer()
@@ -209,7 +207,7 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
     in_row = (np.arange(8) >= pad)[None]
     out, _ = layer(padded, padded, cache=cache, cache_update_index=0,
                    positions=positions, value_mask=in_row)
-    self.assertAllClose(out[:, pad:], alone, atol=1e-5, rtol=0)
+    bounds.assert_close(out[:, pad:], alone, bounds.LAYER_ULPS)
 
   def test_packed_rows_restart_positions_per_segment(self):
     layer = _layer()
@@ -218,7 +216,7 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
     packed = layer(x, x, use_causal_mask=True, segment_ids=ids)
     for start, end in ((0, 4), (4, 9)):
       alone = layer(x[:, start:end], x[:, start:end], use_causal_mask=True)
-      self.assertAllClose(packed[:, start:end], alone, atol=1e-5, rtol=0)
+      bounds.assert_close(packed[:, start:end], alone, bounds.LAYER_ULPS)
 
   def test_config_round_trip_and_errors(self):
     layer = _layer(rope_scaling_factor=2.0)

@@ -10,6 +10,7 @@ from absl.testing import parameterized
 import tf_mha
 import tf_mha.data
 import tf_mha.keras3
+from tests import bounds
 from tests import reference
 from tf_mha.ops import segments
 
@@ -80,16 +81,16 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
     for row, start, n in _examples():
       piece = [x[row:row + 1, start:start + n] for x in (q, k, v)]
       want, want_grads = _with_grads(alone, *piece)
-      self.assertAllClose(out[row:row + 1, start:start + n], want, atol=1e-5, rtol=0)
+      bounds.assert_close(out[row:row + 1, start:start + n], want, bounds.LAYER_ULPS)
       for got, expected in zip(grads, want_grads):
-        self.assertAllClose(got[row:row + 1, start:start + n], expected,
-                            atol=1e-5, rtol=0)
+        bounds.assert_close(got[row:row + 1, start:start + n], expected,
+                            bounds.LAYER_ULPS, scale_of=bounds.joint_scale(want_grads))
       # The float64 reference, keys repeated for grouped heads.
       rq, rk, rv = piece
       group = rq.shape[2] // rk.shape[2]
       ref, _ = reference.attention(rq, np.repeat(rk, group, 2),
                                    np.repeat(rv, group, 2), causal=causal)
-      self.assertAllClose(want, ref, atol=1e-5, rtol=0)
+      bounds.assert_close(want, ref, bounds.LAYER_ULPS)
     self.assertTrue(np.all(np.isfinite(out)))  # padding rows too
 
   @parameterized.named_parameters(("plain", False), ("flash", True))
@@ -128,7 +129,7 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
                                          flash_attention=True, block_sizes=(4, 4))
     plain = tf_mha.dot_product_attention(q, k, v, segment_ids=ids,
                                          flash_attention=False)
-    self.assertAllClose(flash, plain, atol=1e-6)
+    bounds.assert_close(flash, plain, bounds.LAYER_ULPS)
 
   @parameterized.named_parameters(("eager", False), ("jit", True))
   def test_examples_that_fit_their_blocks(self, jit):
@@ -149,9 +150,10 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
       band = tf.function(band, jit_compile=True)
     out, grads = _with_grads(band, q, k, v, real=ids != 0)
     want, want_grads = _with_grads(plain, q, k, v, real=ids != 0)
-    self.assertAllClose(out, want, atol=1e-6)
+    bounds.assert_close(out, want, bounds.LAYER_ULPS)
     for got, expected in zip(grads, want_grads):
-      self.assertAllClose(got, expected, atol=1e-6)
+      bounds.assert_close(got, expected, bounds.LAYER_ULPS,
+                          scale_of=bounds.joint_scale(want_grads))
 
   def test_ids_interleaved_inside_a_block(self):
     """Ids that are not contiguous runs: in one block only (no other block
@@ -165,7 +167,7 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
       run = lambda flash, ids=ids: tf_mha.dot_product_attention(
           q, k, v, segment_ids=ids, flash_attention=flash, block_sizes=(4, 4))
       real = (ids != 0)[..., None, None]
-      self.assertAllClose(run(True) * real, run(False) * real, atol=1e-6)
+      bounds.assert_close(run(True) * real, run(False) * real, bounds.LAYER_ULPS)
 
   def test_dropout_gradients_on_the_packed_path(self):
     """The packed path redraws each step's dropout mask in the backward
@@ -181,7 +183,7 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
               block_sizes=(2, 2), is_causal=causal, dropout_rate=0.3,
               dropout_seed=[1, 2])))
       theoretical, numerical = tf.test.compute_gradient(run, inputs, delta=1e-6)
-      for got, want in zip(theoretical, numerical):
+      for got, want in zip(theoretical, numerical):  # float64
         self.assertAllClose(got, want, atol=1e-7)
 
   def test_cross_attention_and_other_masks(self):
@@ -198,7 +200,7 @@ class OpTest(tf.test.TestCase, parameterized.TestCase):
       got = tf_mha.dot_product_attention(
           q, kv, kv, segment_ids=q_ids, key_segment_ids=k_ids, mask=mask,
           flash_attention=flash, block_sizes=(4, 4))
-      self.assertAllClose(got, want, atol=1e-5)
+      bounds.assert_close(got, want, bounds.LAYER_ULPS)
 
   def test_bad_segment_ids_are_named(self):
     q, k, v = _qkv()
@@ -237,9 +239,8 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     for row, start, n in _examples():
       piece = x[row:row + 1, start:start + n]
       want, (want_grad,) = _with_grads(alone, piece)
-      self.assertAllClose(out[row:row + 1, start:start + n], want, atol=1e-5, rtol=0)
-      self.assertAllClose(grad[row:row + 1, start:start + n], want_grad,
-                          atol=1e-5, rtol=0)
+      bounds.assert_close(out[row:row + 1, start:start + n], want, bounds.LAYER_ULPS)
+      bounds.assert_close(grad[row:row + 1, start:start + n], want_grad, bounds.LAYER_ULPS)
 
   @parameterized.product(flash=(None, True), jit=(False, True))
   def test_multi_head_attention(self, flash, jit):
@@ -265,7 +266,7 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     for row, start, n in _examples():
       want = np.asarray(layer(x[row:row + 1, start:start + n],
                               x[row:row + 1, start:start + n]))
-      self.assertAllClose(out[row:row + 1, start:start + n], want, atol=1e-5)
+      bounds.assert_close(out[row:row + 1, start:start + n], want, bounds.LAYER_ULPS)
 
   def test_subclass_computing_attention_itself_gets_the_mask(self):
     class Own(tf_mha.MultiHeadAttention):  # tf.keras' contract: one mask
@@ -283,8 +284,7 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(layer.seen, segments.mask(_ids(), _ids())[:, 0])
     row, start, n = _examples()[1]
     piece = x[row:row + 1, start:start + n]
-    self.assertAllClose(out[row:row + 1, start:start + n], layer(piece, piece),
-                        atol=1e-5)
+    bounds.assert_close(out[row:row + 1, start:start + n], layer(piece, piece), bounds.LAYER_ULPS)
 
   def test_layer_names_bad_segment_ids(self):
     layer = tf_mha.MultiHeadAttention(num_heads=2, key_dim=4, attention_axes=(1, 2))
@@ -310,7 +310,7 @@ class PackedClassifierTest(tf.test.TestCase):
     count = rows["segment_ids"].max(axis=1)
     checked = 0
     for r, n in enumerate(count):
-      self.assertAllClose(got[r, :n], alone[rows["index"][r, :n]], atol=1e-5)
+      bounds.assert_close(got[r, :n], alone[rows["index"][r, :n]], bounds.LAYER_ULPS)
       checked += n
     self.assertEqual(checked, len(corpus.test_ids))
 

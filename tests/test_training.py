@@ -21,6 +21,8 @@ from tf_mha.demo import tasks
 from tf_mha import training
 from tf_mha.demo import model as model_lib
 
+from tests import bounds
+
 training.logical_cpus(2)  # before any op (tests/conftest.py does it under pytest)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +89,9 @@ class MirroredTest(tf.test.TestCase):
     mirrored = _trained_weights(self.mirrored, jit_compile=True)
     initial = [v.numpy() for v in _build().weights]
     self.assertNotAllClose(initial[0], single[0])  # training moved the weights
+    size = bounds.joint_scale(single)  # a bias with no gradient stays ~0
     for a, b in zip(single, mirrored):
-      self.assertAllClose(a, b, rtol=1e-5, atol=1e-5)
+      bounds.assert_close(a, b, bounds.MODEL_ULPS, scale_of=size)
 
   def test_model_fit_equals_one_device(self):
     data = _examples()
@@ -100,8 +103,9 @@ class MirroredTest(tf.test.TestCase):
       model.fit(data.x, data.y, batch_size=16, epochs=2, shuffle=False, verbose=0)
       return model.get_weights()
 
-    for a, b in zip(fit(tf.distribute.get_strategy()), fit(self.mirrored)):
-      self.assertAllClose(a, b, rtol=1e-5, atol=1e-5)
+    single = fit(tf.distribute.get_strategy())
+    for a, b in zip(single, fit(self.mirrored)):  # on the weights' joint scale
+      bounds.assert_close(a, b, bounds.MODEL_ULPS, scale_of=bounds.joint_scale(single))
 
   def test_batch_size_must_split_across_replicas(self):
     trainer = training.Trainer(self.mirrored, _build, _loss)
@@ -123,7 +127,7 @@ class CheckpointTest(tf.test.TestCase):
     self.assertEqual((result.first_step, result.steps), (6, 12))
     straight = _trained_weights(strategy, jit_compile=False, steps=12)
     for a, b in zip(straight, [v.numpy() for v in resumed.model.weights]):
-      self.assertAllClose(a, b, rtol=1e-6, atol=1e-6)
+      bounds.assert_close(a, b, bounds.MODEL_ULPS, scale_of=bounds.joint_scale(straight))
 
   def test_batch_schedule_is_a_permutation_per_epoch(self):
     schedule = training.batch_schedule(10, 5, 5, seed=3)
@@ -182,9 +186,10 @@ class ToolTest(tf.test.TestCase):
     expected = _checkpoint_values(os.path.join(straight, "ckpt-300"))
     actual = _checkpoint_values(os.path.join(interrupted, "ckpt-300"))
     self.assertEqual(expected.keys(), actual.keys())
+    size = bounds.joint_scale(expected.values())  # weights and optimizer slots
     for name in expected:
-      self.assertAllClose(expected[name], actual[name], rtol=1e-5, atol=1e-5,
-                          msg=name)
+      bounds.assert_close(expected[name], actual[name], bounds.MODEL_ULPS, msg=name,
+                          scale_of=size)
 
   def test_two_workers_end_with_equal_weights(self):
     ports = [portpicker.pick_unused_port() for _ in range(2)]
@@ -221,9 +226,12 @@ class ToolTest(tf.test.TestCase):
     trainer.train(data, steps=12, batch_size=16)
     single = _checkpoint_values(os.path.join(self.dir, "one", "ckpt-12"))
     self.assertEqual(chief.keys(), other.keys())
+    size = bounds.joint_scale(chief.values())  # weights and optimizer slots
     for name in chief:
-      self.assertAllClose(chief[name], other[name], rtol=1e-6, atol=1e-6, msg=name)
-      self.assertAllClose(chief[name], single[name], rtol=1e-5, atol=1e-5, msg=name)
+      bounds.assert_close(chief[name], other[name], bounds.MODEL_ULPS, msg=name,
+                          scale_of=size)
+      bounds.assert_close(chief[name], single[name], bounds.MODEL_ULPS, msg=name,
+                          scale_of=size)
 
   def test_demo_mirrored_jit_from_the_command_line(self):
     result = _run_tool("--strategy=mirrored", "--jit_compile", "--steps=20",

@@ -13,6 +13,7 @@ import time
 import tensorflow as tf
 import tf_keras
 
+from tf_mha.benchmarks import memory
 from tf_mha.ops import chunked
 
 IMPLEMENTATIONS = ("tf_mha", "tf_keras", "keras3", "tf_mha_keras3")
@@ -241,22 +242,11 @@ def matmul_peak(size=2048, repeats=10):
 def peak_rss_point(impl, point):
   """Runs one call of `impl` at `point` and returns (seconds, peak RSS bytes).
 
-  Meant for a fresh process. The peak is the kernel's VmHWM, which starts
-  afresh at exec; `ru_maxrss` would not: Linux carries it across execve, so a
-  child of a large benchmark process reported its parent's size.
+  Meant for a fresh process (`memory.peak_rss`).
   """
   fn, x = make_step(impl, point)
   first = timed(fn, x)
-  return min(first, timed(fn, x)), peak_rss()
-
-
-def peak_rss():
-  """This process's peak resident set size in bytes (VmHWM)."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024
-  raise RuntimeError("/proc/self/status has no VmHWM line")
+  return min(first, timed(fn, x)), memory.peak_rss()
 
 
 def markdown_table(rows, peak):

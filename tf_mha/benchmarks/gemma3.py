@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tf_mha.benchmarks import generation
 from tf_mha.benchmarks import keras_hub as hub_benchmark
+from tf_mha.benchmarks import memory
 from tf_mha.export import keras_hub_export
 from tf_mha.models import random_presets
 
@@ -45,16 +46,14 @@ class Conversion:
 
 
 # Runs the module argv[1] as `python -m` would, with argv[2:], and at exit
-# writes its peak memory in bytes to argv[0]: VmHWM, which starts afresh at
-# exec (`ru_maxrss`, from `wait4`, carries the forking process's peak).
-_RUN_WITH_PEAK = r"""
+# writes its peak memory in bytes to argv[0] (`memory.peak_rss`, whose source
+# the script starts with).
+_RUN_WITH_PEAK = memory.SOURCE + r"""
 import atexit, runpy, sys
 peak_file, sys.argv = sys.argv[1], sys.argv[2:]
 def write_peak():
-  with open("/proc/self/status") as f:
-    kib = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
   with open(peak_file, "w") as f:
-    f.write(str(kib * 1024))
+    f.write(str(peak_rss()))
 atexit.register(write_peak)
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """

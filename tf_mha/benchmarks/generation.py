@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras
 
 from tf_mha import generation
+from tf_mha.benchmarks import memory
 from tf_mha.demo import decoder as decoder_lib
 from tf_mha.export import decoder_signatures
 from tf_mha.export import litert_generation
@@ -180,10 +181,9 @@ class RuntimeRow:
 # repeats) and prints its best benchmark figures and peak memory as JSON.
 # LiteRT-LM only (as `litertlm_file.run_greedy` calls it): no TensorFlow in
 # the process, so its peak memory is the runtime's, the model's and caches'
-# (VmHWM, which starts afresh at exec; `ru_maxrss` would carry the forking
-# parent's peak).
-_RUN_LITERTLM = r"""
-import json, re, sys
+# (`memory.peak_rss`, whose source the script starts with).
+_RUN_LITERTLM = memory.SOURCE + r"""
+import json, sys
 import litert_lm
 path, text, new, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(), enable_benchmark=True)
@@ -200,7 +200,7 @@ print(json.dumps(dict(
     prefill=max(r.last_prefill_tokens_per_second for r in runs),
     decode=max(r.last_decode_tokens_per_second for r in runs),
     first=min(r.time_to_first_token_in_second for r in runs),
-    rss=int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read())[1]) * 1024)))
+    rss=peak_rss())))
 """
 
 
@@ -229,7 +229,7 @@ def time_litertlm(model, prompt_ids, new,
     saved = decoder_signatures.save_decoder(
         model, os.path.join(directory, "decoder"),
         tokenizer=_word_tokenizer(os.path.join(directory, "tokenizer.json"),
-                                  model.vocab_size),
+                                  model.config.vocabulary_size),
         start_token=ids[0], stop_tokens=[0])
     for quantize in quantizations:
       path = os.path.join(directory, f"{quantize}.litertlm")

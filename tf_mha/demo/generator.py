@@ -21,6 +21,7 @@ from tf_mha.demo import decoder as decoder_lib
 from tf_mha.demo import model as model_lib
 from tf_mha.demo import sequences
 from tf_mha.export import decoder_serving
+from tf_mha.models import transformer
 
 TRAIN_PROMPTS, HELD_OUT_PROMPTS = 20000, 300
 MAX_LENGTH = 48  # cache slots: the longest prompt and answer with room
@@ -68,7 +69,7 @@ def training_sequences(tokenizer, prompts):
 
 @dataclasses.dataclass
 class GeneratorDemo:
-  model: decoder_lib.Decoder
+  model: transformer.CausalLM  # `tf_mha.models.demo`'s decoder
   tokenizer: PromptTokenizer
   held_out: list  # prompt strings never trained on (3 words or more)
   accuracy: float  # exact-match on `held_out`, generated in Keras

@@ -7,7 +7,7 @@ every signature whose inputs are all numbers; signatures with string inputs
 (a text front end, which needs tensorflow-text's custom kernels) are named
 as skipped. The file is written only when every signature's outputs in
 LiteRT are finite where the SavedModel's are and, for float32, within
-`tflite.FLOAT32_TOLERANCE` of them.
+`tflite.FLOAT32_TOLERANCE` of their scale.
 """
 
 import collections
@@ -269,6 +269,7 @@ def _compare(model, name, function, examples, quantize):
   `ConversionMismatch` for non-finite outputs, and for float32 beyond the
   tolerance."""
   worst = collections.defaultdict(float)
+  scale = collections.defaultdict(lambda: 1.0)  # max |SavedModel|, at least 1
   for example in examples:
     want = run_saved(function, example)
     try:
@@ -289,10 +290,15 @@ def _compare(model, name, function, examples, quantize):
             "where the SavedModel's are finite")
       diff = float(np.max(np.abs(mine.astype(np.float64) - value), initial=0.0))
       worst[output] = max(worst[output], diff)
+      if np.issubdtype(value.dtype, np.number):
+        finite = np.abs(value[np.isfinite(value)])
+        scale[output] = max(scale[output], float(np.max(finite, initial=0.0)))
   if quantize == "none":
     for output, diff in worst.items():
-      if diff > tflite.FLOAT32_TOLERANCE:
+      limit = tflite.FLOAT32_TOLERANCE * scale[output]
+      if diff > limit:
         raise tflite.ConversionMismatch(
             f"float32 TFLite differs from the SavedModel by {diff:.3g} in "
-            f"{name}/{output} (> {tflite.FLOAT32_TOLERANCE}); nothing written")
+            f"{name}/{output} (> {limit:.3g}: {tflite.FLOAT32_TOLERANCE} of "
+            "the outputs' scale); nothing written")
   return dict(worst)

@@ -10,6 +10,10 @@ import warnings
 import tensorflow as tf
 
 QUANTIZATIONS = ("none", "float16", "dynamic_range", "int8")
+# A float32 TFLite file may differ from its SavedModel by this fraction of
+# the outputs' scale (their largest magnitude, at least 1): about 840 units of
+# float32 rounding, for kernels that sum in another order than TF's on any
+# x86-64 or ARM CPU; a wrong conversion differs by far more.
 FLOAT32_TOLERANCE = 1e-4
 
 

@@ -55,7 +55,8 @@ class Gemma3Config(transformer.DecoderSize):
 
 
 class GemmaRMSNorm(transformer.RMSNorm):
-  """`x / rms(x) * (1 + scale)`, in float32; scale starts at 0."""
+  """`x / rms(x) * (1 + scale)`, in float32 (float64 for float64 `x`);
+  scale starts at 0."""
 
   def build(self, input_shape):
     self.scale = self.add_weight("scale", shape=[input_shape[-1]],
@@ -63,10 +64,7 @@ class GemmaRMSNorm(transformer.RMSNorm):
     self.built = True
 
   def call(self, x):
-    x32 = tf.cast(x, tf.float32)
-    x32 *= tf.math.rsqrt(tf.reduce_mean(tf.square(x32), -1, keepdims=True) +
-                         self.epsilon)
-    return tf.cast(x32 * (1.0 + self.scale), x.dtype)
+    return tf.cast(self.normalize(x) * (1.0 + self.scale), x.dtype)
 
 
 class Gemma3CausalLM(transformer.CausalLM):
@@ -81,7 +79,9 @@ class Gemma3CausalLM(transformer.CausalLM):
   """
 
   config_class = Gemma3Config
-  _norm = GemmaRMSNorm
+
+  def _final_norm(self, config):
+    return GemmaRMSNorm(config.layer_norm_epsilon, name="final_norm")
 
   def _block(self, config, index):
     return _Block(config, config.is_local(index), name=f"block_{index}")

@@ -1,18 +1,19 @@
-"""The decoder-only Transformer of KerasHub's Llama, Mistral and Qwen2, on
-tf_mha's layers.
+"""The decoder-only Transformer of KerasHub's Llama, Mistral and Qwen2, and
+of the generator demo (`demo`), on tf_mha's layers.
 
 Shapes: `B` batch, `T` tokens, `L` new tokens of a step, `S` cache slots
 (`max_length`), `N` query heads, `K` key/value heads, `H` head size, `D`
 model size, `F` feed-forward size, `V` vocabulary.
 
-One block serves the three families (`DecoderConfig` says how they differ):
+One block serves the four families (`DecoderConfig` says how they differ):
 RMSNorm in float32, `tf_mha.GroupedQueryAttention` (causal, rotary on
 queries and keys, grouped keys and values never repeated, a sliding window
 inside the op, whose blockwise path then visits only the keys in the
 window), RMSNorm, SwiGLU; a final RMSNorm and an output tied to the
-token embedding or its own. The model offers the step interface
+token embedding or its own (the demo: LayerNorm and a GELU feed-forward net
+with biases). The model offers the step interface
 (`tf_mha.export.decoder_signatures`), so it exports for TF Serving
-(`tf_mha.export.decoder_serving`) and LiteRT-LM as the demo decoder does.
+(`tf_mha.export.decoder_serving`) and LiteRT-LM.
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 import tf_mha
+from tf_mha.ops import masks as ops_masks
 
 layers = tf_keras.layers
 
@@ -61,8 +63,8 @@ class DecoderSize:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig(DecoderSize):
-  """What a Llama, Mistral or Qwen2 decoder is made of."""
-  family: str  # "llama", "mistral" or "qwen2"
+  """What a Llama, Mistral, Qwen2 or demo decoder is made of."""
+  family: str  # "llama", "mistral", "qwen2" or "demo"
   layer_norm_epsilon: float = 1e-6
   rope_max_wavelength: float = 10000.0
   rope_scaling_factor: float = 1.0
@@ -70,10 +72,21 @@ class DecoderConfig(DecoderSize):
   sliding_window: Optional[int] = None  # keys within `window - 1` positions
   attention_bias: bool = False  # biases on the query, key and value
   tie_word_embeddings: bool = False
+  norm: str = "rms"  # or "layer": LayerNorm with a bias
+  feedforward: str = "swiglu"  # or "gelu": Dense + GELU, Dense, with biases
+  embeddings_stddev: Optional[float] = None  # N(0, stddev^2); None: Keras'
+
+
+def norm_layer(config, name):
+  """A block's norm as `config.norm` says: RMSNorm or LayerNorm."""
+  if config.norm == "layer":
+    return layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name=name)
+  return RMSNorm(config.layer_norm_epsilon, name=name)
 
 
 class RMSNorm(layers.Layer):
-  """`x / rms(x) * scale`, computed in float32 (KerasHub's Llama norm)."""
+  """`x / rms(x) * scale`, computed in float32 (KerasHub's Llama norm), or
+  float64 for float64 `x`."""
 
   def __init__(self, epsilon=1e-6, **kwargs):
     super().__init__(**kwargs)
@@ -84,11 +97,16 @@ class RMSNorm(layers.Layer):
                                  initializer="ones")
     super().build(input_shape)
 
+  def normalize(self, x):
+    """`x / rms(x)` in float32 (at least: 16-bit `x` loses the sum of
+    squares), cast to the scale's dtype."""
+    wide = tf.cast(x, ops_masks.softmax_dtype(x.dtype))
+    wide *= tf.math.rsqrt(tf.reduce_mean(tf.square(wide), -1, keepdims=True) +
+                          self.epsilon)
+    return tf.cast(wide, self.scale.dtype)
+
   def call(self, x):
-    x32 = tf.cast(x, tf.float32)
-    x32 *= tf.math.rsqrt(tf.reduce_mean(tf.square(x32), -1, keepdims=True) +
-                         self.epsilon)
-    return tf.cast(x32 * self.scale, x.dtype)
+    return tf.cast(self.normalize(x) * self.scale, x.dtype)
 
 
 class CausalLM(tf_keras.Model):
@@ -110,11 +128,16 @@ class CausalLM(tf_keras.Model):
     super().__init__(**kwargs)
     self.config, self.max_length = config, int(max_length)
     self.num_layers = config.num_layers
-    self.embed = layers.Embedding(config.vocabulary_size, config.hidden_dim,
-                                  name="token_embedding")
+    stddev = getattr(config, "embeddings_stddev", None)
+    self.embed = layers.Embedding(
+        config.vocabulary_size, config.hidden_dim, name="token_embedding",
+        embeddings_initializer=("uniform" if stddev is None else
+                                tf_keras.initializers.RandomNormal(stddev=stddev)))
     self.blocks = [self._block(config, i) for i in range(config.num_layers)]
-    self.final_norm = self._norm(config.layer_norm_epsilon, name="final_norm")
+    self.final_norm = self._final_norm(config)
     self.embed.build([None])
+    for block in self.blocks:
+      block.build([None, None, config.hidden_dim])
     self.final_norm.build([None, None, config.hidden_dim])
     if not config.tie_word_embeddings:
       self.output_kernel = self.add_weight(
@@ -122,10 +145,11 @@ class CausalLM(tf_keras.Model):
 
   # What a family changes (`gemma3.Gemma3CausalLM`): its block, its norm,
   # how ids become vectors and vectors logits.
-  _norm = RMSNorm
-
   def _block(self, config, index):
     return _Block(config, name=f"block_{index}")
+
+  def _final_norm(self, config):
+    return norm_layer(config, "final_norm")
 
   def _embed(self, token_ids):
     return self.embed(token_ids)
@@ -134,6 +158,10 @@ class CausalLM(tf_keras.Model):
     """One layer's cache: `[B, 2, S, K, H]`."""
     return [batch, 2, self.max_length, self.config.num_key_value_heads,
             self.config.head_dim]
+
+  def empty_caches(self, batch):
+    """Zero caches, one per layer."""
+    return [tf.zeros(self.cache_shape(batch), self.dtype) for _ in self.blocks]
 
   def call(self, token_ids):
     x = self._embed(tf.convert_to_tensor(token_ids))
@@ -179,11 +207,12 @@ class CausalLM(tf_keras.Model):
 
 
 class _Block(layers.Layer):
-  """Pre-norm block: causal grouped-query self-attention, then SwiGLU."""
+  """Pre-norm block: causal grouped-query self-attention, then SwiGLU (or
+  the demo's GELU net)."""
 
   def __init__(self, config, **kwargs):
     super().__init__(**kwargs)
-    self.attention_norm = RMSNorm(config.layer_norm_epsilon, name="attention_norm")
+    self.attention_norm = norm_layer(config, "attention_norm")
     self.attention = tf_mha.GroupedQueryAttention(
         head_dim=config.head_dim, num_query_heads=config.num_query_heads,
         num_key_value_heads=config.num_key_value_heads,
@@ -195,20 +224,28 @@ class _Block(layers.Layer):
         rope_max_wavelength=config.rope_max_wavelength,
         rope_scaling_factor=config.rope_scaling_factor,
         rope_llama3_scaling=config.rope_llama3_scaling, name="attention")
-    self.feedforward_norm = RMSNorm(config.layer_norm_epsilon,
-                                    name="feedforward_norm")
-    dense = lambda size, name: layers.Dense(size, use_bias=False, name=name)
-    self.gate = dense(config.intermediate_dim, "gate")
-    self.up = dense(config.intermediate_dim, "up")
+    self.feedforward_norm = norm_layer(config, "feedforward_norm")
+    gelu = config.feedforward == "gelu"
+    dense = lambda size, name, **kw: layers.Dense(size, use_bias=gelu, name=name, **kw)
+    self.gate = None if gelu else dense(config.intermediate_dim, "gate")
+    self.up = dense(config.intermediate_dim, "up", activation="gelu" if gelu else None)
     self.down = dense(config.hidden_dim, "down")
-    shape = [None, None, config.hidden_dim]
+    self.sizes = config.hidden_dim, config.intermediate_dim
+
+  def build(self, input_shape):
+    # Called by `CausalLM` once every block exists, in block order: the
+    # demo's weights then draw from the seed stream as its first decoder's
+    # did (built at its first call), so the trained demo is the same.
+    model, hidden = self.sizes
+    shape = [None, None, model]
     self.attention._build_from_signature(shape, shape)
-    for layer, size in ((self.attention_norm, config.hidden_dim),
-                        (self.feedforward_norm, config.hidden_dim),
-                        (self.gate, config.hidden_dim),
-                        (self.up, config.hidden_dim),
-                        (self.down, config.intermediate_dim)):
-      layer.build([None, None, size])
+    for layer, size in ((self.attention_norm, model),
+                        (self.feedforward_norm, model),
+                        (self.gate, model), (self.up, model),
+                        (self.down, hidden)):
+      if layer is not None:
+        layer.build([None, None, size])
+    super().build(input_shape)
 
   def call(self, x, cache=None, cache_index=None, value_mask=None,
            positions=None):
@@ -220,5 +257,6 @@ class _Block(layers.Layer):
                                 value_mask=value_mask, positions=positions)
     x = x + h
     h = self.feedforward_norm(x)
-    x = x + self.down(tf.nn.silu(self.gate(h)) * self.up(h))
+    h = self.up(h) if self.gate is None else tf.nn.silu(self.gate(h)) * self.up(h)
+    x = x + self.down(h)
     return x if cache is None else (x, cache)
