@@ -62,8 +62,10 @@ class DecoderTest(tf.test.TestCase):
     bounds.assert_close(logits[1], model(long[None])[0], bounds.MODEL_ULPS)
     step, _ = model.step(np.array([[4], [5]], np.int32),
                          np.array([[3], [6]], np.int32), 6, caches)
-    bounds.assert_close(step[0, 0], model(np.append(short, 4)[None])[0, -1], bounds.MODEL_ULPS)
-    bounds.assert_close(step[1, 0], model(np.append(long, 5)[None])[0, -1], bounds.MODEL_ULPS)
+    bounds.assert_close(step[0, 0], model(np.append(short, 4)[None])[0, -1],
+                        bounds.MODEL_ULPS)
+    bounds.assert_close(step[1, 0], model(np.append(long, 5)[None])[0, -1],
+                        bounds.MODEL_ULPS)
 
   def test_config_round_trip(self):
     model = _small_decoder()
@@ -329,8 +331,10 @@ class GeneratorExportTest(tf.test.TestCase):
         self.assertEqual(set(got), set(want))
         if quantize == "none":
           for name in want:
-            bounds.assert_close(got[name], want[name], bounds.MODEL_ULPS, msg=f"{key} {name}")
-          bounds.assert_close(got["logits"][0, -1], full[last], bounds.MODEL_ULPS, msg=f"TFLite {key} against the full recompute")
+            bounds.assert_close(got[name], want[name], bounds.MODEL_ULPS,
+                                msg=f"{key} {name}")
+          bounds.assert_close(got["logits"][0, -1], full[last], bounds.MODEL_ULPS,
+                              msg=f"TFLite {key} against the full recompute")
         self.assertAllEqual(np.argmax(got["logits"][:, -1], -1),
                             np.argmax(want["logits"][:, -1], -1), msg=quantize)
 

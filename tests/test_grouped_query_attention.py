@@ -60,7 +60,8 @@ class KerasParityTest(tf.test.TestCase, parameterized.TestCase):
     ours.set_weights(theirs.get_weights())
     got, scores = ours(q, v, return_attention_scores=True, **call)
     bounds.assert_close(got, np.asarray(want), bounds.LAYER_ULPS)
-    bounds.assert_close(np.where(seen, scores, 0), np.asarray(want_scores), bounds.LAYER_ULPS)
+    bounds.assert_close(np.where(seen, scores, 0), np.asarray(want_scores),
+                        bounds.LAYER_ULPS)
     compiled = tf.function(lambda a, b: ours(a, b, **call), jit_compile=True)
     bounds.assert_close(compiled(q, v), np.asarray(want), bounds.LAYER_ULPS)
     flash = tf_mha.GroupedQueryAttention(flash_attention=True, **options)
@@ -136,7 +137,8 @@ class DeploymentTest(tf.test.TestCase):
     name = list(runner.get_input_details())[0]
     for length in (3, 11):
       x = _normal(2, length, _D, seed=length)
-      bounds.assert_close(list(runner(**{name: x}).values())[0], model(x), bounds.LAYER_ULPS)
+      bounds.assert_close(list(runner(**{name: x}).values())[0], model(x),
+                          bounds.LAYER_ULPS)
 
   def test_cached_decode_step_converts_to_builtins(self):
     layer = tf_mha.GroupedQueryAttention(head_dim=_H, num_query_heads=_N,

@@ -2,6 +2,7 @@
 the same weights: presets made with random weights, saved and reloaded."""
 
 import dataclasses
+import functools
 import os
 import shutil
 import subprocess
@@ -88,7 +89,7 @@ def keras_hub_greedy(causal_lm, prompts, new_tokens):
         inputs, max_length=int(lengths.max()) + new_tokens,
         stop_token_ids=ends)["token_ids"])
   except (tf.errors.OperatorNotAllowedInGraphError, ValueError):
-    out = _forward_greedy(causal_lm.backbone, np.asarray(inputs["token_ids"]),
+    out = _forward_greedy(causal_lm, np.asarray(inputs["token_ids"]),
                           lengths, new_tokens)
   finally:
     causal_lm.preprocessor = preprocessor
@@ -100,14 +101,12 @@ def keras_hub_greedy(causal_lm, prompts, new_tokens):
   return rows
 
 
-def _forward_greedy(backbone, ids, lengths, new_tokens):
+def _forward_greedy(causal_lm, ids, lengths, new_tokens):
   out = ids.copy()
   for row, length in enumerate(lengths):
     for t in range(length, length + new_tokens):
-      x = out[row:row + 1, :t]
-      logits = backbone.token_embedding(backbone(
-          {"token_ids": x, "padding_mask": np.ones_like(x)}), reverse=True)
-      out[row, t] = int(np.argmax(np.asarray(logits)[0, -1]))
+      logits = keras_hub_logits(causal_lm, out[row:row + 1, :t])
+      out[row, t] = int(np.argmax(logits[0, -1]))
   return out
 
 
@@ -123,6 +122,7 @@ def load_float64(path):
 
 
 def keras_hub_logits(causal_lm, ids):
+  """KerasHub's own logits for `ids` `[B, T]` (no padding)."""
   backbone = causal_lm.backbone
   return np.asarray(backbone.token_embedding(
       backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
@@ -134,7 +134,7 @@ def cached_logits(model, ids, prompt_length, shift=0):
   then one cached step per token (at its position + `shift`) -> logits
   `[B, T, V]`."""
   batch = ids.shape[0]
-  caches = [tf.zeros(model.cache_shape(batch), model.dtype)] * model.num_layers
+  caches = model.empty_caches(batch)
   positions = tf.range(prompt_length)[None] + tf.zeros([batch, 1], tf.int32)
   logits, caches = model.step(ids[:, :prompt_length], positions, 0, caches)
   out = [logits.numpy()]
@@ -143,6 +143,17 @@ def cached_logits(model, ids, prompt_length, shift=0):
                                  caches)
     out.append(logits.numpy())
   return np.concatenate(out, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _gemma3_references():
+  """`(ids, KerasHub's float32 logits, tf_mha's float64 logits)` for the
+  Gemma 3 mutation tests, computed once."""
+  import keras_hub as hub  # pylint: disable=g-import-not-at-top
+  path = preset_dir("gemma3_local_capped")
+  ids = np.random.default_rng(7).integers(3, 200, [2, 14]).astype(np.int32)
+  theirs = hub.models.CausalLM.from_preset(path)
+  return ids, keras_hub_logits(theirs, ids), load_float64(path).model(ids).numpy()
 
 
 class FamilyTest(parameterized.TestCase):
@@ -198,11 +209,8 @@ class FamilyTest(parameterized.TestCase):
     """The bounds above fail on the smallest real errors in Gemma 3: a norm
     scaled by `scale` instead of `1 + scale`, the final soft cap missing, a
     cached step's rotary position off by one."""
-    import keras_hub as hub  # pylint: disable=g-import-not-at-top
     path = preset_dir("gemma3_local_capped")
-    theirs = hub.models.CausalLM.from_preset(path)
-    ids = np.random.default_rng(7).integers(3, 200, [2, 14]).astype(np.int32)
-    expected, truth = keras_hub_logits(theirs, ids), load_float64(path).model(ids).numpy()
+    ids, expected, truth = _gemma3_references()
     ours = keras_hub.load(path, MAX_LENGTH).model
     if mutation == "norm":
       for block in ours.blocks:
@@ -223,9 +231,7 @@ class FamilyTest(parameterized.TestCase):
     causal_lm = random_presets.causal_lm("qwen2", seed=3)
     ours = keras_hub.load(causal_lm, 16)
     ids = np.array([[5, 9, 30, 2]], np.int32)
-    expected = causal_lm.backbone.token_embedding(
-        causal_lm.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)}),
-        reverse=True)
+    expected = keras_hub_logits(causal_lm, ids)
     bounds.assert_close(ours.model(ids).numpy(), expected, bounds.MODEL_ULPS)
     self.assertEqual(ours.model.max_length, 16)
 

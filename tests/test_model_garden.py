@@ -183,7 +183,8 @@ class ParityTest(tf.test.TestCase, parameterized.TestCase):
     for key in eager:
       bounds.assert_close(keras[key], ours[key], bounds.LAYER_ULPS, msg=key)
       if model_garden_parity.CASES[case][1]:
-        bounds.assert_close(keras[key], ours[key.replace("eager", "jit")], bounds.LAYER_ULPS, msg=key + " under XLA")
+        bounds.assert_close(keras[key], ours[key.replace("eager", "jit")],
+                            bounds.LAYER_ULPS, msg=key + " under XLA")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ class HighDimMaskTest(tf.test.TestCase, parameterized.TestCase):
     # (log-sum-exp rounds away at -1e9); that row is tested against the
     # float64 reference below instead.
     mask[(Ellipsis,) + (0,) * len(axes)] = True
-    bounds.assert_close(ours(query, value, attention_mask=mask), theirs(query, value, attention_mask=mask), bounds.LAYER_ULPS)
+    bounds.assert_close(ours(query, value, attention_mask=mask),
+                        theirs(query, value, attention_mask=mask), bounds.LAYER_ULPS)
 
   def test_fully_masked_query_with_two_attention_axes_averages(self):
     layer = tf_mha.MultiHeadAttention(2, 2, attention_axes=(2, 3))
@@ -188,7 +189,8 @@ class MaskTest(tf.test.TestCase, parameterized.TestCase):
     ref_out, ref_scores = self._ref(mask=mask)
     bounds.assert_close(out, ref_out, bounds.LAYER_ULPS)
     bounds.assert_close(scores, ref_scores, bounds.LAYER_ULPS)
-    bounds.assert_close(out, self.theirs(self.query, self.value, attention_mask=mask), bounds.LAYER_ULPS)
+    bounds.assert_close(out, self.theirs(self.query, self.value, attention_mask=mask),
+                        bounds.LAYER_ULPS)
 
   def test_fully_masked_row_is_uniform_and_finite(self):
     mask = np.ones((3, 5, 6), bool)
@@ -213,7 +215,8 @@ class MaskTest(tf.test.TestCase, parameterized.TestCase):
     ref_out, _ = reference.multi_head_attention(
         ours.get_weights(), query, query, num_heads=2, causal=True)
     bounds.assert_close(out, ref_out, bounds.LAYER_ULPS)
-    bounds.assert_close(out, theirs(query, query, use_causal_mask=True), bounds.LAYER_ULPS)
+    bounds.assert_close(out, theirs(query, query, use_causal_mask=True),
+                        bounds.LAYER_ULPS)
 
   def test_causal_cross_attention_t_ne_s(self):
     out, scores = self.ours(self.query, self.value, use_causal_mask=True,
@@ -221,7 +224,8 @@ class MaskTest(tf.test.TestCase, parameterized.TestCase):
     ref_out, ref_scores = self._ref(causal=True)
     bounds.assert_close(out, ref_out, bounds.LAYER_ULPS)
     bounds.assert_close(scores, ref_scores, bounds.LAYER_ULPS)
-    bounds.assert_close(out, self.theirs(self.query, self.value, use_causal_mask=True), bounds.LAYER_ULPS)
+    bounds.assert_close(out, self.theirs(self.query, self.value, use_causal_mask=True),
+                        bounds.LAYER_ULPS)
 
   def test_explicit_masks_match_keras_masks(self):
     q_mask = _RNG.random((3, 5)) > 0.3
@@ -295,7 +299,8 @@ class ModesTest(tf.test.TestCase, parameterized.TestCase):
     plain(x, x)
     flash(x, x)
     flash.set_weights(plain.get_weights())
-    bounds.assert_close(plain(x, x, use_causal_mask=True), flash(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
+    bounds.assert_close(plain(x, x, use_causal_mask=True),
+                        flash(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
 
   def test_flash_true_refuses_scores(self):
     layer = tf_mha.MultiHeadAttention(2, 4, flash_attention=True)
@@ -374,7 +379,8 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
     expected = theirs(x, x, attention_mask=np.broadcast_to(band, (2, 9, 9)))
     bounds.assert_close(out, expected, bounds.LAYER_ULPS)
     windowed._flash_attention = True  # the band also reaches the blockwise path
-    bounds.assert_close(windowed(x, x, use_causal_mask=causal), expected, bounds.LAYER_ULPS)
+    bounds.assert_close(windowed(x, x, use_causal_mask=causal), expected,
+                        bounds.LAYER_ULPS)
 
   def test_long_window_builds_no_length_squared_tensor(self):
     # The band goes to the op (flash skips the blocks outside it), not into
@@ -400,13 +406,15 @@ class SlidingWindowTest(tf.test.TestCase, parameterized.TestCase):
     ours, theirs = subclass(tf_mha.MultiHeadAttention), subclass(
         tf_keras.layers.MultiHeadAttention)
     _share(ours, theirs, x, x)
-    bounds.assert_close(ours(x, x, use_causal_mask=True), theirs(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
+    bounds.assert_close(ours(x, x, use_causal_mask=True),
+                        theirs(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
     windowed = subclass(tf_mha.MultiHeadAttention, sliding_window=2)
     windowed(x, x)
     windowed.set_weights(theirs.get_weights())
     t, s = np.arange(7)[:, None], np.arange(7)[None, :]
     band = np.broadcast_to((np.abs(t - s) < 2) & (t >= s), (2, 7, 7))
-    bounds.assert_close(windowed(x, x, use_causal_mask=True), theirs(x, x, attention_mask=band), bounds.LAYER_ULPS)
+    bounds.assert_close(windowed(x, x, use_causal_mask=True),
+                        theirs(x, x, attention_mask=band), bounds.LAYER_ULPS)
 
   def test_validation_and_config(self):
     for bad in (0, -3, 1.5, True):
@@ -623,7 +631,8 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     plain.set_weights([w.numpy() for w in talking.weights
                        if "pre_softmax" not in w.name])
     # With the identity head mix, the override equals plain attention.
-    bounds.assert_close(talking(x, x, use_causal_mask=True), plain(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
+    bounds.assert_close(talking(x, x, use_causal_mask=True),
+                        plain(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
 
   def test_mask_hook_overrides_are_honoured(self):
     # Subclasses that change how the causal mask or the attention mask is
@@ -648,7 +657,8 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
       theirs = type("Theirs", (tf_keras.layers.MultiHeadAttention,),
                     {hook: override})(2, 3)
       _share(ours, theirs, x, x)
-      bounds.assert_close(ours(x, x, use_causal_mask=True), theirs(x, x, use_causal_mask=True), bounds.LAYER_ULPS, msg=hook)
+      bounds.assert_close(ours(x, x, use_causal_mask=True),
+                          theirs(x, x, use_causal_mask=True), bounds.LAYER_ULPS, msg=hook)
 
   def test_sliding_window_mask_override_is_honoured(self):
     def wide(self, query, value=None):  # |t - s| < 4, not the layer's 2
@@ -715,7 +725,8 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
         tf_keras.layers.MultiHeadAttention)
     _share(ours, theirs, x, x)
     self.assertEqual(ours._query_dense.kernel.shape, (6, 3, 2))
-    bounds.assert_close(ours(x, x, use_causal_mask=True), theirs(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
+    bounds.assert_close(ours(x, x, use_causal_mask=True),
+                        theirs(x, x, use_causal_mask=True), bounds.LAYER_ULPS)
 
   def test_projections_follow_the_compiler(self):
     # Under XLA the projections are matmuls on the reshaped kernels (no

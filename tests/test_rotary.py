@@ -88,7 +88,8 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
     bounds.assert_close(tf_mha.rotary_embedding(x, positions), want, bounds.LAYER_ULPS)
     want = keras_hub.layers.RotaryEmbedding(max_wavelength=500, scaling_factor=4.0)(
         x, start_index=3)
-    bounds.assert_close(tf_mha.rotary_embedding(x, np.arange(6) + 3, 500, 4.0), want, bounds.LAYER_ULPS)
+    bounds.assert_close(tf_mha.rotary_embedding(x, np.arange(6) + 3, 500, 4.0), want,
+                        bounds.LAYER_ULPS)
 
   def test_scores_depend_on_the_distance_only(self):
     rng = np.random.default_rng(3)
@@ -120,7 +121,8 @@ class RotaryOpTest(tf.test.TestCase, parameterized.TestCase):
         tf.TensorSpec([1, None, 2, 8]), tf.TensorSpec([1, None], tf.int32)])
     x = np.random.default_rng(4).standard_normal([1, 5, 2, 8]).astype(np.float32)
     positions = np.arange(5, dtype=np.int32)[None] + 3
-    bounds.assert_close(tf.function(fn, jit_compile=True)(x, positions), _rotate(x, positions), bounds.LAYER_ULPS)
+    bounds.assert_close(tf.function(fn, jit_compile=True)(x, positions),
+                        _rotate(x, positions), bounds.LAYER_ULPS)
     module = tf.Module()
     module.fn = fn
     path = os.path.join(self.get_temp_dir(), "rotary")
@@ -142,7 +144,8 @@ class RotaryLayerTest(tf.test.TestCase, parameterized.TestCase):
     x = _inputs()
     weights = layer.get_weights()  # MultiHeadAttention: GQA with K = N
     got = layer(x, x, use_causal_mask=True)
-    bounds.assert_close(got, _gqa_reference(weights, x, np.arange(9)[None].repeat(2, 0)), bounds.LAYER_ULPS)
+    bounds.assert_close(got, _gqa_reference(weights, x, np.arange(9)[None].repeat(2, 0)),
+                        bounds.LAYER_ULPS)
     positions = np.array([np.arange(9) + 3, np.arange(9) + 10])
     got = layer(x, x, use_causal_mask=True, positions=positions)
     bounds.assert_close(got, _gqa_reference(weights, x, positions), bounds.LAYER_ULPS)

@@ -240,7 +240,8 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
       piece = x[row:row + 1, start:start + n]
       want, (want_grad,) = _with_grads(alone, piece)
       bounds.assert_close(out[row:row + 1, start:start + n], want, bounds.LAYER_ULPS)
-      bounds.assert_close(grad[row:row + 1, start:start + n], want_grad, bounds.LAYER_ULPS)
+      bounds.assert_close(grad[row:row + 1, start:start + n], want_grad,
+                          bounds.LAYER_ULPS)
 
   @parameterized.product(flash=(None, True), jit=(False, True))
   def test_multi_head_attention(self, flash, jit):
@@ -284,7 +285,8 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(layer.seen, segments.mask(_ids(), _ids())[:, 0])
     row, start, n = _examples()[1]
     piece = x[row:row + 1, start:start + n]
-    bounds.assert_close(out[row:row + 1, start:start + n], layer(piece, piece), bounds.LAYER_ULPS)
+    bounds.assert_close(out[row:row + 1, start:start + n], layer(piece, piece),
+                        bounds.LAYER_ULPS)
 
   def test_layer_names_bad_segment_ids(self):
     layer = tf_mha.MultiHeadAttention(num_heads=2, key_dim=4, attention_axes=(1, 2))

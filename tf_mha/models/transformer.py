@@ -230,19 +230,18 @@ class _Block(layers.Layer):
     self.gate = None if gelu else dense(config.intermediate_dim, "gate")
     self.up = dense(config.intermediate_dim, "up", activation="gelu" if gelu else None)
     self.down = dense(config.hidden_dim, "down")
-    self.sizes = config.hidden_dim, config.intermediate_dim
 
   def build(self, input_shape):
     # Called by `CausalLM` once every block exists, in block order: the
     # demo's weights then draw from the seed stream as its first decoder's
     # did (built at its first call), so the trained demo is the same.
-    model, hidden = self.sizes
+    model = input_shape[-1]
     shape = [None, None, model]
     self.attention._build_from_signature(shape, shape)
     for layer, size in ((self.attention_norm, model),
                         (self.feedforward_norm, model),
                         (self.gate, model), (self.up, model),
-                        (self.down, hidden)):
+                        (self.down, self.up.units)):
       if layer is not None:
         layer.build([None, None, size])
     super().build(input_shape)
