@@ -8,7 +8,8 @@ model.export, the demos'. Every signature with numeric inputs is converted
 (or those named in --signatures) into one .tflite file; it runs in LiteRT
 beside the SavedModel (on --calibration_data, --sample_data, or inputs drawn
 from the signatures' specs) and is written only if float32 matches within
-1e-4 and every output is finite. The classifier demo also reports accuracy.
+1e-4 of the outputs' scale (at least 1) and every output is finite. The
+classifier demo also reports accuracy.
 
   python -m tools.convert_tflite --saved_model_dir=saved_models/mine/1 \\
       --output_file=saved_models/mine.tflite --quantize=dynamic_range
