@@ -43,7 +43,37 @@ def pytest_configure(config):
       "ONEDNN_MAX_CPU_ISA=AVX2 and XLA_FLAGS=--xla_cpu_max_isa=AVX2 by .ci/run)")
 
 
+# Classes and modules that take minutes (their own processes, trained demos,
+# exports shared by their tests), in the order they are handed out: first,
+# so that the other worker never waits alone at the end.
+SLOW_FIRST = (
+    "tests/test_model_garden.py::ModelGardenSuiteTest",
+    "tests/test_generator.py::GeneratorExportTest",
+    "tests/test_cli.py::QuietOutputTest",
+    "tests/test_keras_hub.py::ExportTest",
+    "tests/test_keras_hub.py::FamilyTest",
+    "tests/test_training.py::ToolTest",
+    "tests/test_export.py::DemoPipelineTest",
+)
+
+
+def _rank(item):
+  for rank, prefix in enumerate(SLOW_FIRST):
+    if item.nodeid.startswith(prefix):
+      return rank
+  return len(SLOW_FIRST)
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """Under `-n`, a test class (or a module's functions) goes to one worker
+  whole: a class's `setUpClass` (a trained demo, an export) runs once."""
+  from xdist import scheduler  # pylint: disable=g-import-not-at-top
+  config.option.loadscopereorder = False  # SLOW_FIRST's order, not by size
+  return scheduler.LoadScopeScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
+  items.sort(key=_rank)  # stable: the rest keep their order
   for item in items:
     # 16-bit tests stay out: with oneDNN held to AVX2 on an AVX-512 CPU,
     # TensorFlow still picks oneDNN's 16-bit kernels from its own CPU check

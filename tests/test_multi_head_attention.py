@@ -622,6 +622,38 @@ class TalkingHeads(tf_mha.MultiHeadAttention):
 
 class SubclassTest(tf.test.TestCase, parameterized.TestCase):
 
+  def test_autograph_converts_users_code_not_ours(self):
+    """As with tf_keras' own layer, autograph runs tf_mha's layers and ops as
+    written (converting them doubled the time to build a Model Garden
+    encoder), and still converts a subclass's own methods."""
+    from tensorflow.python.autograph.impl import conversion  # pylint: disable=g-import-not-at-top
+
+    class Doubling(tf_mha.MultiHeadAttention):
+
+      def call(self, query, value, **kwargs):
+        out = super().call(query, value, **kwargs)
+        if tf.reduce_sum(query) > 0:  # a tensor decides: autograph's tf.cond
+          out = 2.0 * out
+        return out
+
+    for ours in (tf_mha.MultiHeadAttention.call,
+                 tf_mha.MultiHeadAttention._compute_attention,
+                 tf_mha.dot_product_attention, tf_keras.layers.MultiHeadAttention.call):
+      self.assertTrue(conversion.is_allowlisted(ours), ours)
+    for users in (Doubling.call, TalkingHeads._compute_attention):
+      self.assertFalse(conversion.is_allowlisted(users), users)
+    layer, plain = Doubling(2, 4), tf_mha.MultiHeadAttention(2, 4)
+    x = _normal(2, 5, 6)
+    layer(x, x)
+    plain(x, x)
+    plain.set_weights(layer.get_weights())
+    inputs = tf_keras.Input([5, 6])
+    model = tf_keras.Model(inputs, layer(inputs, inputs))
+    for sign in (1.0, -1.0):
+      query = sign * tf.abs(x)
+      bounds.assert_close(model(query), (1.5 + sign / 2) * plain(query, query),
+                          bounds.LAYER_ULPS)
+
   def test_compute_attention_override_keeps_working(self):
     x = _normal(2, 5, 6)
     talking = TalkingHeads(2, 4)

@@ -1,7 +1,19 @@
-"""Which compiler will run the ops being built: some choices differ by it."""
+"""Which compiler will run the ops being built: some choices differ by it.
+
+Also: autograph leaves tf_mha's graph-building packages as they are, as it
+leaves tf_keras' own layers (its rules name `tf_keras`). They branch in
+Python on static shapes and flags only and use `tf.cond`/`tf.while_loop`
+where a tensor decides, so converting them changes nothing but time: it was
+half the time of building a Model Garden encoder on our layer. Code of
+users, subclasses' own methods included, is converted as before.
+"""
 
 import tensorflow as tf
+from tensorflow.python.autograph.core import config as autograph_config
+from tensorflow.python.autograph.core import config_lib
 from tensorflow.python.ops import control_flow_util
+
+GRAPH_READY_PACKAGES = ("tf_mha.ops", "tf_mha.layers", "tf_mha.models")
 
 
 def in_xla_context():
@@ -12,3 +24,16 @@ def in_xla_context():
     return False
   return control_flow_util.GraphOrParentsInXlaContext(
       tf.compat.v1.get_default_graph())
+
+
+def _leave_to_graph_mode(packages):
+  """Puts a do-not-convert rule for each package first in autograph's
+  rules (once: the first rule that matches a module decides)."""
+  rules = autograph_config.CONVERSION_RULES
+  named = {str(rule) for rule in rules}
+  new = tuple(config_lib.DoNotConvert(p) for p in packages
+              if str(config_lib.DoNotConvert(p)) not in named)
+  autograph_config.CONVERSION_RULES = new + tuple(rules)
+
+
+_leave_to_graph_mode(GRAPH_READY_PACKAGES)
