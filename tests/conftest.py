@@ -50,11 +50,13 @@ SLOW_FIRST = (
     "tests/test_model_garden.py::ModelGardenSuiteTest",
     "tests/test_generator.py::GeneratorExportTest",
     "tests/test_cli.py::QuietOutputTest",
-    "tests/test_keras_hub.py::ExportTest",
-    "tests/test_keras_hub.py::FamilyTest",
+    "tests/test_keras_hub.py",
     "tests/test_training.py::ToolTest",
     "tests/test_export.py::DemoPipelineTest",
 )
+# Modules whose classes share what they build (KerasHub's presets, models
+# and compiled `generate`): one worker runs the whole module.
+WHOLE_MODULES = ("tests/test_keras_hub.py",)
 
 
 def _rank(item):
@@ -65,11 +67,19 @@ def _rank(item):
 
 
 def pytest_xdist_make_scheduler(config, log):
-  """Under `-n`, a test class (or a module's functions) goes to one worker
-  whole: a class's `setUpClass` (a trained demo, an export) runs once."""
+  """Under `-n`, a test class (or a module's functions, or one of
+  `WHOLE_MODULES`) goes to one worker whole: a class's `setUpClass` (a
+  trained demo, an export) runs once."""
   from xdist import scheduler  # pylint: disable=g-import-not-at-top
+
+  class Scheduling(scheduler.LoadScopeScheduling):
+
+    def _split_scope(self, nodeid):
+      module = nodeid.split("::")[0]
+      return module if module in WHOLE_MODULES else super()._split_scope(nodeid)
+
   config.option.loadscopereorder = False  # SLOW_FIRST's order, not by size
-  return scheduler.LoadScopeScheduling(config, log)
+  return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(items):

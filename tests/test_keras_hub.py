@@ -101,6 +101,17 @@ def keras_hub_greedy(causal_lm, prompts, new_tokens):
   return rows
 
 
+@functools.lru_cache(maxsize=None)
+def keras_hub_tokens(name):
+  """KerasHub's greedy tokens for `PROMPTS` from the preset `name`: its
+  `generate` compiled and run once per run (the module's classes run in one
+  worker: `tests/conftest.py`). Only the tokens are kept: a KerasHub model
+  kept from one test to the next lost its SentencePiece op's resource."""
+  import keras_hub as hub  # pylint: disable=g-import-not-at-top
+  return keras_hub_greedy(hub.models.CausalLM.from_preset(preset_dir(name)),
+                          PROMPTS, NEW_TOKENS)
+
+
 def _forward_greedy(causal_lm, ids, lengths, new_tokens):
   out = ids.copy()
   for row, length in enumerate(lengths):
@@ -149,9 +160,9 @@ def cached_logits(model, ids, prompt_length, shift=0):
 def _gemma3_references():
   """`(ids, KerasHub's float32 logits, tf_mha's float64 logits)` for the
   Gemma 3 mutation tests, computed once."""
-  import keras_hub as hub  # pylint: disable=g-import-not-at-top
   path = preset_dir("gemma3_local_capped")
   ids = np.random.default_rng(7).integers(3, 200, [2, 14]).astype(np.int32)
+  import keras_hub as hub  # pylint: disable=g-import-not-at-top
   theirs = hub.models.CausalLM.from_preset(path)
   return ids, keras_hub_logits(theirs, ids), load_float64(path).model(ids).numpy()
 
@@ -162,6 +173,7 @@ class FamilyTest(parameterized.TestCase):
   def test_logits_and_greedy_tokens_equal_keras_hub(self, name):
     import keras_hub as hub  # pylint: disable=g-import-not-at-top
     theirs = hub.models.CausalLM.from_preset(preset_dir(name))
+    expected_tokens = keras_hub_tokens(name)
     ours, ours64 = keras_hub.load(preset_dir(name), MAX_LENGTH), load_float64(preset_dir(name))
     rng = np.random.default_rng(7)
     ids = rng.integers(3, ours.model.config.vocabulary_size - 8, [2, 14]).astype(np.int32)
@@ -179,7 +191,6 @@ class FamilyTest(parameterized.TestCase):
                                atol=bounds.scale(truth) * 1e-12)  # float64 rounding
     module = keras_hub_export.serving_module(ours)
     out = module.generate(tf.constant(PROMPTS), tf.constant(NEW_TOKENS))
-    expected_tokens = keras_hub_greedy(theirs, PROMPTS, NEW_TOKENS)
     self.assert_margins_exceed(theirs, ours64, expected_tokens, 2 * bound)
     for row, tokens in enumerate(expected_tokens):
       got = out["token_ids"].numpy()[row]
@@ -253,13 +264,13 @@ class ExportTest(parameterized.TestCase):
   @parameterized.named_parameters(("llama", "llama"), ("qwen2", "qwen2"),
                                   ("gemma3", "gemma3_local_capped"))
   def test_saved_model_in_a_clean_process_and_litertlm(self, name):
-    import keras_hub as hub  # pylint: disable=g-import-not-at-top
     output = os.path.join(_DIR, "exports")
     export = keras_hub_export.export_preset(
         preset_dir(name), output_dir=output, model_name=name, max_length=MAX_LENGTH,
         prefill_lengths=(8, 32))
+    import keras_hub as hub  # pylint: disable=g-import-not-at-top
     theirs = hub.models.CausalLM.from_preset(preset_dir(name))
-    expected = keras_hub_greedy(theirs, PROMPTS, NEW_TOKENS)
+    expected = keras_hub_tokens(name)
     stops = export.preset.stop_ids
     detokenize = tf.function(theirs.preprocessor.tokenizer.detokenize)
     texts = [detokenize(tf.constant([t for t in tokens if t not in stops], tf.int32)

@@ -33,29 +33,19 @@ _FAILS_ON_TF_KERAS = [
 ]
 _SKIP = "tf-models-official is not installed (README: the test command)"
 # Model Garden's test files for the layers and encoders on MultiHeadAttention,
-# in groups of about equal run time (each group is one test here).
-_SUITE = {
-    "relative_and_xl": ["layers/relative_attention_test.py",
-                        "layers/transformer_xl_test.py",
-                        "networks/xlnet_base_test.py"],
-    "cached_kernel_talking": ["layers/attention_test.py",
-                              "layers/kernel_attention_test.py",
-                              "layers/talking_heads_attention_test.py",
-                              "layers/multi_channel_attention_test.py",
-                              "layers/multi_query_attention_test.py",
-                              "layers/per_dim_scale_attention_test.py"],
-    "sparse": ["layers/bigbird_attention_test.py",
-               "layers/block_sparse_attention_test.py"],
-    "blocks": ["layers/transformer_encoder_block_test.py",
-               "layers/transformer_test.py",
-               "layers/transformer_scaffold_test.py",
-               "layers/mobile_bert_layers_test.py"],
-    "encoders": ["networks/bert_encoder_test.py",
-                 "networks/albert_encoder_test.py",
-                 "networks/mobile_bert_encoder_test.py",
-                 "networks/encoder_scaffold_test.py",
-                 "networks/funnel_transformer_test.py"],
-}
+# run in one process (each process of its own paid Model Garden's import).
+_FILES = ("layers/relative_attention_test.py", "layers/transformer_xl_test.py",
+          "networks/xlnet_base_test.py", "layers/attention_test.py",
+          "layers/kernel_attention_test.py", "layers/talking_heads_attention_test.py",
+          "layers/multi_channel_attention_test.py",
+          "layers/multi_query_attention_test.py",
+          "layers/per_dim_scale_attention_test.py", "layers/bigbird_attention_test.py",
+          "layers/block_sparse_attention_test.py",
+          "layers/transformer_encoder_block_test.py", "layers/transformer_test.py",
+          "layers/transformer_scaffold_test.py", "layers/mobile_bert_layers_test.py",
+          "networks/bert_encoder_test.py", "networks/albert_encoder_test.py",
+          "networks/mobile_bert_encoder_test.py", "networks/encoder_scaffold_test.py",
+          "networks/funnel_transformer_test.py")
 
 
 class PatchTest(tf.test.TestCase):
@@ -100,11 +90,10 @@ class PatchTest(tf.test.TestCase):
       del sys.modules[module.__name__]
 
 
-@parameterized.named_parameters(*((name, files) for name, files in _SUITE.items()))
-class ModelGardenSuiteTest(tf.test.TestCase, parameterized.TestCase):
+class ModelGardenSuiteTest(tf.test.TestCase):
   """Model Garden's own test files, with our class as their base."""
 
-  def test_files_pass_on_tf_mha(self, files):
+  def test_files_pass_on_tf_mha(self):
     if not _HAVE_MODEL_GARDEN:
       self.skipTest(_SKIP)
     root = os.path.join(os.path.dirname(
@@ -117,7 +106,7 @@ class ModelGardenSuiteTest(tf.test.TestCase, parameterized.TestCase):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_REPO,
                PYTEST_ADDOPTS=" ".join(options))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", *(os.path.join(root, f) for f in files)],
+        [sys.executable, "-m", "pytest", *(os.path.join(root, f) for f in _FILES)],
         capture_output=True, text=True, cwd=self.get_temp_dir(), env=env,
         timeout=1500)
     tail = result.stdout[-3000:] + result.stderr[-3000:]
