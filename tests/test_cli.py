@@ -65,9 +65,8 @@ class HelpTest(tf.test.TestCase, parameterized.TestCase):
     # The console script pip installed beside this Python, or else the
     # wrapper pip writes for one: its own module is `__main__`, with no
     # docstring and no flags.
-    installed = os.path.join(os.path.dirname(sys.executable), script)
-    wrapper = installed
-    if not os.path.exists(installed):
+    wrapper = os.path.join(os.path.dirname(sys.executable), script)
+    if not os.path.exists(wrapper):
       wrapper = os.path.join(self.get_temp_dir(), script)
       with open(wrapper, "w") as f:
         f.write(f"import sys\nfrom tf_mha.cli.{module} import run\n"

@@ -160,9 +160,9 @@ def cached_logits(model, ids, prompt_length, shift=0):
 def _gemma3_references():
   """`(ids, KerasHub's float32 logits, tf_mha's float64 logits)` for the
   Gemma 3 mutation tests, computed once."""
+  import keras_hub as hub  # pylint: disable=g-import-not-at-top
   path = preset_dir("gemma3_local_capped")
   ids = np.random.default_rng(7).integers(3, 200, [2, 14]).astype(np.int32)
-  import keras_hub as hub  # pylint: disable=g-import-not-at-top
   theirs = hub.models.CausalLM.from_preset(path)
   return ids, keras_hub_logits(theirs, ids), load_float64(path).model(ids).numpy()
 
@@ -264,11 +264,11 @@ class ExportTest(parameterized.TestCase):
   @parameterized.named_parameters(("llama", "llama"), ("qwen2", "qwen2"),
                                   ("gemma3", "gemma3_local_capped"))
   def test_saved_model_in_a_clean_process_and_litertlm(self, name):
+    import keras_hub as hub  # pylint: disable=g-import-not-at-top
     output = os.path.join(_DIR, "exports")
     export = keras_hub_export.export_preset(
         preset_dir(name), output_dir=output, model_name=name, max_length=MAX_LENGTH,
         prefill_lengths=(8, 32))
-    import keras_hub as hub  # pylint: disable=g-import-not-at-top
     theirs = hub.models.CausalLM.from_preset(preset_dir(name))
     expected = keras_hub_tokens(name)
     stops = export.preset.stop_ids

@@ -649,9 +649,9 @@ class SubclassTest(tf.test.TestCase, parameterized.TestCase):
     plain.set_weights(layer.get_weights())
     inputs = tf_keras.Input([5, 6])
     model = tf_keras.Model(inputs, layer(inputs, inputs))
-    for sign in (1.0, -1.0):
+    for sign, factor in ((1.0, 2.0), (-1.0, 1.0)):
       query = sign * tf.abs(x)
-      bounds.assert_close(model(query), (1.5 + sign / 2) * plain(query, query),
+      bounds.assert_close(model(query), factor * plain(query, query),
                           bounds.LAYER_ULPS)
 
   def test_compute_attention_override_keeps_working(self):

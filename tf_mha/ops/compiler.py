@@ -29,11 +29,11 @@ def in_xla_context():
 def _leave_to_graph_mode(packages):
   """Puts a do-not-convert rule for each package first in autograph's
   rules (once: the first rule that matches a module decides)."""
-  rules = autograph_config.CONVERSION_RULES
+  rules = tuple(autograph_config.CONVERSION_RULES)
   named = {str(rule) for rule in rules}
-  new = tuple(config_lib.DoNotConvert(p) for p in packages
-              if str(config_lib.DoNotConvert(p)) not in named)
-  autograph_config.CONVERSION_RULES = new + tuple(rules)
+  new = tuple(rule for rule in map(config_lib.DoNotConvert, packages)
+              if str(rule) not in named)
+  autograph_config.CONVERSION_RULES = new + rules
 
 
 _leave_to_graph_mode(GRAPH_READY_PACKAGES)
