@@ -15,6 +15,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _COMMANDS = {
     "tf_mha_export": ("export_saved_model", "--output_dir"),
     "tf_mha_convert_tflite": ("convert_tflite", "--saved_model_dir"),
+    "tf_mha_convert_litertlm": ("convert_litertlm", "--tokenizer"),
     "tf_mha_train": ("train", "--strategy"),
     "tf_mha_benchmark": ("benchmark", "--seq_lens"),
     "tf_mha_generate": ("generate", "--max_new_tokens"),
@@ -77,6 +78,28 @@ class HelpTest(tf.test.TestCase, parameterized.TestCase):
       self.assertIn(flag, result.stdout, result.stderr[-2000:])
       self.assertIn(f"`{script}`", result.stdout)  # the module docstring
       self.assertNotIn("USAGE:", result.stdout)
+
+
+  def test_help_and_bad_flags_answer_without_loading_tensorflow(self):
+    # A `tensorflow` that cannot be imported comes first on the path: each
+    # command answers from its flags alone, as fast as Python starts.
+    fake = self.get_temp_dir()
+    os.makedirs(os.path.join(fake, "tensorflow"))
+    with open(os.path.join(fake, "tensorflow", "__init__.py"), "w") as f:
+      f.write("raise ImportError('tensorflow was imported')\n")
+    env = _env(PYTHONPATH=os.pathsep.join([fake, _REPO]))
+    cases = [([f"tools.{module}", "--help"], flag)
+             for module, flag in _COMMANDS.values()]
+    cases += [(["tools.train", "--steps=0"], "--steps must be a positive integer"),
+              (["tools.benchmark", "--seq_lens=abc"], "--seq_lens takes positive"),
+              (["tools.generate", "--model=m", "--prompt=a", "--top_p=0"],
+               "`top_p` must be in (0, 1]")]
+    for args, expected in cases:
+      result = subprocess.run([sys.executable, "-m", *args], capture_output=True,
+                              text=True, cwd=_REPO, env=env, timeout=60)
+      self.assertIn(expected, result.stdout + result.stderr, args)
+      self.assertNotIn("tensorflow was imported", result.stderr, args)
+      self.assertNotIn("Traceback", result.stderr, args)
 
 
 class QuietOutputTest(tf.test.TestCase):

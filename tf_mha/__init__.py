@@ -5,21 +5,17 @@ Public names: the layers `MultiHeadAttention` and `Attention`, the pure op
 `segment_positions`), `rotary_embedding`, the mask helpers, `generation` (greedy decoding
 with a key/value cache), and `patch_tf_keras` (tf_keras'
 `MultiHeadAttention` resolves to ours, for libraries that subclass it).
+
+`import tf_mha` imports them all, TensorFlow with them, and registers the
+layers as Keras serializables. In one of tf_mha's own commands (`tf_mha_*`,
+`python -m tools.<command>`), they load at their first use instead, after
+the flags are read: `--help` and a bad flag answer without loading
+TensorFlow, and each command's `main` imports what it runs.
 """
 
-from tf_mha import _startup
+import sys
 
-with _startup.quiet_import():  # TensorFlow's start-up logs, for commands
-  from tf_mha import generation
-  from tf_mha.layers import Attention
-  from tf_mha.layers import GroupedQueryAttention
-  from tf_mha.layers import MultiHeadAttention
-  from tf_mha.layers import patch_tf_keras
-  from tf_mha.ops import causal_mask
-  from tf_mha.ops import combine_masks
-  from tf_mha.ops import dot_product_attention
-  from tf_mha.ops import rotary_embedding
-  from tf_mha.ops import segment_positions
+from tf_mha import _startup
 
 __version__ = "0.1.0"
 
@@ -34,3 +30,13 @@ __all__ = [
     "rotary_embedding",
     "segment_positions",
 ]
+
+if not _startup.is_command(sys.argv[0] if sys.argv else ""):
+  from tf_mha._public import *  # pylint: disable=wildcard-import
+else:
+
+  def __getattr__(name):
+    if name not in __all__ and name != "generation":
+      raise AttributeError(f"module 'tf_mha' has no attribute {name!r}")
+    from tf_mha import _public  # pylint: disable=g-import-not-at-top
+    return getattr(_public, name)

@@ -1,14 +1,15 @@
 """Quiet start-up for tf_mha's own commands.
 
 TensorFlow's C++ core logs as soon as it loads (CPU features, CUDA probes,
-oneDNN notes), before any of a command's code runs, and TensorFlow 2.21
-writes those lines whatever `TF_CPP_MIN_LOG_LEVEL` says. So
-`tf_mha/__init__.py` imports everything inside `quiet_import()`: in a process
-that is one of tf_mha's commands (a `tf_mha_*` console script,
-`python -m tools.<command>` or `bazel run //tools:<command>`), standard error
-goes to a temporary file for the imports, and is shown only if they fail.
-The user's own `TF_CPP_MIN_LOG_LEVEL` or `--verbosity` turn it off; nothing
-changes for a program that imports tf_mha.
+oneDNN notes), and TensorFlow 2.21 writes those lines whatever
+`TF_CPP_MIN_LOG_LEVEL` says. In a process that is one of tf_mha's commands
+(a `tf_mha_*` console script, `python -m tools.<command>` or
+`bazel run //tools:<command>`), `import tf_mha` loads nothing heavy
+(`tf_mha/__init__.py`): the command reads its flags, then its `main` imports
+TensorFlow inside `hidden()` (`tf_mha.cli._console.run`), where that output
+goes to a temporary file, shown only if the command fails. The user's own
+`TF_CPP_MIN_LOG_LEVEL` or `--verbosity` turn it off; nothing changes for a
+program that imports tf_mha.
 """
 
 import contextlib
@@ -17,10 +18,11 @@ import sys
 import tempfile
 
 # Module names under tf_mha/cli/ (and tools/), and their console scripts.
-COMMANDS = ("export_saved_model", "convert_tflite", "train", "benchmark",
-            "generate")
-CONSOLE_SCRIPTS = ("tf_mha_export", "tf_mha_convert_tflite", "tf_mha_train",
-                   "tf_mha_benchmark", "tf_mha_generate")
+COMMANDS = ("export_saved_model", "convert_tflite", "convert_litertlm", "train",
+            "benchmark", "generate")
+CONSOLE_SCRIPTS = ("tf_mha_export", "tf_mha_convert_tflite",
+                   "tf_mha_convert_litertlm", "tf_mha_train", "tf_mha_benchmark",
+                   "tf_mha_generate")
 # How much of a hidden log a failure shows.
 TAIL_BYTES = 20000
 
@@ -81,21 +83,3 @@ def hidden(fds=(2,), keep=()):
         os.close(original)
       for f in originals:
         f.close()
-
-
-@contextlib.contextmanager
-def quiet_import():
-  """`hidden()` for a command's imports; does nothing elsewhere.
-
-  It also looks for GPUs while hidden: TensorFlow's first look logs a CUDA
-  error on a machine without one, and TensorFlow asks absl to look at the
-  start of every absl program (`app.call_after_init`), so that line would
-  otherwise come before the command's first line.
-  """
-  if not quiet:
-    yield
-    return
-  with hidden():
-    yield
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.list_physical_devices("GPU")

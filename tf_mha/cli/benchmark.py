@@ -113,13 +113,13 @@ def _check_results_dir(path, flag="results_dir"):
 
 
 def _single(spec):
-  from tf_mha.benchmarks import attention as lib
   try:
     impl, t, backward, window = spec.split(",")
     int(t)
   except ValueError as e:
     raise app.UsageError(f"--single_point takes 'impl,T,backward,window'; "
                          f"got {spec!r}") from e
+  from tf_mha.benchmarks import attention as lib  # pylint: disable=g-import-not-at-top
   point = lib.Point(int(t), batch=1, backward=backward == "1",
                     sliding_window=int(window) if window else None)
   seconds, rss = lib.peak_rss_point(impl, point)
@@ -210,15 +210,14 @@ def _bert_lines(lib):
           f"{times['tf_keras'] / times['tf_mha']:.2f}x | {difference:.2g} |"]
 
 
-def _checked_flags(lib):
-  """The flags' values, checked: `(seq_lens, memory_seq_lens, jits)`."""
+def _checked_flags():
+  """The flags' values, checked before TensorFlow loads (the implementation
+  names: `_check_implementations`): `(seq_lens, memory_seq_lens, jits)`."""
   seq_lens = _positive_ints(_SEQ_LENS)
   memory_seq_lens = _positive_ints(_MEMORY_SEQ_LENS)
   for flag in (_PASSES, _MEMORY_PASSES):
     _choices(flag, ("fwd", "fwd+bwd"))
   _choices(_MASKS, ("causal", "padding"))
-  _choices(_IMPLS, lib.IMPLEMENTATIONS + (lib.MATMULS_ONLY,))
-  _choices(_MEMORY_IMPLS, lib.IMPLEMENTATIONS)
   jits = [j == "true" for j in _choices(
       _JIT, ("true", "false"), [j.lower() for j in _JIT.value])]
   _console.check_positive(_BATCH, _REPEATS, _MEMORY_WINDOW)
@@ -229,6 +228,11 @@ def _checked_flags(lib):
   if _PLOTS.value:
     _check_results_dir(_PLOTS.value, "plots")
   return seq_lens, memory_seq_lens, jits
+
+
+def _check_implementations(lib):
+  _choices(_IMPLS, lib.IMPLEMENTATIONS + (lib.MATMULS_ONLY,))
+  _choices(_MEMORY_IMPLS, lib.IMPLEMENTATIONS)
 
 
 def _memory_points(memory_seq_lens):
@@ -316,8 +320,9 @@ def main(argv):
   if _SINGLE.value:
     _single(_SINGLE.value)
     return 0
+  seq_lens, memory_seq_lens, jits = _checked_flags()
   from tf_mha.benchmarks import attention as lib  # pylint: disable=g-import-not-at-top
-  seq_lens, memory_seq_lens, jits = _checked_flags(lib)
+  _check_implementations(lib)
   print("Measuring this machine's matmul peak...", flush=True)
   peak = lib.matmul_peak()
   print(f"  {peak / 1e9:.0f} GFLOP/s (float32, XLA, 2048^3)", flush=True)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-import tf_mha  # (also registers the layers as Keras serializables)
+from tf_mha import layers  # (also registers the layers as Keras serializables)
 from tf_mha.export import arrays as arrays_lib
 from tf_mha.export import serving
 
@@ -143,7 +143,7 @@ def load_keras_model(model_path, imports=(), patch_tf_keras=False,
     raise ValueError(f"`keras_model` does not exist. Received: "
                      f"keras_model={model_path!r}")
   if patch_tf_keras:
-    tf_mha.patch_tf_keras()
+    layers.patch_tf_keras()
   for module in imports:
     try:
       importlib.import_module(module)

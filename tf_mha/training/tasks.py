@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import numpy as np
 import tf_keras
 
-import tf_mha  # noqa: F401  (registers the layers as Keras serializables)
+from tf_mha import layers  # noqa: F401  (registers the layers as Keras serializables)
 from tf_mha.training import trainer
 
 
