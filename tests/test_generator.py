@@ -144,6 +144,8 @@ class GeneratorExportTest(tf.test.TestCase):
     path = self.report.litertlm["none"][0]
     texts, _ = generator_export.run_litertlm(path, self.prompts)
     self.assertEqual(texts, [sequences.answer(p.lower()) for p in self.prompts])
+    # The export ran each file in LiteRT-LM: its weight caches are gone.
+    self.assertEqual([n for n in os.listdir(self.out_dir) if "cache" in n], [])
     import shutil  # pylint: disable=g-import-not-at-top
     command = shutil.which("litert-lm", path=os.path.dirname(sys.executable))
     self.assertIsNotNone(command, "the litert-lm command is installed with tf_mha")

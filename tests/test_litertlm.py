@@ -192,7 +192,8 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     result = litertlm.convert(self.saved, path, quantize=quantize,
                               prompt=_prompt(4))
     self.assertLess(result.size, self.conversion.size)
-    self.assertTrue(os.path.exists(path))
+    # The file alone: LiteRT-LM's weight cache from the check went with it.
+    self.assertEqual(os.listdir(self.get_temp_dir()), [f"{quantize}.litertlm"])
     self.assertFalse([op for op in result.operators if op.startswith("CUSTOM")])
 
   def test_bad_input_is_named_and_nothing_is_written(self):
@@ -283,6 +284,7 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
          f"--prompt={_prompt(5)}"], cwd=_REPO, capture_output=True, text=True,
         timeout=600, env=env)
     self.assertEqual(convert.returncode, 0, convert.stderr[-3000:])
+    self.assertEqual(os.listdir(os.path.dirname(out)), ["cli.litertlm"])
     self.assertRegex(convert.stdout, r"sections: LlmMetadataProto .*TFLiteModel")
     self.assertRegex(convert.stdout, r"LiteRT-LM: prefill \d+ tokens/s, decode \d+")
     want = self.engine.detokenize(self._reference(_prompt(5), max_new=litertlm.CHECK_TOKENS))

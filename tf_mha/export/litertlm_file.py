@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import io
 import os
+import shutil
 import tempfile
+import weakref
 
 from tf_mha.export import decoder_signatures as protocol
 
@@ -173,11 +175,22 @@ def engine(path):
   The runtime's log shows errors (its reasons when a call fails) and
   nothing below: its INFO lines, printed natively, also at exit, would
   otherwise reach the terminal after a command's quiet `main` has ended.
+  The runtime's packed-weight cache (XNNPACK's, about the size of the
+  weights) goes to a temporary folder, removed once the engine is gone,
+  not beside `path`, where it would stay.
   """
   import litert_lm  # pylint: disable=g-import-not-at-top
   litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
-  return litert_lm.Engine(path, backend=litert_lm.Backend.CPU(),
-                          enable_benchmark=True)
+  cache_dir = tempfile.mkdtemp(prefix="litertlm-cache-")
+  try:
+    model_engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(),
+                                    cache_dir=cache_dir, enable_benchmark=True)
+  except BaseException:
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    raise
+  # After the engine's own `__del__` has closed it (or at exit).
+  weakref.finalize(model_engine, shutil.rmtree, cache_dir, ignore_errors=True)
+  return model_engine
 
 
 def run_greedy(model_engine, text, max_new_tokens):
