@@ -13,8 +13,6 @@ the flags are read: `--help` and a bad flag answer without loading
 TensorFlow, and each command's `main` imports what it runs.
 """
 
-import sys
-
 from tf_mha import _startup
 
 __version__ = "0.1.0"
@@ -31,7 +29,7 @@ __all__ = [
     "segment_positions",
 ]
 
-if not _startup.is_command(sys.argv[0] if sys.argv else ""):
+if not _startup.command:
   from tf_mha._public import *  # pylint: disable=wildcard-import
 else:
 

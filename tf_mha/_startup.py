@@ -44,8 +44,10 @@ def wants_quiet(argv, environ):
           "TF_CPP_MIN_LOG_LEVEL" not in environ)
 
 
-# Whether this process is a command that hides TensorFlow's logs; decided
-# once, at the first import of tf_mha.
+# Whether this process is one of the commands (tf_mha/__init__.py then loads
+# its public names at their first use), and whether it hides TensorFlow's
+# logs; decided once, at the first import of tf_mha.
+command = bool(sys.argv) and is_command(sys.argv[0])
 quiet = wants_quiet(sys.argv, os.environ)
 
 

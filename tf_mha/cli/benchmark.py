@@ -231,6 +231,9 @@ def _checked_flags():
 
 
 def _check_implementations(lib):
+  """A UsageError naming --impls or --memory_impls if either names an
+  implementation `lib` (the attention benchmark, which loads TensorFlow)
+  does not have."""
   _choices(_IMPLS, lib.IMPLEMENTATIONS + (lib.MATMULS_ONLY,))
   _choices(_MEMORY_IMPLS, lib.IMPLEMENTATIONS)
 
