@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl.testing import parameterized
+from tensorflow.compiler.tf2xla.python import xla
 
 import tf_mha
 from tf_mha.export import converter
@@ -308,6 +309,118 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIn("FAILED: `stop_tokens` names 'nope'", refused.stderr)
     self.assertNotIn("Traceback", refused.stderr)
     self.assertFalse(os.path.exists(f"{out}2"))
+
+
+def _masked_decoder(path, mask_dtype, slots=48, prefill=8, vocab=48, dim=16):
+  """A user's own one-layer decoder in plain TensorFlow, saved with
+  LiteRT-LM's signatures and a `mask` input (`[1, 1, T, S]`, float32 added to
+  the scores or bool selecting them) as its only causal mask: it attends to
+  whatever the mask lets through."""
+  heads, size = 2, dim // 2
+  rng = np.random.default_rng(5)
+  module = tf.Module()
+  module.w = {name: tf.Variable(rng.normal(0, 0.5, shape).astype(np.float32))
+              for name, shape in (("embed", [vocab, dim]), ("q", [dim, dim]),
+                                  ("k", [dim, dim]), ("v", [dim, dim]),
+                                  ("o", [dim, dim]), ("out", [dim, vocab]))}
+
+  def step(tokens, input_pos, mask, kv_cache_k_0, kv_cache_v_0):
+    w = module.w
+    x = tf.gather(w["embed"], tokens)  # [1, T, D]
+    split = lambda t: tf.reshape(t, [1, -1, heads, size])
+    at = tf.stack([0, input_pos[0], 0, 0])
+    keys = xla.dynamic_update_slice(kv_cache_k_0, split(x @ w["k"]), at)
+    values = xla.dynamic_update_slice(kv_cache_v_0, split(x @ w["v"]), at)
+    scores = tf.einsum("btnh,bsnh->bnts", split(x @ w["q"]), keys) / size**0.5
+    if mask.dtype == tf.bool:
+      scores = tf.where(mask, scores, -1e9)
+    else:
+      scores += mask
+    mixed = tf.einsum("bnts,bsnh->btnh", tf.nn.softmax(scores), values)
+    x += tf.reshape(mixed, [1, -1, dim]) @ w["o"]
+    return {"logits": 4.0 * x @ w["out"], "kv_cache_k_0": keys,
+            "kv_cache_v_0": values}
+
+  def signature(length):
+    cache = tf.TensorSpec([1, slots, heads, size], tf.float32)
+    return tf.function(step, input_signature=[
+        tf.TensorSpec([1, length], tf.int32), tf.TensorSpec([length], tf.int32),
+        tf.TensorSpec([1, 1, length, slots], mask_dtype), cache, cache])
+
+  tf.saved_model.save(module, path, signatures={
+      "decode": signature(1), f"prefill_{prefill}": signature(prefill)})
+  return path
+
+
+class MaskedDecoderTest(tf.test.TestCase, parameterized.TestCase):
+  """A model with LiteRT-LM's optional `mask` input, as litert-torch's
+  Gemma 3 takes by default (issue 41): the check feeds the mask the way the
+  runtime fills it."""
+
+  def test_runtime_mask_is_what_litert_lm_fills(self):
+    lowest = -0.7 * np.finfo(np.float32).max
+    mask = litertlm.runtime_mask([1, 1, 3, 5], np.float32, start=1, steps=2)
+    np.testing.assert_array_equal(mask[0, 0], [
+        [0, 0, lowest, lowest, lowest],
+        [0, 0, 0, lowest, lowest],
+        [lowest] * 5])  # padding: nothing visible
+    self.assertEqual(mask.dtype, np.float32)
+    np.testing.assert_array_equal(
+        litertlm.runtime_mask([1, 1, 1, 4], np.bool_, start=2, steps=1)[0, 0],
+        [[True, True, True, False]])
+    half = litertlm.runtime_mask([1, 1, 1, 2], np.float16, start=0, steps=1)
+    np.testing.assert_array_equal(half[0, 0], np.array([[0, -45824]], np.float16))
+
+  @parameterized.parameters(tf.float32, tf.bool)
+  def test_the_command_converts_a_model_with_a_mask_input(self, dtype):
+    base = self.get_temp_dir()
+    saved = _masked_decoder(os.path.join(base, "masked"), dtype)
+    tokenizer = _hf_tokenizer(os.path.join(base, "tokenizer.json"))
+    loaded = tf.saved_model.load(saved)
+    contract = litertlm.read_contract(loaded)
+    self.assertEqual(contract.masks, {"decode": ("mask", dtype.as_numpy_dtype),
+                                      "prefill_8": ("mask", dtype.as_numpy_dtype)})
+    out = os.path.join(base, "out", "masked.litertlm")
+    os.makedirs(os.path.dirname(out))
+    prompt = _prompt(11)  # two prefill calls, the second padded
+    convert = subprocess.run(
+        [sys.executable, "-m", "tools.convert_litertlm", f"--saved_model_dir={saved}",
+         f"--output_file={out}", f"--tokenizer={tokenizer}", "--start_token=<s>",
+         "--stop_tokens=</s>", f"--prompt={prompt}"], cwd=_REPO,
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    self.assertEqual(convert.returncode, 0, convert.stderr[-3000:])
+    self.assertEqual(os.listdir(os.path.dirname(out)), ["masked.litertlm"])
+    ids = [2] + [_VOCAB.index(word) for word in prompt.split()]
+    want = litertlm.reference_tokens(litertlm.saved_model_call(loaded), loaded,
+                                     contract, ids, litertlm.CHECK_TOKENS, [3])
+    self.assertLen(want, litertlm.CHECK_TOKENS)
+    engine = litertlm_file.engine(out)
+    text = engine.detokenize(want)
+    engine.close()
+    self.assertIn(f"greedy from {prompt!r}: {text!r}", convert.stdout)
+    # The mask matters: attending to every slot gives other tokens.
+    ignoring = lambda name, inputs: litertlm.saved_model_call(loaded)(name, {
+        **inputs, "mask": np.ones_like(inputs["mask"]) if dtype == tf.bool
+        else np.zeros_like(inputs["mask"])})
+    self.assertNotEqual(litertlm.reference_tokens(
+        ignoring, loaded, contract, ids, litertlm.CHECK_TOKENS, [3]), want)
+
+  def test_a_mask_off_the_contract_is_named(self):
+    spec = lambda shape, dtype=tf.float32: tf.TensorSpec(shape, dtype)
+    def call(tokens, input_pos, mask, kv_cache_k_0, kv_cache_v_0):
+      return {"logits": tf.zeros([1, 1, 48]) + mask[0, :, :, :1] +
+                        tf.cast(tokens[:, :1, None], tf.float32),
+              "kv_cache_k_0": kv_cache_k_0, "kv_cache_v_0": kv_cache_v_0}
+    wrong = tf.function(call, input_signature=[
+        spec([1, 1], tf.int32), spec([1], tf.int32), spec([1, 1, 1, 9]),
+        spec([1, 48, 2, 8]), spec([1, 48, 2, 8])])
+    path = os.path.join(self.get_temp_dir(), "wrong")
+    tf.saved_model.save(tf.Module(), path, signatures={
+        "decode": wrong, "prefill_1": wrong})
+    with self.assertRaisesRegex(ValueError, r"Signature 'prefill_1': `mask` must be "
+                                r"\[1, 1, 1, 48\].*Found \(1, 1, 1, 9\) float32"):
+      litertlm.read_contract(tf.saved_model.load(path))
 
 
 class RuntimeBenchmarkTest(tf.test.TestCase):

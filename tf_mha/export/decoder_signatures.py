@@ -22,10 +22,12 @@ and so can a user's own model built on tf_mha layers):
 `decode` (`T = 1`) also returns `logits` `[1, 1, V]`. A call writes its keys
 and values as one contiguous slice at `input_pos[0]` (the runtime pads a
 prefill with token 0 at position 0, and those slots are overwritten later).
-No `mask` input: the file's executor metadata names each cache and its
-sequence axis, from which the runtime reads the context size, and the
-layers' causal mask (query `i + t` sees slots up to `i + t`) is what the
-runtime's mask would say.
+The runtime also fills an optional `mask` (or `attn_mask`) input, `[1, 1, T, S]`
+float32, float16 or bool, where a model has one (`MASK_NAMES`; see
+`litertlm.runtime_mask`). The signatures here take none: the file's executor
+metadata names each cache and its sequence axis, from which the runtime
+reads the context size, and the layers' causal mask (query `i + t` sees
+slots up to `i + t`) is what the runtime's mask would say.
 
 The caches stay separate keys and values from the signature through the
 layers (a cache pair, see `tf_mha.layers._cache`): each is updated in place
@@ -49,6 +51,8 @@ RECORD_FILE = os.path.join("assets.extra", "tf_mha_litertlm.json")
 # export's), inside the version directory.
 NESTED_DIR = os.path.join("assets.extra", "litertlm")
 TOKENS, POSITIONS, LOGITS = "tokens", "input_pos", "logits"
+# The names under which LiteRT-LM fills a model's attention mask.
+MASK_NAMES = ("mask", "attn_mask")
 DECODE, PREFILL = "decode", "prefill"
 
 

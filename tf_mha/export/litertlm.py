@@ -39,6 +39,8 @@ class Contract:
   layers: int
   slots: int
   vocabulary: int  # logits' last axis
+  # signature name -> (its mask input's name, NumPy dtype), where it has one
+  masks: dict = dataclasses.field(default_factory=dict)
 
   @property
   def signature_names(self):
@@ -263,7 +265,7 @@ def read_contract(loaded):
     raise ValueError(
         "`saved_model_dir` must have a `decode` signature and at least one "
         f"`prefill*` signature (LiteRT-LM's). Found signatures: {names}")
-  layers, slots, vocabulary, lengths = None, None, None, {}
+  layers, slots, vocabulary, lengths, masks = None, None, None, {}, {}
   for name in prefill + [protocol.DECODE]:
     function = loaded.signatures[name]
     inputs = function.structured_input_signature[1]
@@ -289,6 +291,9 @@ def read_contract(loaded):
     key = inputs[protocol.cache_name("k", 0)]
     slots = key.shape[1] if slots is None else slots
     lengths[name] = int(tokens.shape[1])
+    mask = _mask_input(name, inputs, lengths[name], slots)
+    if mask:
+      masks[name] = mask
     if name == protocol.DECODE:
       logits = outputs[protocol.LOGITS]
       if logits.shape.rank != 3 or logits.shape[:2].as_list() != [1, 1]:
@@ -296,7 +301,42 @@ def read_contract(loaded):
                          f"Found {logits.shape}")
       vocabulary = int(logits.shape[2])
   del lengths[protocol.DECODE]
-  return Contract(lengths, layers, int(slots), vocabulary)
+  return Contract(lengths, layers, int(slots), vocabulary, masks)
+
+
+_MASK_DTYPES = (tf.float32, tf.float16, tf.bool)
+
+
+def _mask_input(name, inputs, length, slots):
+  """`(input name, NumPy dtype)` of signature `name`'s attention mask, None
+  without one; a ValueError when it is not what the runtime fills."""
+  found = [n for n in protocol.MASK_NAMES if n in inputs]
+  if not found:
+    return None
+  if len(found) > 1:
+    raise ValueError(f"Signature {name!r} has both {found}; LiteRT-LM fills one.")
+  spec = inputs[found[0]]
+  if spec.shape.as_list() != [1, 1, length, slots] or spec.dtype not in _MASK_DTYPES:
+    raise ValueError(
+        f"Signature {name!r}: `{found[0]}` must be [1, 1, {length}, {slots}] "
+        f"(tokens, cache slots) of float32, float16 or bool, as LiteRT-LM fills "
+        f"it. Found {spec.shape} {spec.dtype.name}")
+  return found[0], spec.dtype.as_numpy_dtype
+
+
+def runtime_mask(shape, dtype, start, steps):
+  """The attention mask LiteRT-LM feeds a call whose first `steps` of `T`
+  tokens are real, at positions `start...`: query `t < steps` sees slots
+  `0..start + t`; every other entry, and every row of padding, is masked
+  (bool: True sees; float: 0 sees, and masked is -0.7 times the type's
+  largest value, -45824 in float16, as the runtime writes it)."""
+  mask = np.zeros(shape, dtype)
+  if dtype != np.bool_:
+    mask[...] = -45824.0 if dtype == np.float16 else -0.7 * np.finfo(np.float32).max
+  visible = True if dtype == np.bool_ else 0
+  for t in range(steps):
+    mask[..., t, :start + t + 1] = visible
+  return mask
 
 
 def _cache_layers(name, inputs, outputs):
@@ -324,7 +364,8 @@ def reference_tokens(call, loaded, contract, prompt_ids, max_new_tokens,
                      stop_ids, max_tokens=None):
   """Greedy tokens of the SavedModel fed as LiteRT-LM feeds a model: the
   prompt but its last token over prefill calls (each padded with token 0 at
-  position 0), then `decode` from the last prompt token; stops at a stop
+  position 0), then `decode` from the last prompt token, each call given
+  its `runtime_mask` where the signature takes a mask; stops at a stop
   token (not returned), or where the runtime stops: when the prompt and the
   tokens generated reach `max_tokens` (default: the cache's slots).
 
@@ -339,6 +380,14 @@ def reference_tokens(call, loaded, contract, prompt_ids, max_new_tokens,
   caches = {n: np.zeros(s.shape, s.dtype.as_numpy_dtype)
             for n, s in cache_specs.items() if protocol.parse_cache_name(n)}
   lengths = sorted(contract.prefill.items(), key=lambda item: item[1])
+
+  def masked(name, start, steps):  # the mask input, where `name` has one
+    if name not in contract.masks:
+      return {}
+    key, dtype = contract.masks[name]
+    length = 1 if name == protocol.DECODE else contract.prefill[name]
+    return {key: runtime_mask([1, 1, length, contract.slots], dtype, start, steps)}
+
   position, pending = 0, list(prompt_ids[:-1])
   while pending:
     # The shortest prefill that holds the rest, else the longest.
@@ -349,7 +398,7 @@ def reference_tokens(call, loaded, contract, prompt_ids, max_new_tokens,
     tokens[0, :len(chunk)] = chunk
     positions[:len(chunk)] = np.arange(position, position + len(chunk))
     out = call(name, {protocol.TOKENS: tokens, protocol.POSITIONS: positions,
-                      **caches})
+                      **caches, **masked(name, position, len(chunk))})
     caches = {n: np.asarray(out[n]) for n in caches}
     position += len(chunk)
   token, new = prompt_ids[-1], []
@@ -357,7 +406,8 @@ def reference_tokens(call, loaded, contract, prompt_ids, max_new_tokens,
   while len(new) < max_new_tokens and len(prompt_ids) + len(new) < limit:
     out = call(protocol.DECODE, {
         protocol.TOKENS: np.array([[token]], np.int32),
-        protocol.POSITIONS: np.array([position], np.int32), **caches})
+        protocol.POSITIONS: np.array([position], np.int32), **caches,
+        **masked(protocol.DECODE, position, 1)})
     caches = {n: np.asarray(out[n]) for n in caches}
     token = int(np.argmax(np.asarray(out[protocol.LOGITS])[0, -1]))
     position += 1
