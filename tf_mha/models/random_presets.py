@@ -120,7 +120,14 @@ def _randomize(backbone, rng):
   D), kernels N(0, 1 / fan-in), norm scales 1 + N(0, 0.1), biases N(0,
   0.1) (KerasHub's initial ones and zeros would hide a swapped scale or
   bias, and its small embeddings make near-ties of the logits); the logits
-  come out of order 1."""
+  come out of order 1.
+
+  A kernel's fan-in is what each output sums over: `D` for the query, key
+  and value kernels (`[D, N, H]`, or Gemma's `[N, D, H]`), `N * H` for the
+  attention output's `[N, H, D]`, the first axis of a matrix. (Taking the
+  first axis of every kernel made Gemma's attention 2.8 x 2.8 x 4 times too
+  strong: its softmax was near one-hot and rounding decided which key won,
+  so two float32 runs of the same math differed up to 16x in their error.)"""
   for weight in backbone.weights:
     shape, name = tuple(weight.shape), weight.path
     if "scale" in name:
@@ -130,8 +137,17 @@ def _randomize(backbone, rng):
     elif "embeddings" in name:  # [V, D], or [D, V] reversed
       value = rng.standard_normal(shape) / np.sqrt(min(shape))
     else:
-      value = rng.standard_normal(shape) / np.sqrt(shape[0])
+      value = rng.standard_normal(shape) / np.sqrt(_fan_in(weight, backbone.hidden_dim))
     weight.assign(value.astype("float32"))
+
+
+def _fan_in(kernel, hidden_dim):
+  shape = tuple(kernel.shape)
+  if len(shape) == 2:
+    return shape[0]
+  if "attention_output" in kernel.path:
+    return int(np.prod(shape[:-1]))
+  return hidden_dim
 
 
 def save(family, directory, *, seed=0, vocabulary_size=None, **backbone_kwargs):
