@@ -423,6 +423,46 @@ class MaskedDecoderTest(tf.test.TestCase, parameterized.TestCase):
       litertlm.read_contract(tf.saved_model.load(path))
 
 
+class TiedEmbeddingTest(tf.test.TestCase):
+  """Files no bigger than litert-torch's (issue 41): a tied embedding is one
+  buffer, read by the lookup and by the output matmul."""
+
+  def test_the_table_is_stored_once(self):
+    from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-import-not-at-top
+    from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+    from tf_mha.models import gemma3  # pylint: disable=g-import-not-at-top
+    vocab, dim = 512, 32
+    config = gemma3.Gemma3Config(
+        vocabulary_size=vocab, num_layers=1, hidden_dim=dim, num_query_heads=2,
+        num_key_value_heads=1, head_dim=16, intermediate_dim=64, sliding_window=4)
+    model = gemma3.Gemma3CausalLM(config, max_length=16)
+    model(tf.constant([[1, 2]]))
+    # A trained final norm's scale (zeros, the initial one, make it a multiply
+    # by ones, which the converter drops): the TFLite converter folded it into
+    # the output matmul's weights, a second [V, D] table.
+    model.final_norm.scale.assign(
+        np.random.default_rng(3).normal(0, 0.1, [dim]).astype(np.float32))
+    path = decoder_signatures.save_decoder(
+        model, os.path.join(self.get_temp_dir(), "tied"), prefill_lengths=(4,))
+    contract = litertlm.read_contract(tf.saved_model.load(path))
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(
+        converter.to_tflite(path, contract.signature_names, "none", None, False)))
+    readers = {}  # table's buffer -> (signature, operator) that read it
+    for subgraph in parsed.subgraphs:
+      for op in subgraph.operators:
+        for tensor in (subgraph.tensors[i] for i in op.inputs if i >= 0):
+          data = parsed.buffers[tensor.buffer].data
+          if data is not None and len(data) == vocab * dim * 4:
+            code = parsed.operatorCodes[op.opcodeIndex]
+            readers.setdefault(tensor.buffer, set()).add((
+                subgraph.name.decode(),
+                max(code.builtinCode, code.deprecatedBuiltinCode)))
+    ops = schema_fb.BuiltinOperator
+    self.assertEqual(list(readers.values()), [{
+        ("prefill_4", ops.GATHER), ("decode", ops.GATHER),
+        ("decode", ops.FULLY_CONNECTED)}])
+
+
 class RuntimeBenchmarkTest(tf.test.TestCase):
   """`tools/benchmark.py --generation`'s LiteRT-LM rows, on a tiny decoder."""
 

@@ -63,8 +63,8 @@ class GemmaRMSNorm(transformer.RMSNorm):
                                  initializer="zeros")
     self.built = True
 
-  def call(self, x):
-    return tf.cast(self.normalize(x) * (1.0 + self.scale), x.dtype)
+  def gain(self):
+    return 1.0 + self.scale
 
 
 class Gemma3CausalLM(transformer.CausalLM):

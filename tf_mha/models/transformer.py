@@ -97,16 +97,21 @@ class RMSNorm(layers.Layer):
                                  initializer="ones")
     super().build(input_shape)
 
-  def normalize(self, x):
-    """`x / rms(x)` in float32 (at least: 16-bit `x` loses the sum of
-    squares), cast to the scale's dtype."""
-    wide = tf.cast(x, ops_masks.softmax_dtype(x.dtype))
-    wide *= tf.math.rsqrt(tf.reduce_mean(tf.square(wide), -1, keepdims=True) +
-                          self.epsilon)
-    return tf.cast(wide, self.scale.dtype)
+  def gain(self):
+    """What the normalised `x` is multiplied by."""
+    return self.scale
 
   def call(self, x):
-    return tf.cast(self.normalize(x) * self.scale, x.dtype)
+    """`x * gain / rms(x)`, in float32 at least (16-bit `x` loses the sum of
+    squares), cast back to `x`'s dtype. The gain multiplies `x` before
+    `1 / rms(x)` does: a multiply by a constant right before the tied output
+    matmul is what the TFLite converter folds into that matmul's weights,
+    storing the embedding table a second time (Gemma 3 270M's file: 671 MB
+    more in float32)."""
+    wide = tf.cast(x, ops_masks.softmax_dtype(x.dtype))
+    inverse = tf.math.rsqrt(tf.reduce_mean(tf.square(wide), -1, keepdims=True) +
+                            self.epsilon)
+    return tf.cast(wide * tf.cast(self.gain(), wide.dtype) * inverse, x.dtype)
 
 
 class CausalLM(tf_keras.Model):
