@@ -185,7 +185,8 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     text = "\n".join(self.conversion.lines())
     self.assertRegex(text, r"decode \d+ tokens/s")
 
-  @parameterized.parameters("dynamic_range", "int4")
+  @parameterized.parameters("dynamic_range", "int4", "dynamic_int4_block32",
+                            "dynamic_int8", "weight_only_int8")
   def test_quantized_files_match_their_own_tflite_loop(self, quantize):
     """The check passes (LiteRT-LM = the quantized model in LiteRT), and
     the weights shrink."""
@@ -196,6 +197,36 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     # The file alone: LiteRT-LM's weight cache from the check went with it.
     self.assertEqual(os.listdir(self.get_temp_dir()), [f"{quantize}.litertlm"])
     self.assertFalse([op for op in result.operators if op.startswith("CUSTOM")])
+
+  def test_the_command_offers_every_quantization(self):
+    """The command lists its choices itself (it reads its flags before
+    TensorFlow loads): the library's, in the same order."""
+    from tf_mha.cli import convert_litertlm  # pylint: disable=g-import-not-at-top
+    self.assertEqual(convert_litertlm.flags.FLAGS["quantize"].parser.enum_values,
+                     list(litertlm.QUANTIZATIONS))
+
+  def test_blocks_of_128_on_widths_they_divide(self):
+    """`dynamic_int4_block128` on a decoder 128 wide (its blocks run along
+    each matmul's input), and a clear refusal on this one (32 wide)."""
+    out = os.path.join(self.get_temp_dir(), "block128.litertlm")
+    with self.assertRaisesRegex(ValueError, r"`quantize`='dynamic_int4_block128' "
+                                r"does not apply to this model: .*block size 128"):
+      litertlm.convert(self.saved, out, quantize="dynamic_int4_block128")
+    self.assertEqual(os.listdir(self.get_temp_dir()), [])
+    from tf_mha.models import gemma3  # pylint: disable=g-import-not-at-top
+    model = gemma3.Gemma3CausalLM(gemma3.Gemma3Config(
+        vocabulary_size=64, num_layers=1, hidden_dim=128, num_query_heads=2,
+        num_key_value_heads=1, head_dim=64, intermediate_dim=256,
+        sliding_window=8), max_length=32)
+    model(tf.constant([[2, 5]]))
+    saved = decoder_signatures.save_decoder(
+        model, os.path.join(self.get_temp_dir(), "wide"), prefill_lengths=(8,),
+        tokenizer=self.tokenizer, start_token="<s>", stop_tokens=["</s>"])
+    result = litertlm.convert(saved, out, quantize="dynamic_int4_block128",
+                              prompt=_prompt(4))
+    float32 = tf.io.gfile.stat(os.path.join(saved, "variables",
+                                            "variables.data-00000-of-00001")).length
+    self.assertLess(result.size, float32 / 3)  # int4 weights and their scales
 
   def test_bad_input_is_named_and_nothing_is_written(self):
     out = os.path.join(self.get_temp_dir(), "never.litertlm")

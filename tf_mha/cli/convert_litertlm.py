@@ -35,9 +35,14 @@ _TOKENIZER = flags.DEFINE_string(
     "tokenizer", None, "A SentencePiece .model or a Hugging Face "
     "tokenizer.json (default: the one the export recorded).")
 _QUANTIZE = flags.DEFINE_enum(
-    "quantize", "none", ["none", "float16", "dynamic_range", "int4"],
-    "Post-training quantization of the weights (int4: channelwise int4 "
-    "weights, activations quantized at run time).")
+    "quantize", "none", ["none", "float16", "dynamic_range", "int4",
+                         "dynamic_int4_block32", "dynamic_int4_block128",
+                         "dynamic_int8", "weight_only_int8"],
+    "Post-training quantization of the weights: float16 and dynamic_range "
+    "(int8 weights) the TFLite converter's; int4 (channelwise), "
+    "dynamic_int4_block32, dynamic_int4_block128 and dynamic_int8 "
+    "(channelwise) weights with activations quantized at run time, and "
+    "weight_only_int8, ai-edge-quantizer's recipes as litert-torch names them.")
 _START_TOKEN = flags.DEFINE_string(
     "start_token", None, "The token the runtime prepends to a prompt: an id "
     "or a token string (default: recorded, else none).")
