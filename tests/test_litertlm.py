@@ -222,11 +222,14 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
     saved = decoder_signatures.save_decoder(
         model, os.path.join(self.get_temp_dir(), "wide"), prefill_lengths=(8,),
         tokenizer=self.tokenizer, start_token="<s>", stop_tokens=["</s>"])
-    result = litertlm.convert(saved, out, quantize="dynamic_int4_block128",
-                              prompt=_prompt(4))
     float32 = tf.io.gfile.stat(os.path.join(saved, "variables",
                                             "variables.data-00000-of-00001")).length
-    self.assertLess(result.size, float32 / 3)  # int4 weights and their scales
+    # Its tied table read by EMBEDDING_LOOKUP and FULLY_CONNECTED, in the
+    # runtime: int4 weights and their scales, and int8.
+    for quantize, fraction in (("dynamic_int4_block128", 1 / 3), ("dynamic_int8", 1 / 2)):
+      result = litertlm.convert(saved, out, quantize=quantize, prompt=_prompt(4))
+      self.assertLess(result.size, float32 * fraction, quantize)
+      self.assertIn("EMBEDDING_LOOKUP", result.operators)
 
   def test_bad_input_is_named_and_nothing_is_written(self):
     out = os.path.join(self.get_temp_dir(), "never.litertlm")
@@ -454,44 +457,62 @@ class MaskedDecoderTest(tf.test.TestCase, parameterized.TestCase):
       litertlm.read_contract(tf.saved_model.load(path))
 
 
-class TiedEmbeddingTest(tf.test.TestCase):
+class TiedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
   """Files no bigger than litert-torch's (issue 41): a tied embedding is one
-  buffer, read by the lookup and by the output matmul."""
+  buffer, read by the lookup and by the output matmul, under each recipe."""
 
-  def test_the_table_is_stored_once(self):
-    from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-import-not-at-top
-    from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
     from tf_mha.models import gemma3  # pylint: disable=g-import-not-at-top
-    vocab, dim = 512, 32
+    cls.vocab, cls.dim = 512, 32
     config = gemma3.Gemma3Config(
-        vocabulary_size=vocab, num_layers=1, hidden_dim=dim, num_query_heads=2,
-        num_key_value_heads=1, head_dim=16, intermediate_dim=64, sliding_window=4)
+        vocabulary_size=cls.vocab, num_layers=1, hidden_dim=cls.dim,
+        num_query_heads=2, num_key_value_heads=1, head_dim=16,
+        intermediate_dim=64, sliding_window=4)
+    tf_keras.utils.set_random_seed(4)
     model = gemma3.Gemma3CausalLM(config, max_length=16)
     model(tf.constant([[1, 2]]))
     # A trained final norm's scale (zeros, the initial one, make it a multiply
     # by ones, which the converter drops): the TFLite converter folded it into
     # the output matmul's weights, a second [V, D] table.
     model.final_norm.scale.assign(
-        np.random.default_rng(3).normal(0, 0.1, [dim]).astype(np.float32))
-    path = decoder_signatures.save_decoder(
-        model, os.path.join(self.get_temp_dir(), "tied"), prefill_lengths=(4,))
-    contract = litertlm.read_contract(tf.saved_model.load(path))
-    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(
-        converter.to_tflite(path, contract.signature_names, "none", None, False)))
+        np.random.default_rng(3).normal(0, 0.1, [cls.dim]).astype(np.float32))
+    cls.path = decoder_signatures.save_decoder(
+        model, os.path.join(tempfile.mkdtemp(), "tied"), prefill_lengths=(4,))
+    cls.names = litertlm.read_contract(tf.saved_model.load(cls.path)).signature_names
+
+  # Bytes of the table: float32, int8, int4 (two a byte).
+  @parameterized.parameters(("none", 4), ("dynamic_int8", 1),
+                            ("weight_only_int8", 1), ("int4", 0.5),
+                            ("dynamic_int4_block32", 0.5))
+  def test_the_table_is_stored_once(self, quantize, size):
+    from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-import-not-at-top
+    from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+    model = converter.to_tflite(self.path, self.names, "none", None, False)
+    if quantize != "none":
+      model = litertlm.quantized_weights(model, quantize)
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     readers = {}  # table's buffer -> (signature, operator) that read it
     for subgraph in parsed.subgraphs:
       for op in subgraph.operators:
         for tensor in (subgraph.tensors[i] for i in op.inputs if i >= 0):
           data = parsed.buffers[tensor.buffer].data
-          if data is not None and len(data) == vocab * dim * 4:
+          if list(tensor.shape) == [self.vocab, self.dim] and data is not None:
+            self.assertLen(data, self.vocab * self.dim * size)
             code = parsed.operatorCodes[op.opcodeIndex]
             readers.setdefault(tensor.buffer, set()).add((
                 subgraph.name.decode(),
                 max(code.builtinCode, code.deprecatedBuiltinCode)))
     ops = schema_fb.BuiltinOperator
-    self.assertEqual(list(readers.values()), [{
-        ("prefill_4", ops.GATHER), ("decode", ops.GATHER),
-        ("decode", ops.FULLY_CONNECTED)}])
+    if quantize == "weight_only_int8":  # dequantized once per signature
+      want = {("prefill_4", ops.DEQUANTIZE), ("decode", ops.DEQUANTIZE)}
+    else:
+      # ai-edge-quantizer quantizes an EMBEDDING_LOOKUP's table, not a GATHER's.
+      lookup = ops.GATHER if quantize == "none" else ops.EMBEDDING_LOOKUP
+      want = {("prefill_4", lookup), ("decode", lookup),
+              ("decode", ops.FULLY_CONNECTED)}
+    self.assertEqual(list(readers.values()), [want])
 
 
 class RuntimeBenchmarkTest(tf.test.TestCase):

@@ -214,6 +214,7 @@ def quantized_weights(model, quantize):
   from ai_edge_quantizer import qtyping  # pylint: disable=g-import-not-at-top
   from ai_edge_quantizer import quantizer  # pylint: disable=g-import-not-at-top
   from ai_edge_quantizer import recipe_manager  # pylint: disable=g-import-not-at-top
+  model = _lookups_for_gathers(model)
   kind, bits, granularity = RECIPES[quantize]
   recipes = recipe_manager.RecipeManager()
   add = (recipes.add_dynamic_config if kind == "dynamic" else
@@ -227,6 +228,46 @@ def quantized_weights(model, quantize):
     raise ValueError(f"`quantize`={quantize!r} does not apply to this model: "
                      f"{error}") from error
   return _share_identical_buffers(bytes(result.quantized_model))
+
+
+def _lookups_for_gathers(model):
+  """`model` (TFLite bytes) with each GATHER of rows of a constant table by
+  a vector of ids made an EMBEDDING_LOOKUP (the same rows). ai-edge-quantizer
+  quantizes an EMBEDDING_LOOKUP's table and leaves a GATHER's float: with a
+  tied embedding, the file held the float table for the lookup beside the
+  quantized one of the output matmul; quantized alike (channelwise, rows),
+  the two are the same bytes, which `_share_identical_buffers` stores once."""
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  ops = schema.BuiltinOperator
+  parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+  code_of = lambda c: max(c.builtinCode, c.deprecatedBuiltinCode)
+  lookup_code = None
+  for subgraph in parsed.subgraphs:
+    for op in subgraph.operators:
+      if code_of(parsed.operatorCodes[op.opcodeIndex]) != ops.GATHER:
+        continue
+      table, ids = (subgraph.tensors[i] for i in op.inputs)
+      options = op.builtinOptions
+      if (len(table.shape) != 2 or table.type != schema.TensorType.FLOAT32 or
+          not parsed.buffers[table.buffer].data is not None or
+          len(ids.shape) != 1 or options.axis != 0 or options.batchDims != 0):
+        continue
+      if lookup_code is None:
+        lookup_code = next((i for i, c in enumerate(parsed.operatorCodes)
+                            if code_of(c) == ops.EMBEDDING_LOOKUP), None)
+        if lookup_code is None:
+          code = schema.OperatorCodeT()
+          code.builtinCode = code.deprecatedBuiltinCode = ops.EMBEDDING_LOOKUP
+          code.version = 1
+          parsed.operatorCodes.append(code)
+          lookup_code = len(parsed.operatorCodes) - 1
+      op.opcodeIndex = lookup_code
+      op.inputs = [op.inputs[1], op.inputs[0]]  # ids, then the table
+      op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.NONE, None
+  if lookup_code is None:
+    return model
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
 
 
 def _share_identical_buffers(model):

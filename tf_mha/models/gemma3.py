@@ -87,7 +87,7 @@ class Gemma3CausalLM(transformer.CausalLM):
     return _Block(config, config.is_local(index), name=f"block_{index}")
 
   def _embed(self, token_ids):
-    x = self.embed(token_ids)
+    x = super()._embed(token_ids)
     return x * tf.cast(math.sqrt(self.config.hidden_dim), x.dtype)
 
   def _logits(self, x):

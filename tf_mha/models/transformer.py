@@ -157,7 +157,14 @@ class CausalLM(tf_keras.Model):
     return norm_layer(config, "final_norm")
 
   def _embed(self, token_ids):
-    return self.embed(token_ids)
+    """The token embeddings `[B, T, D]`, looked up with one axis of ids: in
+    TFLite a GATHER of `[B * T]` ids, which `litertlm` turns into the
+    EMBEDDING_LOOKUP that ai-edge-quantizer quantizes."""
+    token_ids = tf.convert_to_tensor(token_ids)
+    flat = self.embed(tf.reshape(token_ids, [-1]))
+    x = tf.reshape(flat, tf.concat([tf.shape(token_ids), tf.shape(flat)[-1:]], 0))
+    x.set_shape(token_ids.shape.concatenate(flat.shape[-1:]))
+    return x
 
   def cache_shape(self, batch=None):
     """One layer's cache: `[B, 2, S, K, H]`."""
