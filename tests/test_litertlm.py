@@ -4,6 +4,7 @@ through `decoder_signatures.save_decoder`, `litertlm.convert` and the
 `tf_mha_convert_litertlm` and `litert-lm` commands; greedy text equal to the
 SavedModel's own loop, fed as the runtime feeds it."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from tf_mha.export import converter
 from tf_mha.export import decoder_signatures
 from tf_mha.export import litertlm
 from tf_mha.export import litertlm_file
+from tf_mha.export import quantized
 
 from tests import bounds
 
@@ -200,10 +202,14 @@ class LiteRTLMTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_the_command_offers_every_quantization(self):
     """The command lists its choices itself (it reads its flags before
-    TensorFlow loads): the library's, in the same order."""
-    from tf_mha.cli import convert_litertlm  # pylint: disable=g-import-not-at-top
-    self.assertEqual(convert_litertlm.flags.FLAGS["quantize"].parser.enum_values,
-                     list(litertlm.QUANTIZATIONS))
+    TensorFlow loads): the library's, in the same order. Read from its
+    source, as the docs are (importing it would define its flags here)."""
+    with open(os.path.join(_REPO, "tf_mha", "cli", "convert_litertlm.py")) as f:
+      tree = ast.parse(f.read())
+    choices = [ast.literal_eval(node.args[2]) for node in ast.walk(tree)
+               if isinstance(node, ast.Call) and getattr(node.func, "attr", "") ==
+               "DEFINE_enum" and ast.literal_eval(node.args[0]) == "quantize"]
+    self.assertEqual(choices, [list(litertlm.QUANTIZATIONS)])
 
   def test_blocks_of_128_on_widths_they_divide(self):
     """`dynamic_int4_block128` on a decoder 128 wide (its blocks run along
@@ -491,7 +497,7 @@ class TiedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
     from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
     model = converter.to_tflite(self.path, self.names, "none", None, False)
     if quantize != "none":
-      model = litertlm.quantized_weights(model, quantize)
+      model = quantized.weights(model, quantize)
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     readers = {}  # table's buffer -> (signature, operator) that read it
     for subgraph in parsed.subgraphs:
