@@ -23,6 +23,7 @@ from tf_mha.export import decoder_signatures
 from tf_mha.export import litertlm
 from tf_mha.export import litertlm_file
 from tf_mha.export import quantized
+from tf_mha.export import tflite
 
 from tests import bounds
 
@@ -484,20 +485,19 @@ class TiedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
     # the output matmul's weights, a second [V, D] table.
     model.final_norm.scale.assign(
         np.random.default_rng(3).normal(0, 0.1, [cls.dim]).astype(np.float32))
-    cls.path = decoder_signatures.save_decoder(
+    path = decoder_signatures.save_decoder(
         model, os.path.join(tempfile.mkdtemp(), "tied"), prefill_lengths=(4,))
-    cls.names = litertlm.read_contract(tf.saved_model.load(cls.path)).signature_names
+    names = litertlm.read_contract(tf.saved_model.load(path)).signature_names
+    cls.float32 = converter.to_tflite(path, names, "none", None, False)
 
   # Bytes of the table: float32, int8, int4 (two a byte).
   @parameterized.parameters(("none", 4), ("dynamic_int8", 1),
                             ("weight_only_int8", 1), ("int4", 0.5),
                             ("dynamic_int4_block32", 0.5))
   def test_the_table_is_stored_once(self, quantize, size):
-    from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-import-not-at-top
     from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
-    model = converter.to_tflite(self.path, self.names, "none", None, False)
-    if quantize != "none":
-      model = quantized.weights(model, quantize)
+    model = (self.float32 if quantize == "none" else
+             quantized.weights(self.float32, quantize))
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     readers = {}  # table's buffer -> (signature, operator) that read it
     for subgraph in parsed.subgraphs:
@@ -506,18 +506,16 @@ class TiedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
           data = parsed.buffers[tensor.buffer].data
           if list(tensor.shape) == [self.vocab, self.dim] and data is not None:
             self.assertLen(data, self.vocab * self.dim * size)
-            code = parsed.operatorCodes[op.opcodeIndex]
             readers.setdefault(tensor.buffer, set()).add((
                 subgraph.name.decode(),
-                max(code.builtinCode, code.deprecatedBuiltinCode)))
-    ops = schema_fb.BuiltinOperator
+                tflite.operator_name(parsed.operatorCodes[op.opcodeIndex])))
     if quantize == "weight_only_int8":  # dequantized once per signature
-      want = {("prefill_4", ops.DEQUANTIZE), ("decode", ops.DEQUANTIZE)}
+      want = {("prefill_4", "DEQUANTIZE"), ("decode", "DEQUANTIZE")}
     else:
       # ai-edge-quantizer quantizes an EMBEDDING_LOOKUP's table, not a GATHER's.
-      lookup = ops.GATHER if quantize == "none" else ops.EMBEDDING_LOOKUP
+      lookup = "GATHER" if quantize == "none" else "EMBEDDING_LOOKUP"
       want = {("prefill_4", lookup), ("decode", lookup),
-              ("decode", ops.FULLY_CONNECTED)}
+              ("decode", "FULLY_CONNECTED")}
     self.assertEqual(list(readers.values()), [want])
 
 

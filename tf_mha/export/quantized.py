@@ -3,6 +3,8 @@ litert-torch's names, applied to a float32 model, and each set of identical
 constant buffers stored once (a tied embedding's lookup table and output
 matrix among them)."""
 
+from tf_mha.export import tflite
+
 # ai-edge-quantizer's recipes, applied to the float32 TFLite model, named as
 # litert-torch names them (`int4`: tf_mha's first name for the channelwise
 # one): name -> (kind, bits, granularity), a dynamic configuration (int
@@ -50,29 +52,29 @@ def _lookups_for_gathers(model):
   the two are the same bytes, which `_share_identical_buffers` stores once."""
   from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
   from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
-  ops = schema.BuiltinOperator
   parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-  code_of = lambda c: max(c.builtinCode, c.deprecatedBuiltinCode)
+  names = [tflite.operator_name(code) for code in parsed.operatorCodes]
   lookup_code = None
   for subgraph in parsed.subgraphs:
     for op in subgraph.operators:
-      if code_of(parsed.operatorCodes[op.opcodeIndex]) != ops.GATHER:
+      if names[op.opcodeIndex] != "GATHER":
         continue
       table, ids = (subgraph.tensors[i] for i in op.inputs)
       options = op.builtinOptions
+      constant = parsed.buffers[table.buffer].data
       if (len(table.shape) != 2 or table.type != schema.TensorType.FLOAT32 or
-          not parsed.buffers[table.buffer].data is not None or
-          len(ids.shape) != 1 or options.axis != 0 or options.batchDims != 0):
+          constant is None or not len(constant) or len(ids.shape) != 1 or
+          options.axis != 0 or options.batchDims != 0):
         continue
       if lookup_code is None:
-        lookup_code = next((i for i, c in enumerate(parsed.operatorCodes)
-                            if code_of(c) == ops.EMBEDDING_LOOKUP), None)
-        if lookup_code is None:
+        if "EMBEDDING_LOOKUP" not in names:
           code = schema.OperatorCodeT()
-          code.builtinCode = code.deprecatedBuiltinCode = ops.EMBEDDING_LOOKUP
+          code.builtinCode = code.deprecatedBuiltinCode = (
+              schema.BuiltinOperator.EMBEDDING_LOOKUP)
           code.version = 1
           parsed.operatorCodes.append(code)
-          lookup_code = len(parsed.operatorCodes) - 1
+          names.append("EMBEDDING_LOOKUP")
+        lookup_code = names.index("EMBEDDING_LOOKUP")
       op.opcodeIndex = lookup_code
       op.inputs = [op.inputs[1], op.inputs[0]]  # ids, then the table
       op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.NONE, None

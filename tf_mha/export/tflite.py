@@ -144,7 +144,7 @@ def operator_counts(model):
   """`{operator name: count}` over every subgraph (signature) of a TFLite
   model (bytes or a path); custom operators as `CUSTOM:<name>`."""
   parsed = _parse(model)
-  names = [_operator_name(code) for code in parsed.operatorCodes]
+  names = [operator_name(code) for code in parsed.operatorCodes]
   counts = {}
   for subgraph in parsed.subgraphs:
     for op in subgraph.operators or []:
@@ -169,7 +169,7 @@ def index_bounds(model):
   `[0, n)` ("index out of bounds"). Inputs that index no table are absent.
   """
   parsed = _parse(model)
-  codes = [_operator_name(code) for code in parsed.operatorCodes]
+  codes = [operator_name(code) for code in parsed.operatorCodes]
   out = {}
   for signature in parsed.signatureDefs:
     subgraph = parsed.subgraphs[signature.subgraphIndex]
@@ -231,7 +231,9 @@ def _parse(model):
   return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(model), 0))
 
 
-def _operator_name(code):
+def operator_name(code):
+  """An operator code's name (`GATHER`, `CUSTOM:<name>`) from a parsed
+  model's `operatorCodes`."""
   builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
   if builtin == _schema().BuiltinOperator.CUSTOM:
     return f"CUSTOM:{code.customCode.decode()}"

@@ -158,8 +158,8 @@ class CausalLM(tf_keras.Model):
 
   def _embed(self, token_ids):
     """The token embeddings `[B, T, D]`, looked up with one axis of ids: in
-    TFLite a GATHER of `[B * T]` ids, which `litertlm` turns into the
-    EMBEDDING_LOOKUP that ai-edge-quantizer quantizes."""
+    TFLite a GATHER of `[B * T]` ids, which `tf_mha.export.quantized` turns
+    into the EMBEDDING_LOOKUP that ai-edge-quantizer quantizes."""
     token_ids = tf.convert_to_tensor(token_ids)
     flat = self.embed(tf.reshape(token_ids, [-1]))
     x = tf.reshape(flat, tf.concat([tf.shape(token_ids), tf.shape(flat)[-1:]], 0))
